@@ -1,0 +1,92 @@
+"""Asset: cluster labels of every embedded image, with their quality figures."""
+
+
+import time
+
+import numpy as np
+import pyarrow as pa
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from vsearch_pipeline.assets.common import (
+    artifact_version,
+    code_version,
+    load_embeddings,
+    load_grounding_sets,
+    load_manifests,
+    markdown_table,
+    run_keys,
+)
+from vsearch_pipeline.assets.embeddings import embeddings
+from vsearch_pipeline.core.cluster import cluster_labels
+from vsearch_pipeline.core.metrics import cluster_metrics
+from vsearch_pipeline.resources import (
+    ArtifactStorage,
+    EmbeddingModelResource,
+    MetricsDatabase,
+    PipelineSettings,
+)
+
+
+@asset(deps=[embeddings], code_version="1", group_name="cluster")
+def clusters(
+    context: AssetExecutionContext,
+    storage: ArtifactStorage,
+    model: EmbeddingModelResource,
+    metrics_db: MetricsDatabase,
+    settings: PipelineSettings,
+) -> MaterializeResult:
+    """HDBSCAN or KMeans labels (optionally after PCA or UMAP) for every embedded image.
+
+    Figures: number of clusters, noise share, cosine silhouette, and against each grounding set
+    purity, adjusted Rand index, NMI and coverage. Labels go to `clusters/<model>/<version>.parquet`.
+    """
+    store = storage.store
+    config = settings.clusters
+    ids, vectors, _ = load_embeddings(store, model.spec.key)
+    start = time.perf_counter()
+    labels = cluster_labels(vectors, config.params())
+    seconds = time.perf_counter() - start
+    path = f"clusters/{model.spec.key}/{artifact_version(context)}.parquet"
+    store.write_parquet(path, pa.table({"id": ids, "label": labels}))
+
+    keys = {"model": model.spec.key, "method": config.method, "reduce": config.reduce,
+            "params": config.model_dump()}
+    overall = cluster_metrics(vectors, labels, seed=config.seed)
+    metrics_db.db.record_metrics("cluster", run_keys(context), keys,
+                                 {**overall, "seconds": seconds})
+    per_set = []
+    manifest = load_manifests(store)
+    for grounding in load_grounding_sets(settings.evaluation.grounding_sets, manifest):
+        figures = cluster_metrics(None, labels, grounding.labels_for(ids))
+        figures = {k: v for k, v in figures.items() if k not in ("silhouette", "n_clusters",
+                                                                 "noise_share")}
+        metrics_db.db.record_metrics("cluster", run_keys(context),
+                                     {**keys, "grounding_set": grounding.name}, figures)
+        per_set.append({"grounding_set": grounding.name, **figures})
+    return MaterializeResult(metadata={
+        **{k: _plain(v) for k, v in overall.items()}, "images": len(ids),
+        "seconds": round(seconds, 3), "method": config.method, "reduce": config.reduce,
+        "config": MetadataValue.json(config.model_dump()),
+        "grounding": markdown_table(per_set),
+        "largest_clusters": markdown_table(_largest(labels, ids, manifest)),
+        "path": store.uri(path), "model_key": model.spec.key, "code_version": code_version(),
+    })
+
+
+def _plain(value: float) -> float | int:
+    return value if isinstance(value, int) else round(float(value), 4)
+
+
+def _largest(labels: np.ndarray, ids: list[str], manifest: pa.Table) -> list[dict]:
+    path_of = dict(zip(manifest.column("id").to_pylist(), manifest.column("path").to_pylist(),
+                       strict=True))
+    found = labels[labels >= 0]
+    if not len(found):
+        return []
+    sizes = np.bincount(found)
+    rows = []
+    for label in np.argsort(-sizes, kind="stable")[:15]:
+        members = [path_of.get(ids[i], ids[i]) for i in np.flatnonzero(labels == label)[:4]]
+        rows.append({"label": int(label), "size": int(sizes[label]),
+                     "examples": ", ".join(members)})
+    return rows

@@ -1,0 +1,108 @@
+"""Asset: retrieval quality of the latest index against the grounding sets."""
+
+
+import time
+
+import numpy as np
+from dagster import AssetExecutionContext, MaterializeResult, asset
+
+from vsearch_pipeline.assets.common import (
+    code_version,
+    load_embeddings,
+    load_grounding_sets,
+    load_manifests,
+    markdown_table,
+    run_keys,
+)
+from vsearch_pipeline.assets.hashes import near_duplicate_groups
+from vsearch_pipeline.assets.index import faiss_index
+from vsearch_pipeline.catalog import latest_index_metadata, load_index_artifacts
+from vsearch_pipeline.core.grounding import ResolvedGrounding
+from vsearch_pipeline.core.index import search
+from vsearch_pipeline.core.metrics import retrieval_metrics
+from vsearch_pipeline.resources import ArtifactStorage, MetricsDatabase, PipelineSettings
+
+
+@asset(deps=[faiss_index, near_duplicate_groups], code_version="1", group_name="evaluate")
+def evaluation(
+    context: AssetExecutionContext,
+    storage: ArtifactStorage,
+    metrics_db: MetricsDatabase,
+    settings: PipelineSettings,
+) -> MaterializeResult:
+    """Recall@k, mAP@k, nDCG@k (and precision and hit rate) of the latest index per grounding set.
+
+    Every grounded image in the index is a query; the other members of its group are the
+    relevant answers; the query itself is left out of its results. Also reported: the share of
+    same-group pairs that the near-duplicate groups put together. Figures go to the DuckDB table
+    `retrieval_metrics`, keyed by model, index type and index version, for comparison by SQL.
+    """
+    loaded = load_index_artifacts(storage.store, latest_index_metadata(context.instance))
+    store = storage.store
+    ids, vectors, _ = load_embeddings(store, loaded.build["model_key"])
+    vector_of = dict(zip(ids, range(len(ids)), strict=True))
+    manifest = load_manifests(store)
+    duplicate_group = _duplicate_groups(metrics_db)
+    ks = settings.evaluation.ks
+    rows = []
+    for grounding in load_grounding_sets(settings.evaluation.grounding_sets, manifest):
+        start = time.perf_counter()
+        figures = _evaluate(loaded, grounding, vectors, vector_of, ks)
+        figures["seconds"] = time.perf_counter() - start
+        figures["duplicate_pair_recall"] = _pair_recall(grounding, duplicate_group)
+        figures["unresolved_references"] = len(grounding.unresolved)
+        metrics_db.db.record_metrics(
+            "retrieval", run_keys(context),
+            {"model": loaded.build["model_key"], "index_type": loaded.build["params"]["index_type"],
+             "index_version": loaded.build["version"], "grounding_set": grounding.name},
+            figures)
+        rows.append({"grounding_set": grounding.name, **figures})
+    summary_keys = ["grounding_set", "queries"] + [
+        f"{m}@{k}" for k in ks for m in ("precision", "recall", "map", "ndcg")
+    ] + ["duplicate_pair_recall"]
+    return MaterializeResult(metadata={
+        "grounding_sets": len(rows), "index_version": loaded.build["version"],
+        "index_type": loaded.build["params"]["index_type"], "model_key": loaded.build["model_key"],
+        "summary": markdown_table([{k: r[k] for k in summary_keys} for r in rows]),
+        **{f"{r['grounding_set']}/{m}": round(float(r[m]), 4) for r in rows
+           for m in (f"map@{ks[-1]}", f"recall@{ks[-1]}", f"ndcg@{ks[-1]}", "precision@1")
+           if m in r},
+        "code_version": code_version(),
+    })
+
+
+def _evaluate(loaded, grounding: ResolvedGrounding, vectors: np.ndarray,
+              vector_of: dict[str, int], ks: list[int]) -> dict[str, float]:
+    positions = loaded.position_of
+    item_groups = grounding.labels_for(loaded.ids)
+    queries = [i for i in grounding.group_of if i in positions and i in vector_of]
+    k = max(ks)
+    if not queries:
+        return {"queries": 0, "skipped_queries": 0}
+    found = search(loaded.index, vectors[[vector_of[i] for i in queries]], k + 1)[1]
+    own = np.array([positions[i] for i in queries])
+    ranked = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (hits, me) in enumerate(zip(found, own, strict=True)):
+        others = hits[hits != me][:k]
+        ranked[row, : len(others)] = others
+    query_groups = np.array([grounding.group_of[i] for i in queries])
+    return retrieval_metrics(ranked, query_groups, item_groups, ks=[x for x in ks if x <= k])
+
+
+def _duplicate_groups(metrics_db: MetricsDatabase) -> dict[str, int]:
+    with metrics_db.db.connect() as con:
+        return dict(con.execute("SELECT id, group_id FROM near_duplicate_groups").fetchall())
+
+
+def _pair_recall(grounding: ResolvedGrounding, duplicate_group: dict[str, int]) -> float:
+    """Share of same-group pairs that fall in one near-duplicate group (NaN if no pairs)."""
+    members: dict[int, list[str]] = {}
+    for image_id, group in grounding.group_of.items():
+        members.setdefault(group, []).append(image_id)
+    together = total = 0
+    for ids in members.values():
+        labels = np.array([duplicate_group.get(i, -1) for i in ids])
+        counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0)
+        together += int((counts * (counts - 1) // 2).sum())
+        total += len(ids) * (len(ids) - 1) // 2
+    return together / total if total else float("nan")

@@ -1,0 +1,141 @@
+"""Assets: perceptual hashes per ingest batch, and near-duplicate groups over the collection."""
+
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow.compute as pc
+from dagster import AssetExecutionContext, MaterializeResult, asset
+
+from vsearch_pipeline.assets.common import (
+    code_version,
+    ingest_batches,
+    load_manifests,
+    manifest_path,
+    markdown_table,
+    progress_logger,
+    run_keys,
+)
+from vsearch_pipeline.assets.manifest import raw_image_manifest
+from vsearch_pipeline.core.decode import ImageError, decode_rgb
+from vsearch_pipeline.core.hashing import group_labels, near_duplicate_pairs, phash64
+from vsearch_pipeline.resources import (
+    ArtifactStorage,
+    ImageSource,
+    MetricsDatabase,
+    PipelineSettings,
+)
+
+HASH_DECODE_SIZE = 64  # pHash looks at a 32x32 thumbnail; decode JPEGs no larger than needed
+
+
+def _phash_file(read: Callable[[str], bytes], uri: str) -> int | None:
+    try:
+        return phash64(decode_rgb(read(uri), min_size=HASH_DECODE_SIZE))
+    except (ImageError, OSError):
+        return None
+
+
+@asset(partitions_def=ingest_batches, deps=[raw_image_manifest], code_version="1",
+       group_name="dedup")
+def perceptual_hashes(
+    context: AssetExecutionContext,
+    source: ImageSource,
+    storage: ArtifactStorage,
+    metrics_db: MetricsDatabase,
+) -> MaterializeResult:
+    """64-bit pHash of every usable image of the batch, in the DuckDB table `perceptual_hashes`.
+
+    Hashes depend on the bytes alone, so an id hashed in any batch is not hashed again.
+    """
+    key = context.partition_key
+    manifest = storage.store.read_parquet(manifest_path(key))
+    usable = manifest.filter(pc.equal(manifest.column("status"), "ok"))
+    first = dict(zip(usable.column("id").to_pylist(), usable.column("uri").to_pylist(),
+                     strict=True))
+    with metrics_db.db.connect(read_only=False) as con:
+        known = dict(con.execute(
+            "SELECT id, phash FROM perceptual_hashes WHERE id IN (SELECT unnest(?))",
+            [list(first)]).fetchall())
+    todo = [i for i in first if i not in known]
+    start = time.perf_counter()
+    report = progress_logger(context, "pHash")
+    computed = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for n, (image_id, value) in enumerate(
+                zip(todo, pool.map(lambda i: _phash_file(source.read, first[i]), todo), strict=True)):
+            computed[image_id] = value
+            report(n + 1, len(todo))
+    seconds = time.perf_counter() - start
+    rows = [(i, key, v) for i, v in {**known, **computed}.items() if v is not None]
+    with metrics_db.db.transaction() as con:
+        con.execute("DELETE FROM perceptual_hashes WHERE partition = ?", [key])
+        con.executemany("INSERT INTO perceptual_hashes VALUES (?, ?, ?)", rows)
+    failed = sum(v is None for v in computed.values())
+    figures = {"hashed": len(rows), "hashed_now": len(computed) - failed,
+               "from_cache": len(known), "failed": failed, "seconds": round(seconds, 3)}
+    metrics_db.db.record_metrics("hash", run_keys(context), {}, figures)
+    return MaterializeResult(metadata={**figures, "hash": "phash (imagehash, 64 bits)",
+                                       "code_version": code_version()})
+
+
+@asset(deps=[perceptual_hashes], code_version="1", group_name="dedup")
+def near_duplicate_groups(
+    context: AssetExecutionContext,
+    storage: ArtifactStorage,
+    metrics_db: MetricsDatabase,
+    settings: PipelineSettings,
+) -> MaterializeResult:
+    """Groups of near-duplicate images: pHashes within `hamming_threshold` bits, chained.
+
+    Pairs are found by multi-index hashing (the pigeonhole principle over hash chunks), never by
+    comparing every pair. Groups replace the previous ones in the DuckDB table
+    `near_duplicate_groups`.
+    """
+    threshold = settings.near_duplicates.hamming_threshold
+    with metrics_db.db.connect() as con:
+        ids, hashes = _all_hashes(con)
+    start = time.perf_counter()
+    pairs = near_duplicate_pairs(hashes, threshold)
+    labels = group_labels(len(ids), pairs)
+    seconds = time.perf_counter() - start
+    grouped = np.flatnonzero(labels >= 0)
+    with metrics_db.db.transaction() as con:
+        con.execute("DELETE FROM near_duplicate_groups")
+        con.executemany("INSERT INTO near_duplicate_groups VALUES (?, ?, ?)",
+                        [(context.run_id, ids[i], int(labels[i])) for i in grouped])
+    sizes = np.bincount(labels[grouped]) if len(grouped) else np.zeros(0, int)
+    figures = {"images": len(ids), "pairs": len(pairs), "groups": len(sizes),
+               "images_in_groups": len(grouped),
+               "largest_group": int(sizes.max()) if len(sizes) else 0,
+               "seconds": round(seconds, 3)}
+    metrics_db.db.record_metrics("hash", run_keys(context),
+                                 {"hamming_threshold": str(threshold)}, figures)
+    return MaterializeResult(metadata={
+        **figures, "hamming_threshold": threshold,
+        "largest_groups": markdown_table(_group_rows(storage, ids, labels, sizes)),
+        "code_version": code_version(),
+    })
+
+
+def _all_hashes(con) -> tuple[list[str], np.ndarray]:
+    rows = con.execute(
+        "SELECT id, any_value(phash) FROM perceptual_hashes GROUP BY id ORDER BY id").fetchall()
+    return [r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.uint64)
+
+
+def _group_rows(storage: ArtifactStorage, ids: list[str], labels: np.ndarray,
+                sizes: np.ndarray) -> list[dict]:
+    if not len(sizes):
+        return []
+    manifest = load_manifests(storage.store)
+    path_of = dict(zip(manifest.column("id").to_pylist(), manifest.column("path").to_pylist(),
+                       strict=True))
+    rows = []
+    for group in np.argsort(-sizes, kind="stable")[:20]:
+        members = [path_of.get(ids[i], ids[i]) for i in np.flatnonzero(labels == group)]
+        rows.append({"group": int(group), "size": int(sizes[group]),
+                     "members": ", ".join(members[:6]) + (" ..." if len(members) > 6 else "")})
+    return rows

@@ -1,0 +1,63 @@
+"""Finding and loading what the pipeline materialized, through the Dagster instance's records.
+
+Shared by the evaluation asset, the `vsearch search` command and the search service: an index
+is found by its materialization (never by guessing file names) and loaded with its id map and
+build parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import faiss
+import pyarrow as pa
+from dagster import AssetKey, DagsterInstance
+
+from vsearch_pipeline.core.index import IndexParams, deserialize, set_search_params
+from vsearch_pipeline.core.storage import ArtifactStore
+
+INDEX_ASSET = AssetKey("faiss_index")
+
+
+@dataclass
+class LoadedIndex:
+    index: faiss.Index
+    id_map: pa.Table
+    build: dict
+
+    @property
+    def ids(self) -> list[str]:
+        return self.id_map.column("id").to_pylist()
+
+    @property
+    def position_of(self) -> dict[str, int]:
+        return {image_id: pos for pos, image_id in enumerate(self.ids)}
+
+    @property
+    def version(self) -> str:
+        return self.build["version"]
+
+
+def _value(metadata: Mapping, key: str) -> str:
+    entry = metadata[key]
+    return getattr(entry, "value", entry)
+
+
+def load_index_artifacts(store: ArtifactStore, metadata: Mapping) -> LoadedIndex:
+    """The index, id map and build record named by a faiss_index materialization's metadata."""
+    folder = _value(metadata, "index_dir")
+    build = store.read_json(f"{folder}/build.json")
+    index = deserialize(store.read_bytes(f"{folder}/index.faiss"))
+    id_map = store.read_parquet(f"{folder}/ids.parquet")
+    if index.ntotal != len(id_map):
+        raise ValueError(f"index {folder}: {index.ntotal} vectors but {len(id_map)} ids")
+    set_search_params(index, IndexParams(**build["params"]))
+    return LoadedIndex(index, id_map, build)
+
+
+def latest_index_metadata(instance: DagsterInstance) -> Mapping:
+    event = instance.get_latest_materialization_event(INDEX_ASSET)
+    if event is None or event.asset_materialization is None:
+        raise LookupError("no faiss_index has been materialized yet: run `vsearch materialize`")
+    return event.asset_materialization.metadata

@@ -1,0 +1,167 @@
+"""The `vsearch` command: demo, materialize, search, grounding sets and the Dagster UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from vsearch_pipeline.settings import HOME_ENV, home_dir, load_settings, save_settings
+
+home_option = click.option(
+    "--home", type=click.Path(file_okay=False, path_type=Path), envvar=HOME_ENV,
+    default=None, show_default=False,
+    help=f"Folder for artifacts, the DuckDB file and the Dagster instance "
+         f"[env {HOME_ENV}; default ./.vsearch].",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """vsearch: visual search and curation of image collections, as a Dagster asset pipeline."""
+
+
+@main.command()
+@home_option
+def demo(home: Path | None) -> None:
+    """Build the embedded demo corpus, materialize every asset, and show one search."""
+    from vsearch_pipeline.core.demo import build_demo_corpus
+    from vsearch_pipeline.runner import run_pipeline
+
+    home = home_dir(home)
+    images, grounding = build_demo_corpus(home / "demo")
+    settings = load_settings(home, {
+        "source": {"uri": str(images)},
+        "evaluation": {"grounding_sets": [str(grounding)]},
+        "clusters": {"min_cluster_size": 3},
+    })
+    save_settings(home, settings)
+    summary = run_pipeline(home, settings, say=_say)
+    _report(home)
+    query = images / "chelsea" / "crop.jpg"
+    click.echo(f"\nExample: vsearch search --home {home} {query}")
+    for row in _search(home, str(query), 5):
+        click.echo(f"  {row['rank']}. {row['score']:.3f}  {row['path']}")
+    click.echo(f"\nOpen the Dagster UI: vsearch ui --home {home}   (then http://127.0.0.1:3000)")
+    sys.exit(0 if summary["success"] else 1)
+
+
+@main.command()
+@home_option
+@click.option("--source", help="Folder or s3://bucket/prefix of images (saved in the home).")
+@click.option("--endpoint-url", help="S3-compatible endpoint for the source, e.g. http://127.0.0.1:9000.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML settings merged over the home's vsearch.yaml (see README).")
+def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
+                config_file: Path | None) -> None:
+    """Ingest new files from the source as a batch and materialize the whole graph."""
+    import yaml
+
+    from vsearch_pipeline.runner import run_pipeline
+
+    home = home_dir(home)
+    overrides = yaml.safe_load(config_file.read_text()) if config_file else {}
+    if source:
+        overrides.setdefault("source", {})["uri"] = source
+    if endpoint_url:
+        overrides.setdefault("source", {})["endpoint_url"] = endpoint_url
+    try:
+        settings = load_settings(home, overrides).check()
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    if not settings.source.uri:
+        raise click.UsageError("no source: pass --source or set source.uri in the settings")
+    save_settings(home, settings)
+    summary = run_pipeline(home, settings, say=_say)
+    _report(home)
+    sys.exit(0 if summary["success"] else 1)
+
+
+@main.command()
+@home_option
+@click.argument("query")
+@click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="How many results.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def search(home: Path | None, query: str, k: int, as_json: bool) -> None:
+    """Nearest images to QUERY: an image file, or the id of an image in the collection."""
+    try:
+        results = _search(home_dir(home), query, k)
+    except (LookupError, FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    if as_json:
+        click.echo(json.dumps({"query": query, "results": results}, indent=2))
+        return
+    for row in results:
+        click.echo(f"{row['rank']:>3}. {row['score']:.4f}  {row['id']}  {row['path']}")
+
+
+@main.command("grounding-from-folders")
+@click.argument("source")
+@click.option("--depth", default=1, show_default=True, help="Folder levels that name a group.")
+@click.option("--endpoint-url", help="S3-compatible endpoint for an s3:// source.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def grounding_from_folders_command(source: str, depth: int, endpoint_url: str | None,
+                                   output: Path) -> None:
+    """Write a grounding set that groups the images of SOURCE by folder."""
+    from vsearch_pipeline.core.grounding import format_grounding, grounding_from_folders
+    from vsearch_pipeline.core.sources import list_source
+
+    rows = grounding_from_folders([o.path for o in list_source(source, endpoint_url)], depth)
+    output.write_text(format_grounding(rows))
+    click.echo(f"{len(rows)} images in {len({g for g, _ in rows})} groups -> {output}")
+
+
+@main.command()
+@home_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True)
+def ui(home: Path | None, host: str, port: int) -> None:
+    """Start the Dagster UI (dagster-webserver) on the home's instance."""
+    from vsearch_pipeline.runner import dagster_home, open_instance
+
+    home = home_dir(home)
+    open_instance(home)
+    env = {**os.environ, HOME_ENV: str(home), "DAGSTER_HOME": str(dagster_home(home))}
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    cmd = ["dagster-webserver", "-w", str(workspace), "-h", host, "-p", str(port)]
+    sys.exit(subprocess.call(cmd, env=env))
+
+
+def _search(home: Path, query: str, k: int) -> list[dict]:
+    from vsearch_pipeline.catalog import latest_index_metadata
+    from vsearch_pipeline.core.storage import ArtifactStore
+    from vsearch_pipeline.runner import open_instance
+    from vsearch_pipeline.search import Searcher
+
+    settings = load_settings(home)
+    metadata = latest_index_metadata(open_instance(home))
+    store = ArtifactStore(metadata["storage_root"].value, settings.storage.endpoint_url)
+    searcher = Searcher.from_metadata(store, metadata, settings.source.endpoint_url)
+    if Path(query).is_file():
+        return searcher.by_image(Path(query).read_bytes(), k)
+    return searcher.by_id(query, k)
+
+
+def _say(message: str) -> None:
+    click.secho(f"==> {message}", fg="cyan", err=True)
+
+
+def _report(home: Path) -> None:
+    """Where the results are, and the latest figures from the DuckDB file."""
+    import duckdb
+
+    db = home / "vsearch.duckdb"
+    click.echo(f"\nArtifacts:  {home / 'artifacts'}\nMetrics DB: {db}  (duckdb {db})")
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT grounding_set, metric, round(value, 4) FROM retrieval_metrics "
+            "WHERE run_id = (SELECT run_id FROM retrieval_metrics ORDER BY recorded_at DESC "
+            "LIMIT 1) AND metric IN ('precision@1', 'map@10', 'recall@10', 'ndcg@10', "
+            "'duplicate_pair_recall') ORDER BY grounding_set, metric").fetchall()
+    for grounding_set, metric, value in rows:
+        click.echo(f"  {grounding_set:<20} {metric:<24} {value}")

@@ -1,0 +1,78 @@
+"""The embedded demo corpus: scikit-image's bundled photographs and generated near-duplicate edits.
+
+Nothing is downloaded. Each photo gets five edits (crop, resize, strong JPEG re-encode, mirror,
+small rotation); the photo and its edits form one group of the grounding set written beside them.
+One truncated JPEG is added so that the manifest shows how a broken file is reported.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from vsearch_pipeline.core.grounding import format_grounding
+
+PHOTOS = (
+    "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+    "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
+    "motorcycle",
+)
+
+
+def _photo(name: str) -> Image.Image:
+    from skimage import data
+
+    pixels = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+    return Image.fromarray(np.asarray(pixels)).convert("RGB")
+
+
+def _crop(img: Image.Image) -> Image.Image:
+    w, h = img.size
+    return img.crop((w // 10, h // 10, w - w // 10, h - h // 10))
+
+
+def _resize(img: Image.Image) -> Image.Image:
+    return img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS)
+
+
+def _rotate(img: Image.Image) -> Image.Image:
+    return _crop(img.rotate(5, resample=Image.Resampling.BICUBIC))
+
+
+EDITS: dict[str, tuple[Callable[[Image.Image], Image.Image], int]] = {
+    "crop": (_crop, 90),
+    "resize": (_resize, 90),
+    "jpeg30": (lambda img: img, 30),
+    "flip": (ImageOps.mirror, 90),
+    "rotate5": (_rotate, 90),
+}
+
+
+def _jpeg(img: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def build_demo_corpus(folder: Path) -> tuple[Path, Path]:
+    """Write the corpus under folder/images and its grounding set; return both paths."""
+    images = folder / "images"
+    rows = []
+    for name in PHOTOS:
+        photo = _photo(name)
+        (images / name).mkdir(parents=True, exist_ok=True)
+        photo.save(images / name / "original.png")
+        rows.append((name, f"{name}/original.png"))
+        for edit, (apply, quality) in EDITS.items():
+            (images / name / f"{edit}.jpg").write_bytes(_jpeg(apply(photo), quality))
+            rows.append((name, f"{name}/{edit}.jpg"))
+    broken = _jpeg(_photo("coffee"), 90)
+    (images / "broken").mkdir(exist_ok=True)
+    (images / "broken" / "truncated.jpg").write_bytes(broken[: len(broken) // 3])
+    grounding = folder / "grounding.csv"
+    grounding.write_text(format_grounding(rows))
+    return images, grounding

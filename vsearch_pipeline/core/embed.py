@@ -1,0 +1,95 @@
+"""Turning image files into unit vectors in batches, decoding ahead of the model on threads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from vsearch_pipeline.core.decode import ImageError, decode_rgb
+from vsearch_pipeline.core.models import EmbeddingModel
+
+
+@dataclass
+class EmbeddingResult:
+    ids: list[str]
+    vectors: np.ndarray  # (len(ids), dim) float32, unit length
+    failed: dict[str, str]  # id -> reason, for files that no longer decode
+
+
+def _prepare(model: EmbeddingModel, read: Callable[[str], bytes], uri: str) -> torch.Tensor | str:
+    try:
+        image = decode_rgb(read(uri), min_size=model.image_size)
+    except (ImageError, OSError) as err:
+        return str(err)
+    return model.transform(image)
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def embed_files(
+    model: EmbeddingModel,
+    ids: Sequence[str],
+    uris: Sequence[str],
+    read: Callable[[str], bytes],
+    batch_size: int = 32,
+    workers: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> EmbeddingResult:
+    """Embed the files at `uris` (one per id). Decoding of the next images overlaps inference."""
+    done_ids: list[str] = []
+    chunks: list[np.ndarray] = []
+    failed: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        prepared = pool.map(lambda u: _prepare(model, read, u), uris)
+        for batch_ids in _batches(list(ids), batch_size):
+            tensors, kept = [], []
+            for image_id, item in zip(batch_ids, prepared, strict=False):
+                if isinstance(item, str):
+                    failed[image_id] = item
+                else:
+                    tensors.append(item)
+                    kept.append(image_id)
+            if tensors:
+                chunks.append(model.embed_tensors(torch.stack(tensors)))
+                done_ids.extend(kept)
+            if progress:
+                progress(len(done_ids) + len(failed), len(ids))
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
+    return EmbeddingResult(done_ids, vectors, failed)
+
+
+def embeddings_table(ids: Sequence[str], vectors: np.ndarray, model: str, version: str) -> pa.Table:
+    """The shard layout: id, model, model_version, vector (fixed-size list of float32)."""
+    dim = vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    return pa.table({
+        "id": pa.array(list(ids), pa.string()),
+        "model": pa.array([model] * len(ids), pa.string()),
+        "model_version": pa.array([version] * len(ids), pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+    })
+
+
+def table_vectors(table: pa.Table) -> np.ndarray:
+    """The vector column of a shard as an (n, dim) float32 array, without a Python loop."""
+    column = table.column("vector").combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+
+
+def vector_problems(vectors: np.ndarray, tolerance: float = 1e-3) -> dict[str, int]:
+    """Counts of non-finite and non-unit vectors, for the asset checks."""
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.linalg.norm(np.where(np.isfinite(vectors), vectors, 0), axis=1)
+    return {
+        "non_finite": int((~finite).sum()),
+        "non_unit": int((finite & (np.abs(norms - 1) > tolerance)).sum()),
+    }

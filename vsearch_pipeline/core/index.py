@@ -1,0 +1,146 @@
+"""FAISS indexes over unit vectors (inner product = cosine), named and tuned as FAISS names them.
+
+Index types and their parameters:
+- ``flat``: exact search, no parameters.
+- ``hnsw``: ``M`` (neighbours per node, default 32), ``efConstruction`` (default 200),
+  ``efSearch`` (default 128).
+- ``ivf-flat``: ``nlist`` (default 4*sqrt(n), at most n/39 so each list has training points),
+  ``nprobe`` (default 16).
+- ``ivf-pq``: ``nlist``, ``nprobe`` as above, ``M`` (PQ sub-quantizers; must divide the
+  dimension; default the largest divisor <= 64), ``nbits`` (bits per code, default 8, lowered for
+  small collections that cannot train 2**nbits centroids), ``opq`` (rotate with OPQ first).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import faiss
+import numpy as np
+
+INDEX_TYPES = ("flat", "hnsw", "ivf-flat", "ivf-pq")
+MIN_POINTS_PER_CENTROID = 39
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    index_type: str = "hnsw"
+    M: int | None = None
+    efConstruction: int = 200
+    efSearch: int = 128
+    nlist: int | None = None
+    nprobe: int = 16
+    nbits: int = 8
+    opq: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def validate_params(params: IndexParams) -> None:
+    if params.index_type not in INDEX_TYPES:
+        raise ValueError(f"index.index_type must be one of {INDEX_TYPES}, got {params.index_type!r}")
+    for name in ("efConstruction", "efSearch", "nprobe"):
+        if getattr(params, name) < 1:
+            raise ValueError(f"index.{name} must be at least 1")
+    if not 1 <= params.nbits <= 16:
+        raise ValueError("index.nbits must be in 1..16")
+
+
+def _largest_divisor(d: int, limit: int) -> int:
+    return max(m for m in range(1, min(d, limit) + 1) if d % m == 0)
+
+
+def resolve_params(params: IndexParams, n: int, d: int) -> IndexParams:
+    """Fill the defaults that depend on the collection, so the recorded parameters are the real ones."""
+    validate_params(params)
+    if params.index_type == "hnsw":
+        return replace(params, M=params.M or 32)
+    if params.index_type == "flat":
+        return params
+    nlist = params.nlist or int(4 * math.sqrt(n))
+    nlist = max(1, min(nlist, n // MIN_POINTS_PER_CENTROID or 1))
+    resolved = replace(params, nlist=nlist, nprobe=min(params.nprobe, nlist))
+    if params.index_type == "ivf-pq":
+        m = params.M or _largest_divisor(d, 64)
+        if d % m:
+            raise ValueError(f"index.M={m} must divide the vector dimension {d}")
+        nbits = min(params.nbits, max(1, int(math.log2(max(n, 2) / 4))))
+        resolved = replace(resolved, M=m, nbits=nbits)
+    return resolved
+
+
+def factory_string(params: IndexParams, d: int) -> str:
+    """The faiss.index_factory description of the resolved parameters."""
+    kind = params.index_type
+    if kind == "flat":
+        return "Flat"
+    if kind == "hnsw":
+        return f"HNSW{params.M},Flat"
+    if kind == "ivf-flat":
+        return f"IVF{params.nlist},Flat"
+    prefix = f"OPQ{params.M}," if params.opq else ""
+    return f"{prefix}IVF{params.nlist},PQ{params.M}x{params.nbits}"
+
+
+def build_index(vectors: np.ndarray, params: IndexParams, seed: int = 0) -> faiss.Index:
+    """Train (where the type needs it) and fill an index; `params` must be resolved."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    d = vectors.shape[1]
+    index = faiss.index_factory(d, factory_string(params, d), faiss.METRIC_INNER_PRODUCT)
+    if params.index_type == "hnsw":
+        faiss.downcast_index(index).hnsw.efConstruction = params.efConstruction
+    if not index.is_trained:
+        index.train(_training_sample(vectors, seed))
+    index.add(vectors)
+    set_search_params(index, params)
+    return index
+
+
+def _training_sample(vectors: np.ndarray, seed: int, limit: int = 200_000) -> np.ndarray:
+    if len(vectors) <= limit:
+        return vectors
+    rows = np.random.default_rng(seed).choice(len(vectors), limit, replace=False)
+    return vectors[np.sort(rows)]
+
+
+def set_search_params(index: faiss.Index, params: IndexParams) -> None:
+    if params.index_type == "hnsw":
+        faiss.ParameterSpace().set_index_parameter(index, "efSearch", params.efSearch)
+    elif params.index_type in ("ivf-flat", "ivf-pq"):
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", params.nprobe)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions) of the k nearest, best first; positions -1 where fewer exist."""
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    return index.search(queries, min(k, max(index.ntotal, 1)))
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+
+
+def recall_at_k(
+    index: faiss.Index, vectors: np.ndarray, k: int = 10, n_queries: int = 1000, seed: int = 0
+) -> float:
+    """Share of the exact top-k that the index returns, over a sample of the indexed vectors."""
+    k = min(k, len(vectors))
+    rows = np.random.default_rng(seed).choice(len(vectors), min(n_queries, len(vectors)),
+                                              replace=False)
+    queries = vectors[rows]
+    truth = exact_neighbours(vectors, queries, k)
+    found = search(index, queries, k)[1]
+    hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True))
+    return hits / (k * len(rows))
+
+
+def serialize(index: faiss.Index) -> bytes:
+    return faiss.serialize_index(index).tobytes()
+
+
+def deserialize(data: bytes) -> faiss.Index:
+    return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))

@@ -1,0 +1,82 @@
+"""The raw image manifest: one row per file, with a content-derived id and a usable/why-not status."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+
+from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS, ImageError, probe_image
+from vsearch_pipeline.core.sources import SourceObject
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("uri", pa.string()),
+        ("path", pa.string()),
+        ("version", pa.string()),
+        ("bytes", pa.int64()),
+        ("content_hash", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("format", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+ID_HEX_CHARS = 16
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_id(sha256_hex: str) -> str:
+    """Ids come from the bytes, so a renamed or copied file keeps its id (64 bits of SHA-256)."""
+    return sha256_hex[:ID_HEX_CHARS]
+
+
+def manifest_row(obj: SourceObject, read: Callable[[str], bytes], max_pixels: int) -> dict:
+    """Read one file and describe it; never raises for a bad file, the reason goes in the row."""
+    row = {"uri": obj.uri, "path": obj.path, "version": obj.version, "id": None,
+           "bytes": obj.size, "content_hash": None, "width": None, "height": None,
+           "format": None, "status": "ok", "reason": None}
+    try:
+        data = read(obj.uri)
+    except OSError as err:
+        return row | {"status": "unreadable", "reason": f"could not read the file: {err}"}
+    digest = content_hash(data)
+    row |= {"bytes": len(data), "content_hash": digest, "id": image_id(digest)}
+    try:
+        info = probe_image(data, max_pixels)
+    except ImageError as err:
+        return row | {"status": err.status, "reason": err.reason}
+    return row | {"width": info.width, "height": info.height, "format": info.format}
+
+
+def build_manifest(
+    objects: Iterable[SourceObject],
+    read: Callable[[str], bytes],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> pa.Table:
+    """Manifest rows for the objects, in their order; reading and decoding run on a thread pool."""
+    objects = list(objects)
+    rows = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, row in enumerate(pool.map(lambda o: manifest_row(o, read, max_pixels), objects)):
+            rows.append(row)
+            if progress:
+                progress(done + 1, len(objects))
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def status_counts(manifest: pa.Table) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for status in manifest.column("status").to_pylist():
+        counts[status] = counts.get(status, 0) + 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,103 @@
+"""Local folders and S3 prefixes behind one interface (fsspec), with writes that are never half-done.
+
+A reader must never see a partly written artifact: local files are written under a temporary
+name and renamed into place; an S3 PUT is atomic by itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def storage_options(uri: str, endpoint_url: str | None) -> dict[str, Any]:
+    """fsspec options for a URI: the S3 endpoint (any S3-compatible server) when one is set."""
+    if uri.startswith("s3://") and endpoint_url:
+        return {"endpoint_url": endpoint_url}
+    return {}
+
+
+def filesystem(uri: str, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and the protocol-less root path for a local path or an s3:// URI."""
+    fs, root = fsspec.core.url_to_fs(uri, **storage_options(uri, endpoint_url))
+    return fs, root.rstrip("/")
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in fs.protocol or "local" in fs.protocol
+
+
+@dataclass
+class ArtifactStore:
+    """Where the pipeline's files live: a local folder or an s3:// prefix."""
+
+    root: str
+    endpoint_url: str | None = None
+    fs: fsspec.AbstractFileSystem = field(init=False, repr=False)
+    base: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fs, self.base = filesystem(self.root, self.endpoint_url)
+
+    def path(self, relpath: str) -> str:
+        return posixpath.join(self.base, relpath)
+
+    def uri(self, relpath: str) -> str:
+        """Full URI of an artifact, as recorded in metadata."""
+        path = self.path(relpath)
+        return path if is_local(self.fs) else f"{self.fs.protocol[0]}://{path}"
+
+    def exists(self, relpath: str) -> bool:
+        return self.fs.exists(self.path(relpath))
+
+    def list(self, relpath: str, suffix: str = "") -> list[str]:
+        """Relative paths of the files directly under a folder, sorted."""
+        folder = self.path(relpath)
+        if not self.fs.exists(folder):
+            return []
+        names = [posixpath.basename(p) for p in self.fs.ls(folder, detail=False)]
+        return sorted(posixpath.join(relpath, n) for n in names if n.endswith(suffix))
+
+    def write_bytes(self, relpath: str, data: bytes) -> str:
+        path = self.path(relpath)
+        if not is_local(self.fs):
+            self.fs.pipe_file(path, data)
+            return self.uri(relpath)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return self.uri(relpath)
+
+    def read_bytes(self, relpath: str) -> bytes:
+        return self.fs.cat_file(self.path(relpath))
+
+    def write_json(self, relpath: str, value: Any) -> str:
+        return self.write_bytes(relpath, json.dumps(value, indent=2, sort_keys=True).encode())
+
+    def read_json(self, relpath: str) -> Any:
+        return json.loads(self.read_bytes(relpath))
+
+    def write_parquet(self, relpath: str, table: pa.Table) -> str:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        return self.write_bytes(relpath, buffer.getvalue())
+
+    def read_parquet(self, relpath: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.read_bytes(relpath)), columns=columns)

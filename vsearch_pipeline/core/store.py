@@ -1,0 +1,120 @@
+"""The DuckDB database that people open and query: metrics of every run, hashes, duplicate groups.
+
+Metrics live in one table per kind (``<kind>_metrics``), in long form: one row per figure, keyed
+by run, asset and partition, with the settings that tell runs apart (model, index type, method...)
+as columns, so that comparing two runs is plain SQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping
+
+import duckdb
+
+METRIC_KINDS: dict[str, tuple[str, ...]] = {
+    "manifest": (),
+    "subset": ("fraction", "seed"),
+    "embedding": ("model", "model_version", "precision"),
+    "hash": ("hamming_threshold",),
+    "index": ("model", "index_type", "index_version", "params"),
+    "cluster": ("model", "method", "reduce", "params", "grounding_set"),
+    "retrieval": ("model", "index_type", "index_version", "grounding_set"),
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS perceptual_hashes (
+    id VARCHAR NOT NULL, partition VARCHAR NOT NULL, phash UBIGINT NOT NULL,
+    PRIMARY KEY (id, partition));
+CREATE TABLE IF NOT EXISTS near_duplicate_groups (
+    run_id VARCHAR NOT NULL, id VARCHAR NOT NULL, group_id BIGINT NOT NULL);
+"""
+
+
+def _metric_table_sql(kind: str, columns: tuple[str, ...]) -> str:
+    extra = "".join(f", {c} VARCHAR" for c in columns)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {kind}_metrics (run_id VARCHAR, asset VARCHAR, "
+        f"partition VARCHAR, recorded_at TIMESTAMP{extra}, metric VARCHAR, value DOUBLE)"
+    )
+
+
+class MetricsDB:
+    """A DuckDB file; each write is one transaction, and a busy file is retried, not failed."""
+
+    def __init__(self, path: str, lock_timeout_s: float = 120.0):
+        self.path = path
+        self.lock_timeout_s = lock_timeout_s
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if not read_only:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        con = self._open(read_only)
+        try:
+            if not read_only:
+                self._ensure_schema(con)
+            yield con
+        finally:
+            con.close()
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                return duckdb.connect(self.path, read_only=read_only)
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2 + random.random() * 0.5)
+
+    @staticmethod
+    def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(SCHEMA)
+        for kind, columns in METRIC_KINDS.items():
+            con.execute(_metric_table_sql(kind, columns))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def record_metrics(
+        self,
+        kind: str,
+        run: Mapping[str, str | None],
+        keys: Mapping[str, object],
+        metrics: Mapping[str, float],
+    ) -> None:
+        """Append one row per figure. `run` holds run_id, asset and partition."""
+        columns = METRIC_KINDS[kind]
+        unknown = set(keys) - set(columns)
+        if unknown:
+            raise ValueError(f"{kind}_metrics has no columns {sorted(unknown)}")
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        key_values = [_as_text(keys.get(c)) for c in columns]
+        rows = [
+            [run["run_id"], run["asset"], run.get("partition"), now, *key_values, name,
+             float(value)]
+            for name, value in metrics.items()
+        ]
+        placeholders = ", ".join(["?"] * (6 + len(columns)))
+        with self.transaction() as con:
+            con.executemany(f"INSERT INTO {kind}_metrics VALUES ({placeholders})", rows)
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)

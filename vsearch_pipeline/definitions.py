@@ -1,0 +1,57 @@
+"""The Dagster definitions of a vsearch home (``VSEARCH_HOME``, default ``./.vsearch``).
+
+Loaded by ``workspace.yaml`` for ``dagster dev`` / ``dagster-webserver``, and by the ``vsearch``
+command, so the UI and the command line always run the same graph with the same settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import Definitions, define_asset_job
+
+from vsearch_pipeline.assets import ALL_ASSETS, COLLECTION_ASSETS, PER_BATCH_ASSETS
+from vsearch_pipeline.assets.common import ingest_batches
+from vsearch_pipeline.resources import (
+    ArtifactStorage,
+    EmbeddingModelResource,
+    ImageSource,
+    MetricsDatabase,
+    PipelineSettings,
+)
+from vsearch_pipeline.settings import Settings, home_dir, load_settings
+
+process_batch_job = define_asset_job(
+    "process_batch", selection=PER_BATCH_ASSETS, partitions_def=ingest_batches,
+    description="Manifest, subset, embeddings and hashes of one ingest batch.",
+)
+refresh_collection_job = define_asset_job(
+    "refresh_collection", selection=COLLECTION_ASSETS,
+    description="Near-duplicate groups, FAISS index, clusters and evaluation of the collection.",
+)
+
+
+def build_resources(home: Path, settings: Settings) -> dict:
+    storage_root = settings.storage.root or str(home / "artifacts")
+    return {
+        "source": ImageSource(**settings.source.model_dump()),
+        "storage": ArtifactStorage(root=storage_root, endpoint_url=settings.storage.endpoint_url),
+        "metrics_db": MetricsDatabase(path=str(home / "vsearch.duckdb")),
+        "model": EmbeddingModelResource(**settings.model.model_dump()),
+        "settings": PipelineSettings(
+            manifest=settings.manifest, subset=settings.subset,
+            near_duplicates=settings.near_duplicates, index=settings.index,
+            clusters=settings.clusters, evaluation=settings.evaluation,
+        ),
+    }
+
+
+def make_definitions(home: Path, settings: Settings) -> Definitions:
+    return Definitions(
+        assets=ALL_ASSETS,
+        jobs=[process_batch_job, refresh_collection_job],
+        resources=build_resources(home, settings),
+    )
+
+
+defs = make_definitions(home_dir(), load_settings(home_dir()))

@@ -1,0 +1,99 @@
+"""Running the graph from the command line: the Dagster instance of a home, new ingest batches,
+and the two jobs (per batch, then the collection) executed in process."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from dagster import DagsterInstance
+
+from vsearch_pipeline.assets.common import BATCHES, batch_path, ingest_batches, manifest_path
+from vsearch_pipeline.core.sources import SourceObject
+from vsearch_pipeline.core.storage import ArtifactStore
+from vsearch_pipeline.definitions import make_definitions
+from vsearch_pipeline.settings import Settings
+
+REPO_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+def dagster_home(home: Path) -> Path:
+    return home / "dagster"
+
+
+def open_instance(home: Path) -> DagsterInstance:
+    """The home's Dagster instance (SQLite storage inside it), set up from dagster.yaml."""
+    folder = dagster_home(home)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "dagster.yaml"
+    if REPO_INSTANCE_CONFIG.exists() and not config.exists():
+        shutil.copyfile(REPO_INSTANCE_CONFIG, config)
+    os.environ["DAGSTER_HOME"] = str(folder)
+    return DagsterInstance.from_config(str(folder))
+
+
+def _stored_batches(store: ArtifactStore) -> dict[str, dict]:
+    return {Path(p).stem: store.read_json(p) for p in store.list(BATCHES, ".json")}
+
+
+def register_new_batch(instance: DagsterInstance, store: ArtifactStore,
+                       objects: list[SourceObject], source_uri: str) -> str | None:
+    """Record the objects not seen in any earlier batch as a new batch; return its key.
+
+    An object is new when its URI or its version (ETag, or size and mtime) is new. The batch's
+    file list is frozen when the batch is created, so its manifest is the same however often it
+    is computed.
+    """
+    batches = _stored_batches(store)
+    known = {(o["uri"], o["version"]) for b in batches.values() for o in b["objects"]}
+    new = [o for o in objects if (o.uri, o.version) not in known]
+    sync_partitions(instance, batches)
+    if not new:
+        return None
+    key = f"b{len(batches) + 1:05d}"
+    store.write_json(batch_path(key), {
+        "key": key, "source": source_uri, "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "objects": [asdict(o) for o in new],
+    })
+    instance.add_dynamic_partitions(ingest_batches.name, [key])
+    return key
+
+
+def sync_partitions(instance: DagsterInstance, batches: dict[str, dict]) -> None:
+    """Every stored batch is a partition (repairs a run cut off between the two writes)."""
+    existing = set(instance.get_dynamic_partitions(ingest_batches.name))
+    missing = sorted(set(batches) - existing)
+    if missing:
+        instance.add_dynamic_partitions(ingest_batches.name, missing)
+
+
+def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = print) -> dict:
+    """Register new files as a batch, process every batch, then refresh the collection assets."""
+    settings.check()
+    instance = open_instance(home)
+    defs = make_definitions(home, settings)
+    resources = defs.resources
+    store = resources["storage"].store
+    objects = resources["source"].list()
+    say(f"source {settings.source.uri}: {len(objects)} files")
+    new_key = register_new_batch(instance, store, objects, settings.source.uri)
+    say(f"new ingest batch {new_key}" if new_key else "no new files since the last batch")
+    keys = sorted(instance.get_dynamic_partitions(ingest_batches.name))
+    results = {}
+    for key in keys:
+        fresh = not store.exists(manifest_path(key))
+        say(f"batch {key}: {'manifest, ' if fresh else ''}subset, embeddings, hashes")
+        job = defs.get_job_def("process_batch")
+        result = job.execute_in_process(partition_key=key, instance=instance,
+                                        raise_on_error=True)
+        results[key] = result.success
+    say("collection: near-duplicate groups, FAISS index, clusters, evaluation")
+    result = defs.get_job_def("refresh_collection").execute_in_process(instance=instance,
+                                                                       raise_on_error=True)
+    results["collection"] = result.success
+    return {"batches": keys, "new_batch": new_key, "success": all(results.values()),
+            "run_id": result.run_id}

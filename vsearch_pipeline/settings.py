@@ -1,0 +1,157 @@
+"""Settings of a vsearch home: one YAML file, read into validated sections.
+
+A home folder holds everything a collection needs: ``vsearch.yaml`` (these settings),
+``artifacts/`` (manifests, embeddings, indexes, clusters), ``vsearch.duckdb`` (hashes, groups and
+metrics) and ``dagster/`` (the Dagster instance). Every setting is documented in README.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dagster import Config
+from pydantic import Field, field_validator
+
+from vsearch_pipeline.core.cluster import ClusterParams
+from vsearch_pipeline.core.cluster import validate_params as validate_cluster_params
+from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
+from vsearch_pipeline.core.index import IndexParams
+from vsearch_pipeline.core.index import validate_params as validate_index_params
+from vsearch_pipeline.core.models import DEFAULT_MODEL, ModelSpec, validate_settings
+
+HOME_ENV = "VSEARCH_HOME"
+DEFAULT_HOME = ".vsearch"
+SETTINGS_FILE = "vsearch.yaml"
+
+
+class Section(Config):
+    """A settings section; unknown keys are refused (a typo must not be ignored)."""
+
+
+class SourceSettings(Section):
+    uri: str | None = None
+    endpoint_url: str | None = None
+
+
+class StorageSettings(Section):
+    root: str | None = None  # default: <home>/artifacts
+    endpoint_url: str | None = None
+
+
+class ModelSettings(Section):
+    name: str = DEFAULT_MODEL
+    pretrained: str | None = None
+    batch_size: int = Field(32, ge=1, le=4096)
+    device: str = "cpu"
+    precision: str = "fp32"
+
+
+class ManifestSettings(Section):
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    read_workers: int = Field(4, ge=1, le=64)
+
+
+class SubsetSettings(Section):
+    fraction: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    force_include: list[str] = []
+
+
+class NearDuplicateSettings(Section):
+    hamming_threshold: int = Field(8, ge=0, le=32)
+
+
+class IndexSettings(Section):
+    index_type: str = "hnsw"
+    M: int | None = Field(None, ge=1)
+    efConstruction: int = Field(200, ge=1)
+    efSearch: int = Field(128, ge=1)
+    nlist: int | None = Field(None, ge=1)
+    nprobe: int = Field(16, ge=1)
+    nbits: int = Field(8, ge=1, le=16)
+    opq: bool = False
+    min_recall: float = Field(0.9, ge=0.0, le=1.0)
+    recall_queries: int = Field(1000, ge=1)
+
+    def params(self) -> IndexParams:
+        return IndexParams(self.index_type, self.M, self.efConstruction, self.efSearch,
+                           self.nlist, self.nprobe, self.nbits, self.opq)
+
+
+class ClusterSettings(Section):
+    method: str = "hdbscan"
+    reduce: str = "pca"
+    n_components: int = Field(32, ge=2)
+    min_cluster_size: int = Field(5, ge=2)
+    min_samples: int | None = Field(None, ge=1)
+    n_clusters: int | None = Field(None, ge=2)
+    seed: int = 0
+
+    def params(self) -> ClusterParams:
+        return ClusterParams(**self.model_dump())
+
+
+class EvaluationSettings(Section):
+    grounding_sets: list[str] = []
+    ks: list[int] = [1, 5, 10]
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, ks: list[int]) -> list[int]:
+        if not ks or min(ks) < 1:
+            raise ValueError("evaluation.ks must be a non-empty list of positive integers")
+        return sorted(set(ks))
+
+
+class Settings(Section):
+    source: SourceSettings = SourceSettings()
+    storage: StorageSettings = StorageSettings()
+    model: ModelSettings = ModelSettings()
+    manifest: ManifestSettings = ManifestSettings()
+    subset: SubsetSettings = SubsetSettings()
+    near_duplicates: NearDuplicateSettings = NearDuplicateSettings()
+    index: IndexSettings = IndexSettings()
+    clusters: ClusterSettings = ClusterSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+
+    def check(self) -> Settings:
+        """The checks that need more than a type: run them before any work starts."""
+        validate_settings(ModelSpec(self.model.name, self.model.pretrained), self.model.device,
+                          self.model.precision)
+        validate_index_params(self.index.params())
+        validate_cluster_params(self.clusters.params())
+        return self
+
+
+def home_dir(home: str | os.PathLike | None = None) -> Path:
+    return Path(home or os.environ.get(HOME_ENV) or DEFAULT_HOME).resolve()
+
+
+def load_settings(home: Path, overrides: dict[str, Any] | None = None) -> Settings:
+    """The home's vsearch.yaml (if any) with `overrides` merged in, section by section."""
+    path = home / SETTINGS_FILE
+    data = yaml.safe_load(path.read_text()) if path.exists() else {}
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: the settings file must be a mapping of sections")
+    merged = _merge(data or {}, overrides or {})
+    return Settings.model_validate(merged)
+
+
+def save_settings(home: Path, settings: Settings) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / SETTINGS_FILE
+    path.write_text(yaml.safe_dump(settings.model_dump(), sort_keys=False))
+    return path
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
