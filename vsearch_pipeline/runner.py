@@ -18,6 +18,7 @@ from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions
 from vsearch_pipeline.settings import Settings
 
+CONSOLE_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 REPO_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
 
@@ -87,13 +88,12 @@ def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = pr
     for key in keys:
         fresh = not store.exists(manifest_path(key))
         say(f"batch {key}: {'manifest, ' if fresh else ''}subset, embeddings, hashes")
-        job = defs.get_job_def("process_batch")
-        result = job.execute_in_process(partition_key=key, instance=instance,
-                                        raise_on_error=True)
+        result = defs.resolve_job_def("process_batch").execute_in_process(
+            partition_key=key, instance=instance, run_config=CONSOLE_INFO, raise_on_error=True)
         results[key] = result.success
     say("collection: near-duplicate groups, FAISS index, clusters, evaluation")
-    result = defs.get_job_def("refresh_collection").execute_in_process(instance=instance,
-                                                                       raise_on_error=True)
+    result = defs.resolve_job_def("refresh_collection").execute_in_process(
+        instance=instance, run_config=CONSOLE_INFO, raise_on_error=True)
     results["collection"] = result.success
     return {"batches": keys, "new_batch": new_key, "success": all(results.values()),
             "run_id": result.run_id}

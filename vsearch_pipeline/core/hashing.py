@@ -21,8 +21,8 @@ from scipy.sparse.csgraph import connected_components
 
 HASH_BITS = 64
 MAX_THRESHOLD = 32
-# Upper bound on candidate pairs materialised at once; keeps memory bounded (~ a few hundred
-# MB of temporaries) even when one bucket holds a huge number of identical hashes.
+# Upper bound on candidate pairs materialised at once; keeps memory bounded (~100 MB of
+# temporaries) even when one bucket holds a huge number of identical hashes.
 PAIR_BLOCK = 1 << 21
 # Largest number of chunks a pair may be required to share (see choose_agreement).
 MAX_AGREEMENT = 4
@@ -201,7 +201,7 @@ def near_duplicate_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
     pairs at distance 0. Multi-index hashing: the 64 bits are split into ``threshold + k``
     disjoint chunks, so by the pigeonhole principle a pair within the threshold agrees
     exactly on at least ``k`` chunks (``k = 1`` is the plain ``threshold + 1`` split; ``k`` is
-    picked by ``choose_agreement``, typically 2 for large ``n``, which shrinks buckets
+    picked by ``choose_agreement``; 2 to 4 for large ``n``, which shrinks buckets
     enormously). For each ``k``-subset of chunks, items are sorted by those bits and only
     items in the same bucket are verified with popcount, in blocks of ``PAIR_BLOCK``
     candidates. A pair is kept only for its first agreeing subset, so no deduplication pass

@@ -12,12 +12,8 @@ Model names:
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib.metadata import version as package_version
 
 import numpy as np
@@ -25,26 +21,15 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-DEFAULT_MODEL = "efficientnet-lite0"
-PRECISIONS = ("fp32", "bf16")
-DEVICES = ("cpu", "cuda")
-OPEN_CLIP_PREFIX = "open_clip:"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What identifies a model's vectors: two specs with the same key give the same vectors."""
-
-    name: str
-    pretrained: str | None = None
-
-    @property
-    def key(self) -> str:
-        """A file-name-safe identity, used to keep each model's embeddings apart."""
-        parts = [self.name.replace(OPEN_CLIP_PREFIX, "open_clip-")]
-        if self.pretrained:
-            parts.append(_pretrained_label(self.pretrained))
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
+from vsearch_pipeline.core.model_spec import (
+    DEFAULT_MODEL,
+    DEVICES,
+    OPEN_CLIP_PREFIX,
+    PRECISIONS,
+    ModelSpec,
+    file_sha256,
+    pretrained_label,
+)
 
 
 @dataclass
@@ -78,21 +63,6 @@ class EmbeddingModel:
 def _autocast(device: str, precision: str):
     enabled = precision == "bf16"
     return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=enabled)
-
-
-def _pretrained_label(pretrained: str) -> str:
-    if os.path.isfile(pretrained):
-        return f"ckpt-{file_sha256(pretrained)[:12]}"
-    return pretrained
-
-
-@lru_cache(maxsize=16)
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def validate_settings(spec: ModelSpec, device: str, precision: str) -> None:
@@ -167,6 +137,6 @@ def _load_open_clip(spec: ModelSpec, device: str, precision: str) -> EmbeddingMo
     image_size = model.visual.image_size
     size = image_size[0] if isinstance(image_size, tuple | list) else int(image_size)
     dim = int(model.visual.output_dim)
-    version = f"open_clip {open_clip.__version__}; pretrained {_pretrained_label(spec.pretrained)}"
+    version = f"open_clip {open_clip.__version__}; pretrained {pretrained_label(spec.pretrained)}"
     return EmbeddingModel(spec, version, dim, size, device, precision, model.encode_image,
                           preprocess)

@@ -32,6 +32,7 @@ def _is_hidden(path: str) -> bool:
 def list_source(uri: str, endpoint_url: str | None = None) -> list[SourceObject]:
     """Every file under the source, recursively, sorted by path. Hidden files are skipped."""
     fs, root = filesystem(uri, endpoint_url)
+    fs.invalidate_cache(root)  # objects may have been added by another client since last time
     if not fs.exists(root):
         raise FileNotFoundError(f"source {uri!r} does not exist")
     found = fs.find(root, detail=True)

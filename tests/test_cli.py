@@ -1,0 +1,93 @@
+"""The `vsearch` command as a person runs it: demo, search, bad settings, help; and the
+Dagster definitions as `dagster-webserver` loads them through workspace.yaml."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VSEARCH = str(Path(sys.executable).parent / "vsearch")
+
+
+def _run(*args: str, home: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VSEARCH_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([VSEARCH, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=home.parent)
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    home = tmp_path_factory.mktemp("cli") / "home"
+    return home, _run("demo", home=home)
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(demo_home):
+    home, result = demo_home
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Example: vsearch search" in result.stdout
+    assert "1. 1.000  chelsea/crop.jpg" in result.stdout
+    assert "vsearch ui --home" in result.stdout
+    assert "precision@1" in result.stdout
+    assert "embeddings: " in result.stderr  # progress of the long step
+    assert (home / "vsearch.duckdb").exists() and (home / "vsearch.yaml").exists()
+
+
+@pytest.mark.slow
+def test_search_by_file_and_by_id_as_json(demo_home):
+    home, _ = demo_home
+    query = home / "demo" / "images" / "coffee" / "flip.jpg"
+    by_file = json.loads(_run("search", str(query), "-k", "3", "--json", home=home).stdout)
+    assert [r["rank"] for r in by_file["results"]] == [1, 2, 3]
+    assert by_file["results"][0]["path"] == "coffee/flip.jpg"
+    assert all(r["path"].startswith("coffee/") for r in by_file["results"])
+    image_id = by_file["results"][0]["id"]
+    by_id = json.loads(_run("search", image_id, "--json", "-k", "5", home=home).stdout)
+    assert image_id not in [r["id"] for r in by_id["results"]]
+    assert by_id["results"][0]["path"].startswith("coffee/")
+
+
+@pytest.mark.slow
+def test_unknown_query_is_a_clear_error(demo_home):
+    home, _ = demo_home
+    result = _run("search", "no-such-image", home=home)
+    assert result.returncode == 1
+    assert "no image with id 'no-such-image'" in result.stderr
+
+
+def test_bad_settings_fail_before_any_work(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("index:\n  index_type: annoy\n")
+    home = tmp_path / "home"
+    result = _run("materialize", "--source", str(tmp_path), "--config", str(config), home=home)
+    assert result.returncode == 2
+    assert "index.index_type" in result.stderr and "hnsw" in result.stderr
+    assert not (home / "artifacts").exists()
+    config.write_text("subset:\n  fraction: 1.5\n")
+    result = _run("materialize", "--source", str(tmp_path), "--config", str(config), home=home)
+    assert result.returncode != 0 and "fraction" in result.stderr
+
+
+def test_help_lists_every_command(tmp_path):
+    result = _run("--help", home=tmp_path / "home")
+    for command in ("demo", "materialize", "search", "grounding-from-folders", "ui"):
+        assert command in result.stdout
+
+
+def test_workspace_loads_in_dagster(tmp_path):
+    env = {**os.environ, "VSEARCH_HOME": str(tmp_path / "home"),
+           "DAGSTER_HOME": str(tmp_path / "dagster")}
+    (tmp_path / "dagster").mkdir()
+    dagster = str(Path(sys.executable).parent / "dagster")
+    result = subprocess.run([dagster, "definitions", "validate", "-w", "workspace.yaml"],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    from vsearch_pipeline.definitions import defs
+
+    names = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert names == {"raw_image_manifest", "sampled_subset", "embeddings", "perceptual_hashes",
+                     "near_duplicate_groups", "faiss_index", "clusters", "evaluation"}

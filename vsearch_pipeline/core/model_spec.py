@@ -1,0 +1,45 @@
+"""Model names and what identifies a model's vectors, without importing torch (cheap to load)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+DEFAULT_MODEL = "efficientnet-lite0"
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("cpu", "cuda")
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What identifies a model's vectors: two specs with the same key give the same vectors."""
+
+    name: str
+    pretrained: str | None = None
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe identity, used to keep each model's embeddings apart."""
+        parts = [self.name.replace(OPEN_CLIP_PREFIX, "open_clip-")]
+        if self.pretrained:
+            parts.append(pretrained_label(self.pretrained))
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
+
+
+def pretrained_label(pretrained: str) -> str:
+    if os.path.isfile(pretrained):
+        return f"ckpt-{file_sha256(pretrained)[:12]}"
+    return pretrained
+
+
+@lru_cache(maxsize=16)
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
