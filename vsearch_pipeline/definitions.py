@@ -11,7 +11,6 @@ from pathlib import Path
 from dagster import Definitions, define_asset_job
 
 from vsearch_pipeline.assets import ALL_ASSETS, COLLECTION_ASSETS, PER_BATCH_ASSETS
-from vsearch_pipeline.assets.common import ingest_batches
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     EmbeddingModelResource,
@@ -22,7 +21,7 @@ from vsearch_pipeline.resources import (
 from vsearch_pipeline.settings import Settings, home_dir, load_settings
 
 process_batch_job = define_asset_job(
-    "process_batch", selection=PER_BATCH_ASSETS, partitions_def=ingest_batches,
+    "process_batch", selection=PER_BATCH_ASSETS,
     description="Manifest, subset, embeddings and hashes of one ingest batch.",
 )
 refresh_collection_job = define_asset_job(

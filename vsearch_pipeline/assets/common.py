@@ -50,7 +50,7 @@ def embeddings_path(model_key: str, key: str) -> str:
 
 def artifact_version(context: AssetExecutionContext) -> str:
     """Sortable and unique: UTC time of the run plus the start of its id."""
-    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{context.run_id[:8]}"
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{context.run.run_id[:8]}"
 
 
 @lru_cache(maxsize=1)
@@ -69,7 +69,7 @@ def code_version() -> str:
 
 def run_keys(context: AssetExecutionContext) -> dict[str, str | None]:
     partition = context.partition_key if context.has_partition_key else None
-    return {"run_id": context.run_id, "asset": context.asset_key.to_user_string(),
+    return {"run_id": context.run.run_id, "asset": context.asset_key.to_user_string(),
             "partition": partition}
 
 

@@ -105,7 +105,7 @@ def near_duplicate_groups(
     with metrics_db.db.transaction() as con:
         con.execute("DELETE FROM near_duplicate_groups")
         con.executemany("INSERT INTO near_duplicate_groups VALUES (?, ?, ?)",
-                        [(context.run_id, ids[i], int(labels[i])) for i in grouped])
+                        [(context.run.run_id, ids[i], int(labels[i])) for i in grouped])
     sizes = np.bincount(labels[grouped]) if len(grouped) else np.zeros(0, int)
     figures = {"images": len(ids), "pairs": len(pairs), "groups": len(sizes),
                "images_in_groups": len(grouped),
