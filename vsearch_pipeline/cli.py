@@ -41,7 +41,7 @@ def demo(home: Path | None) -> None:
     })
     save_settings(home, settings)
     summary = run_pipeline(home, settings, say=_say)
-    _report(home)
+    _report(home, summary)
     query = images / "chelsea" / "crop.jpg"
     click.echo(f"\nExample: vsearch search --home {home} {query}")
     for row in _search(home, str(query), 5):
@@ -77,7 +77,7 @@ def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
         raise click.UsageError("no source: pass --source or set source.uri in the settings")
     save_settings(home, settings)
     summary = run_pipeline(home, settings, say=_say)
-    _report(home)
+    _report(home, summary)
     sys.exit(0 if summary["success"] else 1)
 
 
@@ -151,10 +151,13 @@ def _say(message: str) -> None:
     click.secho(f"==> {message}", fg="cyan", err=True)
 
 
-def _report(home: Path) -> None:
-    """Where the results are, and the latest figures from the DuckDB file."""
+def _report(home: Path, summary: dict) -> None:
+    """Time per asset, where the results are, and the latest figures from the DuckDB file."""
     import duckdb
 
+    click.echo("\nWall time per asset:")
+    for row in summary["timings"]:
+        click.echo(f"  {row['asset']:<24} {row['partition']:<8} {row['seconds']:>9.2f} s")
     db = home / "vsearch.duckdb"
     click.echo(f"\nArtifacts:  {home / 'artifacts'}\nMetrics DB: {db}  (duckdb {db})")
     with duckdb.connect(str(db), read_only=True) as con:

@@ -84,16 +84,25 @@ def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = pr
     new_key = register_new_batch(instance, store, objects, settings.source.uri)
     say(f"new ingest batch {new_key}" if new_key else "no new files since the last batch")
     keys = sorted(instance.get_dynamic_partitions(ingest_batches.name))
-    results = {}
+    results, timings = {}, []
     for key in keys:
         fresh = not store.exists(manifest_path(key))
         say(f"batch {key}: {'manifest, ' if fresh else ''}subset, embeddings, hashes")
         result = defs.resolve_job_def("process_batch").execute_in_process(
             partition_key=key, instance=instance, run_config=CONSOLE_INFO, raise_on_error=True)
         results[key] = result.success
+        timings += step_seconds(instance, result.run_id, key)
     say("collection: near-duplicate groups, FAISS index, clusters, evaluation")
     result = defs.resolve_job_def("refresh_collection").execute_in_process(
         instance=instance, run_config=CONSOLE_INFO, raise_on_error=True)
     results["collection"] = result.success
+    timings += step_seconds(instance, result.run_id, None)
     return {"batches": keys, "new_batch": new_key, "success": all(results.values()),
-            "run_id": result.run_id}
+            "run_id": result.run_id, "timings": timings}
+
+
+def step_seconds(instance: DagsterInstance, run_id: str, partition: str | None) -> list[dict]:
+    """Wall time of each asset of a run, from the instance's step records."""
+    return [{"asset": s.step_key, "partition": partition or "",
+             "seconds": round((s.end_time or s.start_time) - s.start_time, 2)}
+            for s in instance.get_run_step_stats(run_id) if s.start_time]

@@ -21,6 +21,7 @@ from vsearch_pipeline.assets.common import (
 from vsearch_pipeline.assets.manifest import raw_image_manifest
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.hashing import group_labels, near_duplicate_pairs, phash64
+from vsearch_pipeline.core.store import insert_rows
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     ImageSource,
@@ -72,7 +73,7 @@ def perceptual_hashes(
     rows = [(i, key, v) for i, v in {**known, **computed}.items() if v is not None]
     with metrics_db.db.transaction() as con:
         con.execute("DELETE FROM perceptual_hashes WHERE partition = ?", [key])
-        con.executemany("INSERT INTO perceptual_hashes VALUES (?, ?, ?)", rows)
+        insert_rows(con, "perceptual_hashes", rows)
     failed = sum(v is None for v in computed.values())
     figures = {"hashed": len(rows), "hashed_now": len(computed) - failed,
                "from_cache": len(known), "failed": failed, "seconds": round(seconds, 3)}
@@ -104,8 +105,8 @@ def near_duplicate_groups(
     grouped = np.flatnonzero(labels >= 0)
     with metrics_db.db.transaction() as con:
         con.execute("DELETE FROM near_duplicate_groups")
-        con.executemany("INSERT INTO near_duplicate_groups VALUES (?, ?, ?)",
-                        [(context.run.run_id, ids[i], int(labels[i])) for i in grouped])
+        insert_rows(con, "near_duplicate_groups",
+                    [(context.run.run_id, ids[i], int(labels[i])) for i in grouped])
     sizes = np.bincount(labels[grouped]) if len(grouped) else np.zeros(0, int)
     figures = {"images": len(ids), "pairs": len(pairs), "groups": len(sizes),
                "images_in_groups": len(grouped),

@@ -43,24 +43,31 @@ class ResolvedGrounding:
 
 
 def parse_grounding(name: str, text: str) -> GroundingSet:
-    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    reader = csv.DictReader(lines)
-    if reader.fieldnames is None or {"group", "image"} - set(reader.fieldnames):
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
+                if line.strip() and not line.startswith("#")]
+    header = [f.strip() for f in next(csv.reader([numbered[0][1]]))] if numbered else []
+    if {"group", "image"} - set(header):
         raise ValueError(f"grounding set {name!r}: the header must be 'group,image'")
+    group_at, image_at = header.index("group"), header.index("image")
     rows = []
-    for number, row in enumerate(reader, start=2):
-        group, image = (row.get("group") or "").strip(), (row.get("image") or "").strip()
+    for number, line in numbered[1:]:
+        fields = [f.strip() for f in next(csv.reader([line]))]
+        group = fields[group_at] if group_at < len(fields) else ""
+        image = fields[image_at] if image_at < len(fields) else ""
         if not group or not image:
-            raise ValueError(f"grounding set {name!r}, row {number}: group and image are required")
+            raise ValueError(f"grounding set {name!r}, line {number}: group and image are required")
         rows.append((group, image))
     return GroundingSet(name, rows)
 
 
 def format_grounding(rows: Iterable[tuple[str, str]]) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["group", "image"])
-    writer.writerows(rows)
+    plain = csv.writer(out, lineterminator="\n")
+    quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    plain.writerow(["group", "image"])
+    for group, image in rows:
+        # A line starting with '#' would read back as a comment: quote it.
+        (quoted if group.startswith("#") else plain).writerow([group, image])
     return out.getvalue()
 
 
@@ -74,7 +81,8 @@ def resolve_grounding(grounding: GroundingSet, lookup: Mapping[str, str]) -> Res
         if image_id is None:
             unresolved.append(ref)
             continue
-        group_of.setdefault(image_id, names.setdefault(group, len(names)))
+        if image_id not in group_of:
+            group_of[image_id] = names.setdefault(group, len(names))
     return ResolvedGrounding(grounding.name, group_of, list(names), unresolved)
 
 

@@ -81,7 +81,7 @@ def factory_string(params: IndexParams, d: int) -> str:
     if kind == "ivf-flat":
         return f"IVF{params.nlist},Flat"
     prefix = f"OPQ{params.M}," if params.opq else ""
-    return f"{prefix}IVF{params.nlist},PQ{params.M}x{params.nbits}"
+    return f"{prefix}IVF{params.nlist},PQ{params.M}x{params.nbits}np"  # np: skip polysemous training
 
 
 def build_index(vectors: np.ndarray, params: IndexParams, seed: int = 0) -> faiss.Index:

@@ -36,8 +36,14 @@ def pretrained_label(pretrained: str) -> str:
     return pretrained
 
 
-@lru_cache(maxsize=16)
 def file_sha256(path: str) -> str:
+    """SHA-256 of a file, remembered while its size and modification time stay the same."""
+    stat = os.stat(path)
+    return _sha256_of(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

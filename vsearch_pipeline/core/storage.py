@@ -64,7 +64,8 @@ class ArtifactStore:
         folder = self.path(relpath)
         if not self.fs.exists(folder):
             return []
-        names = [posixpath.basename(p) for p in self.fs.ls(folder, detail=False)]
+        entries = self.fs.ls(folder, detail=True)
+        names = [posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "file"]
         return sorted(posixpath.join(relpath, n) for n in names if n.endswith(suffix))
 
     def write_bytes(self, relpath: str, data: bytes) -> str:

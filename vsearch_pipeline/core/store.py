@@ -109,9 +109,15 @@ class MetricsDB:
              float(value)]
             for name, value in metrics.items()
         ]
-        placeholders = ", ".join(["?"] * (6 + len(columns)))
         with self.transaction() as con:
-            con.executemany(f"INSERT INTO {kind}_metrics VALUES ({placeholders})", rows)
+            insert_rows(con, f"{kind}_metrics", rows)
+
+
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple | list]) -> None:
+    """Insert rows (DuckDB's executemany refuses an empty list)."""
+    if rows:
+        placeholders = ", ".join(["?"] * len(rows[0]))
+        con.executemany(f"INSERT INTO {table} VALUES ({placeholders})", rows)
 
 
 def _as_text(value: object) -> str | None:

@@ -1,0 +1,114 @@
+"""Clustering of embeddings (vsearch_pipeline.core.cluster) on well-separated synthetic blobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from vsearch_pipeline.core.cluster import ClusterParams, cluster_labels, reduce_dimensions, validate_params
+
+N_BLOBS, PER_BLOB, D = 5, 40, 64
+
+
+@pytest.fixture(scope="module")
+def blobs() -> tuple[np.ndarray, np.ndarray]:
+    """5 blobs of 40 unit vectors in 64-d, shuffled, and the blob of each vector."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(N_BLOBS, D))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    truth = np.repeat(np.arange(N_BLOBS), PER_BLOB)
+    vectors = centres[truth] + rng.normal(scale=0.05, size=(len(truth), D))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    order = rng.permutation(len(truth))
+    return vectors[order].astype(np.float32), truth[order]
+
+
+@pytest.mark.parametrize("reduce", ["none", "pca"])
+@pytest.mark.parametrize("method", ["kmeans", "hdbscan"])
+def test_recovers_the_blobs(blobs, method: str, reduce: str) -> None:
+    vectors, truth = blobs
+    params = ClusterParams(method=method, reduce=reduce, n_components=16,
+                           n_clusters=N_BLOBS if method == "kmeans" else None)
+    labels = cluster_labels(vectors, params)
+    assert labels.dtype == np.int64 and labels.shape == truth.shape
+    assert adjusted_rand_score(truth, labels) > 0.9
+    assert len(set(labels.tolist()) - {-1}) == N_BLOBS
+    assert (labels == -1).mean() < 0.1  # hardly any noise on clean blobs
+
+
+@pytest.mark.filterwarnings("ignore:n_jobs value:UserWarning")
+def test_recovers_the_blobs_after_umap(blobs) -> None:
+    vectors, truth = blobs
+    labels = cluster_labels(vectors, ClusterParams(method="hdbscan", reduce="umap", n_components=5))
+    assert adjusted_rand_score(truth, labels) > 0.9
+
+
+def test_kmeans_default_cluster_count(blobs) -> None:
+    vectors, _ = blobs
+    labels = cluster_labels(vectors, ClusterParams(method="kmeans", reduce="none"))
+    assert len(set(labels.tolist())) == round(np.sqrt(len(vectors) / 2))  # 10 for 200 points
+    assert (labels >= 0).all()
+
+
+def test_kmeans_is_deterministic_for_a_seed(blobs) -> None:
+    vectors, _ = blobs
+    params = ClusterParams(method="kmeans", reduce="pca", n_components=8, n_clusters=7, seed=3)
+    np.testing.assert_array_equal(cluster_labels(vectors, params), cluster_labels(vectors, params))
+
+
+def test_hdbscan_marks_isolated_points_as_noise(blobs) -> None:
+    vectors, _ = blobs
+    rng = np.random.default_rng(1)
+    outliers = rng.normal(size=(5, D))
+    outliers /= np.linalg.norm(outliers, axis=1, keepdims=True)
+    mixed = np.vstack([vectors, outliers.astype(np.float32)])
+    labels = cluster_labels(mixed, ClusterParams(method="hdbscan", reduce="none"))
+    assert (labels[-5:] == -1).all()
+    assert (labels[:-5] >= 0).mean() > 0.9
+
+
+def test_pca_reduction_is_unit_length_and_capped(blobs) -> None:
+    vectors, _ = blobs
+    reduced = reduce_dimensions(vectors, ClusterParams(reduce="pca", n_components=16))
+    assert reduced.shape == (len(vectors), 16) and reduced.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(reduced, axis=1), 1.0, atol=1e-5)
+    # Never more components than the data allows: n - 2 for 6 points.
+    few = reduce_dimensions(vectors[:6], ClusterParams(reduce="pca", n_components=32))
+    assert few.shape == (6, 4)
+    # Asking for at least the input dimension, or no reduction, returns the input unchanged.
+    assert reduce_dimensions(vectors, ClusterParams(reduce="pca", n_components=D)) is vectors
+    assert reduce_dimensions(vectors, ClusterParams(reduce="none")) is vectors
+
+
+@pytest.mark.parametrize("method", ["kmeans", "hdbscan"])
+@pytest.mark.parametrize("n", [0, 1, 4])
+def test_too_few_points_are_all_noise(blobs, method: str, n: int) -> None:
+    vectors, _ = blobs
+    labels = cluster_labels(vectors[:n], ClusterParams(method=method, min_cluster_size=5))
+    assert labels.dtype == np.int64
+    assert labels.tolist() == [-1] * n
+
+
+@pytest.mark.parametrize(
+    ("params", "setting"),
+    [
+        (ClusterParams(method="dbscan"), "clusters.method"),
+        (ClusterParams(reduce="tsne"), "clusters.reduce"),
+        (ClusterParams(n_components=1), "clusters.n_components"),
+        (ClusterParams(min_cluster_size=1), "clusters.min_cluster_size"),
+        (ClusterParams(method="kmeans", n_clusters=1), "clusters.n_clusters"),
+    ],
+)
+def test_validation_errors_name_the_setting(blobs, params: ClusterParams, setting: str) -> None:
+    with pytest.raises(ValueError, match=setting.replace(".", r"\.")):
+        validate_params(params)
+    with pytest.raises(ValueError, match=setting.replace(".", r"\.")):
+        cluster_labels(blobs[0], params)
+
+
+def test_params_as_dict() -> None:
+    assert ClusterParams(method="kmeans", n_clusters=4).as_dict() == {
+        "method": "kmeans", "reduce": "pca", "n_components": 32, "min_cluster_size": 5,
+        "min_samples": None, "n_clusters": 4, "seed": 0,
+    }

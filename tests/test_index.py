@@ -1,0 +1,230 @@
+"""FAISS index building, parameter resolution and serialisation (vsearch_pipeline.core.index).
+
+The ivf-pq cases use explicit small M / nbits: with the default M=64, nbits=8 one build of 3000
+vectors takes minutes on two cores (see test_ivf_pq_skips_polysemous_training).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import faiss
+import numpy as np
+import pytest
+
+from vsearch_pipeline.core.index import (
+    IndexParams,
+    build_index,
+    deserialize,
+    exact_neighbours,
+    factory_string,
+    recall_at_k,
+    resolve_params,
+    search,
+    serialize,
+    validate_params,
+)
+
+N, D, N_CLUSTERS = 3000, 64, 30
+
+
+@pytest.fixture(scope="module")
+def clustered() -> tuple[np.ndarray, np.ndarray]:
+    """3000 unit vectors in 64-d around 30 random centres, and the centre of each."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(N_CLUSTERS, D))
+    labels = rng.integers(0, N_CLUSTERS, N)
+    vectors = centres[labels] + rng.normal(scale=0.3, size=(N, D))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32), labels
+
+
+CASES = {
+    "flat": IndexParams("flat"),
+    "hnsw": IndexParams("hnsw"),
+    "ivf-flat": IndexParams("ivf-flat"),
+    "ivf-pq": IndexParams("ivf-pq", M=16, nbits=4),
+    "ivf-pq-opq": IndexParams("ivf-pq", M=8, nbits=4, opq=True),
+}
+
+
+@pytest.fixture(scope="module")
+def built(clustered) -> dict[str, tuple[IndexParams, faiss.Index]]:
+    vectors, _ = clustered
+    out = {}
+    for name, params in CASES.items():
+        resolved = resolve_params(params, N, D)
+        out[name] = (resolved, build_index(vectors, resolved, seed=0))
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_build_fills_the_index_with_every_vector(built, clustered, name: str) -> None:
+    vectors, _ = clustered
+    _, index = built[name]
+    assert index.ntotal == N and index.d == D and index.is_trained
+    scores, positions = search(index, vectors[:20], 5)
+    assert positions.shape == (20, 5) and scores.shape == (20, 5)
+    assert (positions >= 0).all() and (positions < N).all()
+    assert (np.diff(scores, axis=1) <= 1e-5).all()  # best first
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_top_hit_is_in_the_query_cluster(built, clustered, name: str) -> None:
+    vectors, labels = clustered
+    _, index = built[name]
+    _, positions = search(index, vectors[:300], 2)
+    same = labels[positions[:, 1]] == labels[:300]  # the first hit other than itself (mostly)
+    assert same.mean() > 0.95
+
+
+def test_flat_recall_is_exact(built, clustered) -> None:
+    vectors, _ = clustered
+    assert recall_at_k(built["flat"][1], vectors, k=10) == 1.0
+
+
+def test_hnsw_recall(built, clustered) -> None:
+    vectors, _ = clustered
+    assert recall_at_k(built["hnsw"][1], vectors, k=10) >= 0.9
+
+
+def test_ivf_flat_with_every_list_probed_is_exact(built, clustered) -> None:
+    vectors, _ = clustered
+    resolved, index = built["ivf-flat"]
+    assert resolved.nprobe < resolved.nlist
+    exhaustive = replace(resolved, nprobe=resolved.nlist)
+    assert recall_at_k(build_index(vectors, exhaustive), vectors, k=10) == 1.0
+    assert recall_at_k(index, vectors, k=10) >= 0.8  # the default nprobe is close
+
+
+@pytest.mark.parametrize("name", ["ivf-pq", "ivf-pq-opq"])
+def test_ivf_pq_recall_far_above_chance(built, clustered, name: str) -> None:
+    vectors, _ = clustered
+    # 16 or 8 codes of 4 bits are very lossy (measured 0.34 and 0.24); chance is 10 / 3000.
+    assert recall_at_k(built[name][1], vectors, k=10) > 0.15
+
+
+def test_resolved_params_and_factory_strings(built) -> None:
+    nlist = int(4 * np.sqrt(N))  # 219 -> clamped to 3000 // 39 = 76
+    assert nlist > N // 39
+    flat, hnsw, ivf_flat, ivf_pq, opq = (built[n][0] for n in CASES)
+    assert flat == IndexParams("flat")
+    assert hnsw.M == 32 and hnsw.efConstruction == 200 and hnsw.efSearch == 128
+    assert ivf_flat.nlist == 76 and ivf_flat.nprobe == 16
+    assert (ivf_pq.nlist, ivf_pq.M, ivf_pq.nbits) == (76, 16, 4)
+    assert factory_string(flat, D) == "Flat"
+    assert factory_string(hnsw, D) == "HNSW32,Flat"
+    assert factory_string(ivf_flat, D) == "IVF76,Flat"
+    # An optional "np" suffix (no polysemous training) is allowed.
+    assert re.fullmatch(r"IVF76,PQ16x4(np)?", factory_string(ivf_pq, D))
+    assert re.fullmatch(r"OPQ8,IVF76,PQ8x4(np)?", factory_string(opq, D))
+
+
+def test_index_types_are_what_the_factory_string_says(built) -> None:
+    assert isinstance(faiss.downcast_index(built["flat"][1]), faiss.IndexFlat)
+    hnsw = faiss.downcast_index(built["hnsw"][1])
+    assert isinstance(hnsw, faiss.IndexHNSWFlat)
+    assert hnsw.hnsw.efConstruction == 200 and hnsw.hnsw.efSearch == 128
+    ivf = faiss.extract_index_ivf(built["ivf-flat"][1])
+    assert ivf.nlist == 76 and ivf.nprobe == 16
+    opq = faiss.downcast_index(built["ivf-pq-opq"][1])
+    assert isinstance(opq, faiss.IndexPreTransform)
+    assert faiss.extract_index_ivf(opq).nprobe == 16
+    for name in CASES:
+        assert built[name][1].metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def test_default_ivf_pq_resolution() -> None:
+    resolved = resolve_params(IndexParams("ivf-pq"), 100_000, 512)
+    assert resolved.nlist == int(4 * np.sqrt(100_000))  # 1264, under 100000 // 39
+    assert resolved.M == 64 and resolved.nbits == 8 and resolved.nprobe == 16
+    assert resolve_params(IndexParams("ivf-pq"), 100_000, 96).M == 48  # largest divisor <= 64
+    assert resolve_params(IndexParams("ivf-pq"), 100_000, 67).M == 1  # prime dimension
+
+
+def test_resolve_params_clamps_nlist_and_nprobe_for_small_n() -> None:
+    small = resolve_params(IndexParams("ivf-flat"), 100, D)
+    assert small.nlist == 2 and small.nprobe == 2  # 100 // 39; nprobe never above nlist
+    tiny = resolve_params(IndexParams("ivf-flat", nlist=50), 10, D)
+    assert tiny.nlist == 1 and tiny.nprobe == 1
+    big = resolve_params(IndexParams("ivf-flat", nlist=50), 10_000, D)
+    assert big.nlist == 50  # an explicit nlist is kept when the data can train it
+
+
+def test_resolve_params_lowers_nbits_for_tiny_collections() -> None:
+    assert resolve_params(IndexParams("ivf-pq"), 100, D).nbits == 4  # 16 centroids from 100 points
+    assert resolve_params(IndexParams("ivf-pq"), 1000, D).nbits == 7
+    assert resolve_params(IndexParams("ivf-pq"), 10, D).nbits == 1
+    assert resolve_params(IndexParams("ivf-pq", nbits=6), 1_000_000, D).nbits == 6
+
+
+def test_tiny_ivf_pq_collection_builds(clustered) -> None:
+    vectors = clustered[0][:100]
+    resolved = resolve_params(IndexParams("ivf-pq", M=16), len(vectors), D)
+    assert (resolved.nlist, resolved.nbits) == (2, 4)
+    index = build_index(vectors, resolved)
+    assert index.ntotal == 100
+    assert recall_at_k(index, vectors, k=5) > 0.3
+
+
+def test_search_k_larger_than_the_collection(clustered) -> None:
+    vectors = clustered[0][:7]
+    index = build_index(vectors, resolve_params(IndexParams("flat"), 7, D))
+    scores, positions = search(index, vectors[0], 50)  # one query as a 1-d vector
+    assert positions.shape == (1, 7)
+    assert sorted(positions[0].tolist()) == list(range(7))
+    assert positions[0, 0] == 0 and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_exact_neighbours_match_numpy(clustered) -> None:
+    vectors = clustered[0][:500]
+    truth = exact_neighbours(vectors, vectors[:10], 5)
+    expected = np.argsort(-(vectors[:10] @ vectors.T), axis=1)[:, :5]
+    np.testing.assert_array_equal(truth, expected)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_serialize_round_trip_gives_identical_results(built, clustered, name: str) -> None:
+    vectors, _ = clustered
+    _, index = built[name]
+    data = serialize(index)
+    assert isinstance(data, bytes) and len(data) > 0
+    copy = deserialize(data)
+    assert copy.ntotal == index.ntotal
+    queries = vectors[::37]
+    scores_a, positions_a = search(index, queries, 10)
+    scores_b, positions_b = search(copy, queries, 10)
+    np.testing.assert_array_equal(positions_a, positions_b)
+    np.testing.assert_array_equal(scores_a, scores_b)
+
+
+@pytest.mark.parametrize("bad", ["ivf", "IVF-PQ", "", "lsh"])
+def test_invalid_index_type_raises(bad: str) -> None:
+    with pytest.raises(ValueError, match=r"index\.index_type"):
+        resolve_params(IndexParams(bad), 1000, D)
+
+
+@pytest.mark.parametrize(
+    ("params", "setting"),
+    [(IndexParams(nprobe=0), "nprobe"), (IndexParams(efSearch=0), "efSearch"),
+     (IndexParams(efConstruction=0), "efConstruction"), (IndexParams(nbits=0), "nbits"),
+     (IndexParams(nbits=17), "nbits")],
+)
+def test_invalid_numbers_raise(params: IndexParams, setting: str) -> None:
+    with pytest.raises(ValueError, match=rf"index\.{setting}"):
+        validate_params(params)
+
+
+def test_pq_m_that_does_not_divide_the_dimension_raises() -> None:
+    with pytest.raises(ValueError, match=r"index\.M=7 must divide the vector dimension 64"):
+        resolve_params(IndexParams("ivf-pq", M=7), 1000, D)
+
+
+def test_ivf_pq_skips_polysemous_training() -> None:
+    for opq in (False, True):
+        resolved = resolve_params(IndexParams("ivf-pq", opq=opq), N, D)
+        index = faiss.index_factory(D, factory_string(resolved, D), faiss.METRIC_INNER_PRODUCT)
+        ivfpq = faiss.downcast_index(faiss.extract_index_ivf(index))
+        assert isinstance(ivfpq, faiss.IndexIVFPQ)
+        assert not ivfpq.do_polysemous_training

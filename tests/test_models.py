@@ -1,0 +1,289 @@
+"""Embedding models (vsearch_pipeline.core.models) and batch embedding (vsearch_pipeline.core.embed).
+
+Nothing here downloads: the default model's weights ship in a package, and the open_clip model
+gets random weights that the test saves to a checkpoint file itself.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from vsearch_pipeline.core.decode import decode_rgb
+from vsearch_pipeline.core.embed import (
+    embed_files,
+    embeddings_table,
+    table_vectors,
+    vector_problems,
+)
+from vsearch_pipeline.core.models import (
+    DEFAULT_MODEL,
+    ModelSpec,
+    file_sha256,
+    load_model,
+    validate_settings,
+)
+from vsearch_pipeline.core.sources import read_object
+
+OPEN_CLIP_ARCH = "ViT-S-32-alt"  # the smallest plain ViT in open_clip's list (~43M parameters)
+
+
+def _no_network(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the test tried to open a network connection")
+
+
+@pytest.fixture(scope="module")
+def cases(shared_data: Path) -> Path:
+    path = shared_data / "dedup_cases"
+    if not path.is_dir():
+        pytest.skip(f"dedup_cases not found under {shared_data}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(cases: Path) -> dict[str, Image.Image]:
+    names = {
+        "original": "mixed_images/ukbench00120.jpg",
+        "resized": "mixed_images/ukbench00120_resize.jpg",
+        "unrelated": "mixed_images/ukbench09268.jpg",
+    }
+    # decode_rgb applies EXIF orientation (ukbench09268.jpg is stored turned by 90 degrees).
+    return {key: decode_rgb((cases / rel).read_bytes()) for key, rel in names.items()}
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _no_network)
+        mp.setattr(socket, "create_connection", _no_network)
+        return load_model(ModelSpec(DEFAULT_MODEL))
+
+
+@pytest.fixture(scope="module")
+def lite0_vectors(lite0, photos) -> np.ndarray:
+    return lite0.embed_images([photos["original"], photos["resized"], photos["unrelated"]])
+
+
+# ----------------------------------------------------------------------------- efficientnet-lite0
+
+
+def test_default_model_loads_from_packaged_weights(lite0) -> None:
+    assert lite0.name == DEFAULT_MODEL
+    assert lite0.dim == 1280 and lite0.image_size == 224
+    assert lite0.device == "cpu" and lite0.precision == "fp32"
+    assert "weights sha256:" in lite0.version
+    assert ModelSpec(DEFAULT_MODEL).key == "efficientnet-lite0"
+
+
+def test_default_model_gives_unit_float32_vectors(lite0_vectors) -> None:
+    assert lite0_vectors.shape == (3, 1280) and lite0_vectors.dtype == np.float32
+    assert np.isfinite(lite0_vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(lite0_vectors, axis=1), 1.0, atol=1e-5)
+    assert vector_problems(lite0_vectors) == {"non_finite": 0, "non_unit": 0}
+
+
+def test_default_model_is_deterministic(lite0, photos, lite0_vectors) -> None:
+    again = lite0.embed_images([photos["original"], photos["resized"], photos["unrelated"]])
+    np.testing.assert_allclose(again, lite0_vectors, rtol=0, atol=1e-6)
+    # Batch composition does not change a vector.
+    alone = lite0.embed_images([photos["unrelated"]])
+    np.testing.assert_allclose(alone[0], lite0_vectors[2], rtol=0, atol=1e-5)
+
+
+def test_edited_copy_is_closer_than_an_unrelated_photo(lite0_vectors) -> None:
+    original, resized, unrelated = lite0_vectors
+    copy_cos, other_cos = float(original @ resized), float(original @ unrelated)
+    assert copy_cos > 0.7
+    assert other_cos < 0.5
+    assert copy_cos > other_cos + 0.3
+
+
+def test_bf16_is_close_to_fp32(photos, lite0_vectors) -> None:
+    bf16 = load_model(ModelSpec(DEFAULT_MODEL), precision="bf16")
+    assert bf16.precision == "bf16"
+    vectors = bf16.embed_images([photos["original"], photos["resized"], photos["unrelated"]])
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = (vectors * lite0_vectors).sum(axis=1)
+    assert (cosines >= 0.99).all(), cosines
+
+
+# ----------------------------------------------------------------------------- open_clip
+
+
+@pytest.fixture(scope="module")
+def open_clip_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    import open_clip
+
+    torch.manual_seed(1234)
+    model, _, preprocess = open_clip.create_model_and_transforms(OPEN_CLIP_ARCH)
+    model.eval()
+    ckpt = tmp_path_factory.mktemp("open_clip") / "random_vit.pt"
+    torch.save(model.state_dict(), ckpt)
+    return model, preprocess, ckpt
+
+
+def test_open_clip_checkpoint_loads_with_the_same_weights(open_clip_checkpoint, photos) -> None:
+    original, preprocess, ckpt = open_clip_checkpoint
+    spec = ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", pretrained=str(ckpt))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _no_network)
+        mp.setattr(socket, "create_connection", _no_network)
+        loaded = load_model(spec)
+    images = [photos["original"], photos["unrelated"]]
+    with torch.inference_mode():
+        expected = torch.nn.functional.normalize(
+            original.encode_image(torch.stack([preprocess(im) for im in images])), dim=-1
+        ).numpy()
+    got = loaded.embed_images(images)
+    assert got.shape == (2, original.visual.output_dim) == (2, loaded.dim)
+    assert loaded.image_size == 224
+    cosines = (got * expected).sum(axis=1)
+    assert (cosines > 0.9999).all(), cosines
+
+    digest = file_sha256(str(ckpt))[:12]
+    assert spec.key == f"open_clip-{OPEN_CLIP_ARCH}-ckpt-{digest}"
+    assert f"pretrained ckpt-{digest}" in loaded.version
+
+
+def test_model_keys_are_file_name_safe() -> None:
+    assert ModelSpec("open_clip:ViT-B-32", "laion2b_s34b_b79k").key == "open_clip-ViT-B-32-laion2b_s34b_b79k"
+    assert ModelSpec("open_clip:ViT-B-32", "random").key == "open_clip-ViT-B-32-random"
+    assert ModelSpec("open_clip:ViT-B-32", "a/b:c").key == "open_clip-ViT-B-32-a_b_c"
+
+
+def test_checkpoints_with_different_content_get_different_keys(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"weights one")
+    b.write_bytes(b"weights two")
+    key_a = ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", str(a)).key
+    key_b = ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", str(b)).key
+    assert key_a != key_b
+    # The key depends on the content, not on the file name.
+    c = tmp_path / "c.pt"
+    c.write_bytes(b"weights one")
+    assert ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", str(c)).key == key_a
+
+
+def test_key_follows_a_checkpoint_overwritten_in_place(tmp_path: Path) -> None:
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"first training run")
+    before = ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", str(ckpt)).key
+    ckpt.write_bytes(b"second training run, other weights")
+    after = ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", str(ckpt)).key
+    assert after != before
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("spec", "device", "precision", "message"),
+    [
+        (ModelSpec("resnet50"), "cpu", "fp32", r"model\.name 'resnet50' is unknown"),
+        (ModelSpec("open_clip:NoSuchArch", "random"), "cpu", "fp32", r"model\.name: open_clip has no"),
+        (ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}"), "cpu", "fp32", r"model\.pretrained is required"),
+        (ModelSpec(DEFAULT_MODEL), "tpu", "fp32", r"model\.device must be one of"),
+        (ModelSpec(DEFAULT_MODEL), "cpu", "fp16", r"model\.precision must be one of"),
+    ],
+)
+def test_validate_settings_errors(spec: ModelSpec, device: str, precision: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_settings(spec, device, precision)
+    with pytest.raises(ValueError, match=message):
+        load_model(spec, device, precision)
+
+
+def test_valid_settings_pass() -> None:
+    validate_settings(ModelSpec(DEFAULT_MODEL), "cpu", "bf16")
+    validate_settings(ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", "random"), "cpu", "fp32")
+
+
+# ----------------------------------------------------------------------------- embed_files
+
+
+def test_embed_files_with_an_unreadable_file(lite0, cases: Path) -> None:
+    files = {
+        "id-original": cases / "mixed_images/ukbench00120.jpg",
+        "id-broken": cases / "mixed_images/ukbench00120_hflip.jpg",
+        "id-resized": cases / "mixed_images/ukbench00120_resize.jpg",
+        "id-notimage": cases / "mixed_images/ukbench09268_corrupt.jpg",
+        "id-other": cases / "mixed_images/ukbench09268.jpg",
+    }
+    broken_uri = str(files["id-broken"])
+
+    def read(uri: str) -> bytes:
+        if uri == broken_uri:
+            raise OSError("permission denied (simulated)")
+        return read_object(uri)
+
+    calls: list[tuple[int, int]] = []
+    result = embed_files(lite0, list(files), [str(p) for p in files.values()], read,
+                         batch_size=2, progress=lambda d, t: calls.append((d, t)))
+    assert result.ids == ["id-original", "id-resized", "id-other"]
+    assert set(result.failed) == {"id-broken", "id-notimage"}
+    assert "permission denied (simulated)" in result.failed["id-broken"]
+    assert "not an image" in result.failed["id-notimage"]
+    assert result.vectors.shape == (3, 1280) and result.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(result.vectors, axis=1), 1.0, atol=1e-5)
+    assert calls[-1] == (5, 5) and len(calls) == 3  # one report per batch of 2
+    # Each vector belongs to its own file: close to that file embedded on its own.
+    for row, image_id in enumerate(result.ids):
+        # embed_files decodes JPEGs with DCT scaling (here 1/2), so not bit-identical.
+        alone = lite0.embed_images([decode_rgb(files[image_id].read_bytes())])[0]
+        assert float(result.vectors[row] @ alone) > 0.97
+
+
+def test_embed_files_when_everything_fails(lite0) -> None:
+    def read(uri: str) -> bytes:
+        raise FileNotFoundError(uri)
+
+    result = embed_files(lite0, ["a", "b"], ["/nope/a.jpg", "/nope/b.jpg"], read)
+    assert result.ids == [] and set(result.failed) == {"a", "b"}
+    assert result.vectors.shape == (0, 1280) and result.vectors.dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- shard tables
+
+
+def test_embeddings_table_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(7, 12)).astype(np.float32)
+    ids = [f"id{i}" for i in range(7)]
+    table = embeddings_table(ids, vectors, "efficientnet-lite0", "v1")
+    assert table.column_names == ["id", "model", "model_version", "vector"]
+    assert table.schema.field("vector").type == pa.list_(pa.float32(), 12)
+    assert table.column("id").to_pylist() == ids
+    assert set(table.column("model").to_pylist()) == {"efficientnet-lite0"}
+    assert set(table.column("model_version").to_pylist()) == {"v1"}
+    np.testing.assert_array_equal(table_vectors(table), vectors)
+    # Through parquet and split into several chunks, the vectors come back the same.
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=3)
+    back = pq.read_table(io.BytesIO(buffer.getvalue()))
+    assert back.column("vector").num_chunks > 1
+    out = table_vectors(back)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, vectors)
+
+
+def test_embeddings_table_of_float64_and_empty() -> None:
+    vectors = np.eye(3, dtype=np.float64)
+    np.testing.assert_array_equal(table_vectors(embeddings_table(["a", "b", "c"], vectors, "m", "v")),
+                                  vectors.astype(np.float32))
+    empty = embeddings_table([], np.zeros((0, 5), np.float32), "m", "v")
+    assert len(empty) == 0
+    assert table_vectors(empty).shape == (0, 5)
+
+
+def test_vector_problems_counts() -> None:
+    vectors = np.array([[1, 0], [0.6, 0.8], [2, 0], [np.nan, 0], [np.inf, 1]], dtype=np.float32)
+    assert vector_problems(vectors) == {"non_finite": 2, "non_unit": 1}

@@ -1,0 +1,124 @@
+"""The DuckDB metrics database (vsearch_pipeline.core.store)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from vsearch_pipeline.core.store import METRIC_KINDS, MetricsDB
+
+RUN = {"run_id": "run-1", "asset": "vector_index", "partition": None}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> MetricsDB:
+    return MetricsDB(str(tmp_path / "nested" / "metrics.duckdb"), lock_timeout_s=5)
+
+
+def _rows(db: MetricsDB, sql: str) -> list[tuple]:
+    with db.connect(read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_connect_creates_the_file_and_every_table(db: MetricsDB) -> None:
+    with db.connect() as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert Path(db.path).is_file()
+    expected = {f"{kind}_metrics" for kind in METRIC_KINDS} | {"perceptual_hashes", "near_duplicate_groups"}
+    assert expected <= tables
+
+
+def test_metric_table_columns(db: MetricsDB) -> None:
+    with db.connect() as con:
+        columns = [r[0] for r in con.execute("DESCRIBE index_metrics").fetchall()]
+    assert columns == ["run_id", "asset", "partition", "recorded_at", "model", "index_type",
+                       "index_version", "params", "metric", "value"]
+
+
+def test_record_metrics_writes_one_row_per_figure(db: MetricsDB) -> None:
+    before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    db.record_metrics(
+        "index",
+        RUN,
+        {"model": "efficientnet-lite0", "index_type": "hnsw", "index_version": "abc123",
+         "params": {"M": 32, "efSearch": 128}},
+        {"recall@10": 0.97, "build_seconds": 1.5, "vectors": 3000},
+    )
+    rows = _rows(db, "SELECT run_id, asset, partition, model, index_type, index_version, params, "
+                     "metric, value, recorded_at FROM index_metrics ORDER BY metric")
+    assert [r[:9] for r in rows] == [
+        ("run-1", "vector_index", None, "efficientnet-lite0", "hnsw", "abc123",
+         '{"M": 32, "efSearch": 128}', name, value)
+        for name, value in [("build_seconds", 1.5), ("recall@10", 0.97), ("vectors", 3000.0)]
+    ]
+    assert isinstance(rows[0][8], float)
+    recorded = {r[9] for r in rows}
+    assert len(recorded) == 1  # one timestamp for the whole call
+    assert before - dt.timedelta(seconds=5) <= recorded.pop() <= dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def test_missing_key_columns_are_null_and_calls_append(db: MetricsDB) -> None:
+    db.record_metrics("subset", {**RUN, "partition": "2024-01"}, {"fraction": 0.1}, {"chosen": 10})
+    db.record_metrics("subset", {**RUN, "run_id": "run-2"}, {"seed": "7"}, {"chosen": 12})
+    rows = _rows(db, "SELECT run_id, partition, fraction, seed, metric, value FROM subset_metrics "
+                     "ORDER BY run_id")
+    assert rows == [("run-1", "2024-01", "0.1", None, "chosen", 10.0),
+                    ("run-2", None, None, "7", "chosen", 12.0)]
+
+
+def test_unknown_key_column_raises_and_writes_nothing(db: MetricsDB) -> None:
+    with pytest.raises(ValueError, match=r"index_metrics has no columns \['grounding_set'\]"):
+        db.record_metrics("index", RUN, {"model": "m", "grounding_set": "g"}, {"recall@10": 1.0})
+    with db.connect() as con:
+        assert con.execute("SELECT count(*) FROM index_metrics").fetchone() == (0,)
+
+
+def test_failing_transaction_rolls_back(db: MetricsDB) -> None:
+    db.record_metrics("hash", RUN, {"hamming_threshold": "6"}, {"pairs": 3})
+    with pytest.raises(RuntimeError, match="boom"), db.transaction() as con:
+        con.execute("INSERT INTO near_duplicate_groups VALUES ('run-1', 'a', 0)")
+        con.execute("DELETE FROM hash_metrics")
+        raise RuntimeError("boom")
+    assert _rows(db, "SELECT count(*) FROM near_duplicate_groups") == [(0,)]
+    assert _rows(db, "SELECT metric, value FROM hash_metrics") == [("pairs", 3.0)]
+
+
+def test_failing_statement_rolls_back_the_whole_transaction(db: MetricsDB) -> None:
+    with pytest.raises(duckdb.Error), db.transaction() as con:
+        con.execute("INSERT INTO perceptual_hashes VALUES ('a', 'p1', 1)")
+        con.execute("INSERT INTO perceptual_hashes VALUES ('a', 'p1', 2)")  # primary key clash
+    assert _rows(db, "SELECT count(*) FROM perceptual_hashes") == [(0,)]
+
+
+def test_successful_transaction_commits(db: MetricsDB) -> None:
+    with db.transaction() as con:
+        con.executemany("INSERT INTO perceptual_hashes VALUES (?, ?, ?)",
+                        [("a", "p1", 1), ("b", "p1", 2**64 - 1)])
+    assert _rows(db, "SELECT id, phash FROM perceptual_hashes ORDER BY id") == [("a", 1), ("b", 2**64 - 1)]
+
+
+def test_read_only_connection_queries_and_cannot_write(db: MetricsDB) -> None:
+    db.record_metrics("retrieval", RUN, {"model": "m", "grounding_set": "caltech"},
+                      {"map@10": 0.5, "recall@10": 0.75})
+    with db.connect(read_only=True) as con:
+        rows = con.execute(
+            "SELECT metric, value FROM retrieval_metrics WHERE grounding_set = ? ORDER BY metric",
+            ["caltech"],
+        ).fetchall()
+        assert rows == [("map@10", 0.5), ("recall@10", 0.75)]
+        with pytest.raises(duckdb.Error):
+            con.execute("DELETE FROM retrieval_metrics")
+    assert len(_rows(db, "SELECT * FROM retrieval_metrics")) == 2
+
+
+def test_unknown_kind_raises(db: MetricsDB) -> None:
+    with pytest.raises(KeyError):
+        db.record_metrics("nonsense", RUN, {}, {"x": 1.0})
+
+
+def test_record_metrics_with_no_figures_is_a_no_op(db: MetricsDB) -> None:
+    db.record_metrics("manifest", RUN, {}, {})
+    assert _rows(db, "SELECT count(*) FROM manifest_metrics") == [(0,)]
