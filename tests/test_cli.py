@@ -91,3 +91,43 @@ def test_workspace_loads_in_dagster(tmp_path):
     names = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert names == {"raw_image_manifest", "sampled_subset", "embeddings", "perceptual_hashes",
                      "near_duplicate_groups", "faiss_index", "clusters", "evaluation"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_dagster_webserver_serves_the_asset_graph(tmp_path):
+    """The UI a person opens: dagster-webserver on the workspace lists every asset."""
+    import time
+    import urllib.request
+
+    port = _free_port()
+    env = {**os.environ, "VSEARCH_HOME": str(tmp_path / "home"),
+           "DAGSTER_HOME": str(tmp_path / "dagster")}
+    (tmp_path / "dagster").mkdir()
+    webserver = str(Path(sys.executable).parent / "dagster-webserver")
+    server = subprocess.Popen([webserver, "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    query = json.dumps({"query": "{ assetNodes { assetKey { path } groupName } }"}).encode()
+    try:
+        deadline, nodes = time.monotonic() + 180, None
+        while time.monotonic() < deadline and nodes is None:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query,
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    nodes = json.load(response)["data"]["assetNodes"]
+            except (OSError, KeyError, TypeError):
+                time.sleep(1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert nodes is not None, "dagster-webserver did not answer"
+    assert {n["assetKey"]["path"][0] for n in nodes} >= {
+        "raw_image_manifest", "embeddings", "faiss_index", "clusters", "evaluation"}

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 from dagster import Config
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from vsearch_pipeline.core.cluster import ClusterParams
 from vsearch_pipeline.core.cluster import validate_params as validate_cluster_params
@@ -29,6 +29,8 @@ SETTINGS_FILE = "vsearch.yaml"
 
 class Section(Config):
     """A settings section; unknown keys are refused (a typo must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class SourceSettings(Section):

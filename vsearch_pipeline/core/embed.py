@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,9 +30,16 @@ def _prepare(model: EmbeddingModel, read: Callable[[str], bytes], uri: str) -> t
     return model.transform(image)
 
 
-def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, ahead: int) -> Iterator:
+    """Like pool.map, in order, but with at most `ahead` results waiting: memory stays bounded
+    however many items there are (pool.map would decode every image before the first batch)."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def embed_files(
@@ -47,21 +55,28 @@ def embed_files(
     done_ids: list[str] = []
     chunks: list[np.ndarray] = []
     failed: dict[str, str] = {}
+    tensors, kept = [], []
+
+    def flush() -> None:
+        if tensors:
+            chunks.append(model.embed_tensors(torch.stack(tensors)))
+            done_ids.extend(kept)
+            tensors.clear()
+            kept.clear()
+        if progress:
+            progress(len(done_ids) + len(failed), len(ids))
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        prepared = pool.map(lambda u: _prepare(model, read, u), uris)
-        for batch_ids in _batches(list(ids), batch_size):
-            tensors, kept = [], []
-            for image_id, item in zip(batch_ids, prepared, strict=False):
-                if isinstance(item, str):
-                    failed[image_id] = item
-                else:
-                    tensors.append(item)
-                    kept.append(image_id)
-            if tensors:
-                chunks.append(model.embed_tensors(torch.stack(tensors)))
-                done_ids.extend(kept)
-            if progress:
-                progress(len(done_ids) + len(failed), len(ids))
+        prepared = bounded_map(pool, lambda u: _prepare(model, read, u), uris, 2 * batch_size)
+        for image_id, item in zip(ids, prepared, strict=True):
+            if isinstance(item, str):
+                failed[image_id] = item
+            else:
+                tensors.append(item)
+                kept.append(image_id)
+            if len(tensors) == batch_size:
+                flush()
+        flush()
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
     return EmbeddingResult(done_ids, vectors, failed)
 
