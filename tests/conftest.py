@@ -8,10 +8,25 @@ import pytest
 DATA_ENV = "VSEARCH_TEST_DATA"
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
+def _data_root() -> Path:
     default = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-    path = Path(os.environ.get(DATA_ENV, default)).resolve()
-    if not (path / "caltech101").is_dir():
+    return Path(os.environ.get(DATA_ENV, default)).resolve()
+
+
+def _folder(name: str) -> Path:
+    path = _data_root() / name
+    if not path.is_dir():
         pytest.skip(f"test photos not found at {path} (set {DATA_ENV})")
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    _folder("caltech101")
+    return _data_root()
+
+
+@pytest.fixture(scope="session")
+def cases() -> Path:
+    """The imagededup test images: edited copies, odd formats, a corrupt file."""
+    return _folder("dedup_cases")

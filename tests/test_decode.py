@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 import pickle
 import struct
 import warnings
@@ -26,13 +25,6 @@ from vsearch_pipeline.core.decode import (
     decode_rgb,
     probe_image,
 )
-
-DATA_DIR = Path(
-    os.environ.get(
-        "VSEARCH_TEST_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-    )
-)
-CASES = DATA_DIR / "dedup_cases"
 
 # Expected Pillow format of every file in formats_images, by content. The .bmp, .png and .svg
 # copies of ukbench09380 are byte-identical JPEGs under another extension, so the decoder
@@ -55,13 +47,6 @@ RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def cases() -> Path:
-    if not CASES.is_dir():
-        pytest.skip(f"shared test data not found at {CASES} (set VSEARCH_TEST_DATA)")
-    return CASES
 
 
 def _save(im: Image.Image, fmt: str, **params: object) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import imagehash
@@ -21,9 +20,6 @@ from vsearch_pipeline.core.hashing import (
 )
 
 ALL_ONES = 0xFFFF_FFFF_FFFF_FFFF
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("VSEARCH_TEST_DATA", REPO_ROOT / ".." / "shared" / "data"))
-DEDUP_CASES = DATA_ROOT / "dedup_cases"
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -82,13 +78,6 @@ def pair_codes(pairs: np.ndarray, n: int) -> np.ndarray:
 
 def open_rgb(path: Path) -> Image.Image:
     return Image.open(path).convert("RGB")
-
-
-@pytest.fixture(scope="module")
-def dedup_cases() -> Path:
-    if not DEDUP_CASES.is_dir():
-        pytest.skip(f"shared test data not found at {DEDUP_CASES} (set VSEARCH_TEST_DATA)")
-    return DEDUP_CASES
 
 
 # --- hamming_distance ----------------------------------------------------------------------
@@ -265,22 +254,22 @@ def test_group_labels_from_near_duplicate_pairs() -> None:
 # --- phash on real photos ------------------------------------------------------------------
 
 
-def test_phash64_close_for_resized_copy(dedup_cases: Path) -> None:
-    original = phash64(open_rgb(dedup_cases / "mixed_images" / "ukbench00120.jpg"))
-    resized = phash64(open_rgb(dedup_cases / "mixed_images" / "ukbench00120_resize.jpg"))
+def test_phash64_close_for_resized_copy(cases: Path) -> None:
+    original = phash64(open_rgb(cases / "mixed_images" / "ukbench00120.jpg"))
+    resized = phash64(open_rgb(cases / "mixed_images" / "ukbench00120_resize.jpg"))
     distance = int(hamming_distance(np.uint64(original), np.uint64(resized)))
     assert distance <= 10
 
 
-def test_phash64_far_for_different_photos(dedup_cases: Path) -> None:
-    a = phash64(open_rgb(dedup_cases / "base_images" / "ukbench00120.jpg"))
-    b = phash64(open_rgb(dedup_cases / "base_images" / "ukbench09380.jpg"))
+def test_phash64_far_for_different_photos(cases: Path) -> None:
+    a = phash64(open_rgb(cases / "base_images" / "ukbench00120.jpg"))
+    b = phash64(open_rgb(cases / "base_images" / "ukbench09380.jpg"))
     assert popcount_reference(a ^ b) > 20
 
 
-def test_phash64_agrees_with_imagehash(dedup_cases: Path) -> None:
-    paths = sorted((dedup_cases / "base_images").glob("*.jpg"))[:5]
-    paths.append(dedup_cases / "mixed_images" / "ukbench00120_resize.jpg")
+def test_phash64_agrees_with_imagehash(cases: Path) -> None:
+    paths = sorted((cases / "base_images").glob("*.jpg"))[:5]
+    paths.append(cases / "mixed_images" / "ukbench00120_resize.jpg")
     images = [open_rgb(p) for p in paths]
     expected = [int(str(imagehash.phash(img)), 16) for img in images]
     assert [phash64(img) for img in images] == expected

@@ -22,14 +22,6 @@ from vsearch_pipeline.core.sources import SourceObject, list_source, read_object
 
 
 @pytest.fixture(scope="module")
-def cases(shared_data: Path) -> Path:
-    path = shared_data / "dedup_cases"
-    if not path.is_dir():
-        pytest.skip(f"dedup_cases not found under {shared_data}")
-    return path
-
-
-@pytest.fixture(scope="module")
 def dedup_manifest(cases: Path) -> tuple[list[SourceObject], pa.Table]:
     objects = list_source(str(cases))
     return objects, build_manifest(objects, read_object, workers=2)

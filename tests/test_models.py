@@ -41,14 +41,6 @@ def _no_network(*args: object, **kwargs: object) -> None:
 
 
 @pytest.fixture(scope="module")
-def cases(shared_data: Path) -> Path:
-    path = shared_data / "dedup_cases"
-    if not path.is_dir():
-        pytest.skip(f"dedup_cases not found under {shared_data}")
-    return path
-
-
-@pytest.fixture(scope="module")
 def photos(cases: Path) -> dict[str, Image.Image]:
     names = {
         "original": "mixed_images/ukbench00120.jpg",

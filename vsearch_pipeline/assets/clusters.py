@@ -10,6 +10,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from vsearch_pipeline.assets.common import (
     artifact_version,
     code_version,
+    image_locations,
     load_embeddings,
     load_grounding_sets,
     load_manifests,
@@ -78,15 +79,14 @@ def _plain(value: float) -> float | int:
 
 
 def _largest(labels: np.ndarray, ids: list[str], manifest: pa.Table) -> list[dict]:
-    path_of = dict(zip(manifest.column("id").to_pylist(), manifest.column("path").to_pylist(),
-                       strict=True))
+    where = image_locations(manifest)
     found = labels[labels >= 0]
     if not len(found):
         return []
     sizes = np.bincount(found)
     rows = []
     for label in np.argsort(-sizes, kind="stable")[:15]:
-        members = [path_of.get(ids[i], ids[i]) for i in np.flatnonzero(labels == label)[:4]]
+        members = [where.get(ids[i], ("", ids[i]))[1] for i in np.flatnonzero(labels == label)[:4]]
         rows.append({"label": int(label), "size": int(sizes[label]),
                      "examples": ", ".join(members)})
     return rows

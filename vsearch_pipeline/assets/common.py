@@ -129,6 +129,16 @@ def load_manifests(store: ArtifactStore) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def image_locations(manifest: pa.Table) -> dict[str, tuple[str, str]]:
+    """Id -> (URI, path) of the first file with that content."""
+    where: dict[str, tuple[str, str]] = {}
+    for image_id, uri, path in zip(*(manifest.column(c).to_pylist() for c in ("id", "uri", "path")),
+                                   strict=True):
+        if image_id is not None:
+            where.setdefault(image_id, (uri, path))
+    return where
+
+
 def reference_lookup(manifest: pa.Table) -> dict[str, str]:
     """Id, URI or relative path -> image id: how grounding sets and force_include name images."""
     lookup: dict[str, str] = {}

@@ -11,6 +11,7 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from vsearch_pipeline.assets.common import (
     code_version,
+    image_locations,
     ingest_batches,
     load_manifests,
     manifest_path,
@@ -132,11 +133,10 @@ def _group_rows(storage: ArtifactStorage, ids: list[str], labels: np.ndarray,
     if not len(sizes):
         return []
     manifest = load_manifests(storage.store)
-    path_of = dict(zip(manifest.column("id").to_pylist(), manifest.column("path").to_pylist(),
-                       strict=True))
+    where = image_locations(manifest)
     rows = []
     for group in np.argsort(-sizes, kind="stable")[:20]:
-        members = [path_of.get(ids[i], ids[i]) for i in np.flatnonzero(labels == group)]
+        members = [where.get(ids[i], ("", ids[i]))[1] for i in np.flatnonzero(labels == group)]
         rows.append({"group": int(group), "size": int(sizes[group]),
                      "members": ", ".join(members[:6]) + (" ..." if len(members) > 6 else "")})
     return rows

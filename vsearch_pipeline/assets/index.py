@@ -17,6 +17,7 @@ from dagster import (
 from vsearch_pipeline.assets.common import (
     artifact_version,
     code_version,
+    image_locations,
     load_embeddings,
     load_manifests,
     run_keys,
@@ -105,11 +106,7 @@ def faiss_index(
 
 def _id_map(store, ids: list[str]) -> pa.Table:
     """Position in the index -> id, with the URI and path of the image's first file."""
-    manifest = load_manifests(store)
-    where = {}
-    for image_id, uri, path in zip(*(manifest.column(c).to_pylist() for c in ("id", "uri", "path")),
-                                   strict=True):
-        where.setdefault(image_id, (uri, path))
+    where = image_locations(load_manifests(store))
     return pa.table({"position": pa.array(range(len(ids)), pa.int64()),
                      "id": pa.array(ids, pa.string()),
                      "uri": pa.array([where.get(i, ("", ""))[0] for i in ids], pa.string()),
