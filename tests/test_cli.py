@@ -131,3 +131,13 @@ def test_dagster_webserver_serves_the_asset_graph(tmp_path):
     assert nodes is not None, "dagster-webserver did not answer"
     assert {n["assetKey"]["path"][0] for n in nodes} >= {
         "raw_image_manifest", "embeddings", "faiss_index", "clusters", "evaluation"}
+
+
+def test_missing_or_empty_source_is_a_clear_error(tmp_path):
+    result = _run("materialize", "--source", str(tmp_path / "nowhere"), home=tmp_path / "home")
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = _run("materialize", "--source", str(tmp_path / "empty"), home=tmp_path / "home")
+    assert result.returncode == 1
+    assert "holds no files" in result.stderr

@@ -76,7 +76,10 @@ def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
     if not settings.source.uri:
         raise click.UsageError("no source: pass --source or set source.uri in the settings")
     save_settings(home, settings)
-    summary = run_pipeline(home, settings, say=_say)
+    try:
+        summary = run_pipeline(home, settings, say=_say)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
     _report(home, summary)
     sys.exit(0 if summary["success"] else 1)
 

