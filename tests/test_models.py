@@ -24,13 +24,13 @@ from vsearch_pipeline.core.embed import (
     table_vectors,
     vector_problems,
 )
-from vsearch_pipeline.core.models import (
+from vsearch_pipeline.core.model_spec import (
     DEFAULT_MODEL,
     ModelSpec,
     file_sha256,
-    load_model,
     validate_settings,
 )
+from vsearch_pipeline.core.models import load_model
 from vsearch_pipeline.core.sources import read_object
 
 OPEN_CLIP_ARCH = "ViT-S-32-alt"  # the smallest plain ViT in open_clip's list (~43M parameters)

@@ -61,8 +61,6 @@ def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
     """Ingest new files from the source as a batch and materialize the whole graph."""
     import yaml
 
-    from vsearch_pipeline.runner import run_pipeline
-
     home = home_dir(home)
     overrides = yaml.safe_load(config_file.read_text()) if config_file else {}
     if source:
@@ -76,6 +74,8 @@ def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
     if not settings.source.uri:
         raise click.UsageError("no source: pass --source or set source.uri in the settings")
     save_settings(home, settings)
+    from vsearch_pipeline.runner import run_pipeline  # imports Dagster and torch: after the checks
+
     try:
         summary = run_pipeline(home, settings, say=_say)
     except (FileNotFoundError, ValueError) as err:

@@ -13,7 +13,8 @@ import numpy as np
 from vsearch_pipeline.catalog import LoadedIndex, load_index_artifacts
 from vsearch_pipeline.core.decode import decode_rgb
 from vsearch_pipeline.core.index import search
-from vsearch_pipeline.core.models import EmbeddingModel, ModelSpec, load_model
+from vsearch_pipeline.core.model_spec import ModelSpec
+from vsearch_pipeline.core.models import EmbeddingModel, load_model
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
 

@@ -20,7 +20,7 @@ from vsearch_pipeline.core.cluster import validate_params as validate_cluster_pa
 from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
 from vsearch_pipeline.core.index import IndexParams
 from vsearch_pipeline.core.index import validate_params as validate_index_params
-from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec
+from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
 
 HOME_ENV = "VSEARCH_HOME"
 DEFAULT_HOME = ".vsearch"
@@ -121,8 +121,6 @@ class Settings(Section):
 
     def check(self) -> Settings:
         """The checks that need more than a type: run them before any work starts."""
-        from vsearch_pipeline.core.models import validate_settings  # imports torch
-
         validate_settings(ModelSpec(self.model.name, self.model.pretrained), self.model.device,
                           self.model.precision)
         validate_index_params(self.index.params())

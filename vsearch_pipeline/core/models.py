@@ -25,12 +25,11 @@ from torchvision import transforms
 
 from vsearch_pipeline.core.model_spec import (
     DEFAULT_MODEL,
-    DEVICES,
     OPEN_CLIP_PREFIX,
-    PRECISIONS,
     ModelSpec,
     file_sha256,
     pretrained_label,
+    validate_settings,
 )
 
 
@@ -65,32 +64,6 @@ class EmbeddingModel:
 def _autocast(device: str, precision: str):
     enabled = precision == "bf16"
     return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=enabled)
-
-
-def validate_settings(spec: ModelSpec, device: str, precision: str) -> None:
-    """Fail before any work with a message that names the setting and the allowed values."""
-    if spec.name != DEFAULT_MODEL and not spec.name.startswith(OPEN_CLIP_PREFIX):
-        raise ValueError(
-            f"model.name {spec.name!r} is unknown: use {DEFAULT_MODEL!r} or "
-            f"'{OPEN_CLIP_PREFIX}<architecture>' (for example 'open_clip:ViT-B-32')"
-        )
-    if spec.name.startswith(OPEN_CLIP_PREFIX):
-        import open_clip
-
-        arch = spec.name.removeprefix(OPEN_CLIP_PREFIX)
-        if arch not in open_clip.list_models():
-            raise ValueError(f"model.name: open_clip has no architecture {arch!r}")
-        if not spec.pretrained:
-            raise ValueError(
-                "model.pretrained is required for open_clip models: an open_clip tag, "
-                "a checkpoint file path, or 'random'"
-            )
-    if device not in DEVICES:
-        raise ValueError(f"model.device must be one of {DEVICES}, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("model.device is 'cuda' but no CUDA device is available")
-    if precision not in PRECISIONS:
-        raise ValueError(f"model.precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32") -> EmbeddingModel:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
-from vsearch_pipeline.core.models import EmbeddingModel, ModelSpec, load_model
+from vsearch_pipeline.core.model_spec import ModelSpec
+from vsearch_pipeline.core.models import EmbeddingModel, load_model
 from vsearch_pipeline.core.sources import SourceObject, list_source, read_object
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import MetricsDB
