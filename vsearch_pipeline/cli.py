@@ -131,7 +131,8 @@ def ui(home: Path | None, host: str, port: int) -> None:
     open_instance(home)
     env = {**os.environ, HOME_ENV: str(home), "DAGSTER_HOME": str(dagster_home(home))}
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
-    cmd = ["dagster-webserver", "-w", str(workspace), "-h", host, "-p", str(port)]
+    webserver = Path(sys.executable).parent / "dagster-webserver"  # the one beside this Python
+    cmd = [str(webserver), "-w", str(workspace), "-h", host, "-p", str(port)]
     sys.exit(subprocess.call(cmd, env=env))
 
 
