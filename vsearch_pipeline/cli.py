@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,10 +44,10 @@ def demo(home: Path | None) -> None:
     summary = run_pipeline(home, settings, say=_say)
     _report(home, summary)
     query = images / "chelsea" / "crop.jpg"
-    click.echo(f"\nExample: vsearch search --home {home} {query}")
+    click.echo(f"\nExample: {_command()} search --home {home} {query}")
     for row in _search(home, str(query), 5):
         click.echo(f"  {row['rank']}. {row['score']:.3f}  {row['path']}")
-    click.echo(f"\nOpen the Dagster UI: vsearch ui --home {home}   (then http://127.0.0.1:3000)")
+    click.echo(f"\nOpen the Dagster UI: {_command()} ui --home {home}   (then http://127.0.0.1:3000)")
     sys.exit(0 if summary["success"] else 1)
 
 
@@ -149,6 +150,12 @@ def _search(home: Path, query: str, k: int) -> list[dict]:
     if Path(query).is_file():
         return searcher.by_image(Path(query).read_bytes(), k)
     return searcher.by_id(query, k)
+
+
+def _command() -> str:
+    """How to call this program again: its name when it is on PATH, else its full path."""
+    found = shutil.which("vsearch")
+    return "vsearch" if found and Path(found).resolve() == Path(sys.argv[0]).resolve() else sys.argv[0]
 
 
 def _say(message: str) -> None:

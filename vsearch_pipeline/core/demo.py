@@ -58,21 +58,33 @@ def _jpeg(img: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
+def _png(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "PNG")
+    return out.getvalue()
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write unless the file already holds these bytes: a second demo run finds nothing new."""
+    if path.exists() and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 def build_demo_corpus(folder: Path) -> tuple[Path, Path]:
     """Write the corpus under folder/images and its grounding set; return both paths."""
     images = folder / "images"
     rows = []
     for name in PHOTOS:
         photo = _photo(name)
-        (images / name).mkdir(parents=True, exist_ok=True)
-        photo.save(images / name / "original.png")
+        _write(images / name / "original.png", _png(photo))
         rows.append((name, f"{name}/original.png"))
         for edit, (apply, quality) in EDITS.items():
-            (images / name / f"{edit}.jpg").write_bytes(_jpeg(apply(photo), quality))
+            _write(images / name / f"{edit}.jpg", _jpeg(apply(photo), quality))
             rows.append((name, f"{name}/{edit}.jpg"))
     broken = _jpeg(_photo("coffee"), 90)
-    (images / "broken").mkdir(exist_ok=True)
-    (images / "broken" / "truncated.jpg").write_bytes(broken[: len(broken) // 3])
+    _write(images / "broken" / "truncated.jpg", broken[: len(broken) // 3])
     grounding = folder / "grounding.csv"
     grounding.write_text(format_grounding(rows))
     return images, grounding
