@@ -12,7 +12,8 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from vsearch_pipeline.assets.common import BATCHES, batch_path, ingest_batches, manifest_path
+from vsearch_pipeline.assets.common import ingest_batches
+from vsearch_pipeline.core.layout import BATCHES, batch_path, manifest_path
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions

@@ -7,18 +7,10 @@ import numpy as np
 import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from vsearch_pipeline.assets.common import (
-    artifact_version,
-    code_version,
-    image_locations,
-    load_embeddings,
-    load_grounding_sets,
-    load_manifests,
-    markdown_table,
-    run_keys,
-)
+from vsearch_pipeline.assets.common import artifact_version, code_version, markdown_table, run_keys
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.core.cluster import cluster_labels
+from vsearch_pipeline.core.layout import image_locations, load_embeddings, load_grounding_sets, load_manifests
 from vsearch_pipeline.core.metrics import cluster_metrics
 from vsearch_pipeline.resources import (
     ArtifactStorage,

@@ -17,13 +17,10 @@ from dagster import (
 
 from vsearch_pipeline.assets.common import (
     code_version,
-    embeddings_dir,
-    embeddings_path,
     ingest_batches,
     markdown_table,
     progress_logger,
     run_keys,
-    subset_path,
 )
 from vsearch_pipeline.assets.subset import sampled_subset
 from vsearch_pipeline.core.embed import (
@@ -32,6 +29,7 @@ from vsearch_pipeline.core.embed import (
     table_vectors,
     vector_problems,
 )
+from vsearch_pipeline.core.layout import embeddings_dir, embeddings_path, subset_path
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.resources import (
     ArtifactStorage,

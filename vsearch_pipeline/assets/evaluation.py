@@ -6,19 +6,13 @@ import time
 import numpy as np
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from vsearch_pipeline.assets.common import (
-    code_version,
-    load_embeddings,
-    load_grounding_sets,
-    load_manifests,
-    markdown_table,
-    run_keys,
-)
+from vsearch_pipeline.assets.common import code_version, markdown_table, run_keys
 from vsearch_pipeline.assets.hashes import near_duplicate_groups
 from vsearch_pipeline.assets.index import faiss_index
 from vsearch_pipeline.catalog import latest_index_metadata, load_index_artifacts
 from vsearch_pipeline.core.grounding import ResolvedGrounding
 from vsearch_pipeline.core.index import search
+from vsearch_pipeline.core.layout import load_embeddings, load_grounding_sets, load_manifests
 from vsearch_pipeline.core.metrics import retrieval_metrics
 from vsearch_pipeline.resources import ArtifactStorage, MetricsDatabase, PipelineSettings
 

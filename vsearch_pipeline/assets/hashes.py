@@ -11,10 +11,7 @@ from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from vsearch_pipeline.assets.common import (
     code_version,
-    image_locations,
     ingest_batches,
-    load_manifests,
-    manifest_path,
     markdown_table,
     progress_logger,
     run_keys,
@@ -22,6 +19,7 @@ from vsearch_pipeline.assets.common import (
 from vsearch_pipeline.assets.manifest import raw_image_manifest
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.hashing import group_labels, near_duplicate_pairs, phash64
+from vsearch_pipeline.core.layout import image_locations, load_manifests, manifest_path
 from vsearch_pipeline.core.store import insert_rows
 from vsearch_pipeline.resources import (
     ArtifactStorage,

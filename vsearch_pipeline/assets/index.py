@@ -14,14 +14,7 @@ from dagster import (
     asset,
 )
 
-from vsearch_pipeline.assets.common import (
-    artifact_version,
-    code_version,
-    image_locations,
-    load_embeddings,
-    load_manifests,
-    run_keys,
-)
+from vsearch_pipeline.assets.common import artifact_version, code_version, run_keys
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.core.index import (
     build_index,
@@ -30,6 +23,7 @@ from vsearch_pipeline.core.index import (
     resolve_params,
     serialize,
 )
+from vsearch_pipeline.core.layout import image_locations, index_dir, load_embeddings, load_manifests
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     EmbeddingModelResource,
@@ -38,10 +32,6 @@ from vsearch_pipeline.resources import (
 )
 
 RECALL_K = 10
-
-
-def index_dir(model_key: str, version: str) -> str:
-    return f"index/{model_key}/{version}"
 
 
 @asset(

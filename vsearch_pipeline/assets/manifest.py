@@ -6,14 +6,13 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from vsearch_pipeline.assets.common import (
-    batch_path,
     code_version,
     ingest_batches,
-    manifest_path,
     markdown_table,
     progress_logger,
     run_keys,
 )
+from vsearch_pipeline.core.layout import batch_path, manifest_path
 from vsearch_pipeline.core.manifest import build_manifest, status_counts
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.resources import (

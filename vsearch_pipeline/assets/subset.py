@@ -8,14 +8,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from vsearch_pipeline.assets.common import (
-    code_version,
-    ingest_batches,
-    manifest_path,
-    run_keys,
-    subset_path,
-)
+from vsearch_pipeline.assets.common import code_version, ingest_batches, run_keys
 from vsearch_pipeline.assets.manifest import raw_image_manifest
+from vsearch_pipeline.core.layout import manifest_path, subset_path
 from vsearch_pipeline.core.sampling import forced_mask, select_subset, unmatched_force_include
 from vsearch_pipeline.resources import ArtifactStorage, MetricsDatabase, PipelineSettings
 

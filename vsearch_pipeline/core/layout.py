@@ -1,0 +1,113 @@
+"""Where each artifact lives under the storage root, and the readers that every consumer shares
+(the assets, the `vsearch` command and the search service)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vsearch_pipeline.core.embed import table_vectors
+from vsearch_pipeline.core.grounding import ResolvedGrounding, parse_grounding, resolve_grounding
+from vsearch_pipeline.core.storage import ArtifactStore
+
+BATCHES = "batches"
+MANIFESTS = "manifest"
+SUBSETS = "subset"
+
+
+def batch_path(key: str) -> str:
+    return f"{BATCHES}/{key}.json"
+
+
+def manifest_path(key: str) -> str:
+    return f"{MANIFESTS}/{key}.parquet"
+
+
+def subset_path(key: str) -> str:
+    return f"{SUBSETS}/{key}.parquet"
+
+
+def embeddings_dir(model_key: str) -> str:
+    return f"embeddings/{model_key}"
+
+
+def embeddings_path(model_key: str, key: str) -> str:
+    return f"{embeddings_dir(model_key)}/{key}.parquet"
+
+
+def index_dir(model_key: str, version: str) -> str:
+    return f"index/{model_key}/{version}"
+
+
+def manifest_partitions(store: ArtifactStore) -> list[str]:
+    return [Path(p).stem for p in store.list(MANIFESTS, ".parquet")]
+
+
+def load_manifests(store: ArtifactStore) -> pa.Table:
+    """Every partition's manifest, with a `partition` column, in partition order."""
+    tables = []
+    for key in manifest_partitions(store):
+        table = store.read_parquet(manifest_path(key))
+        tables.append(table.append_column("partition", pa.array([key] * len(table))))
+    if not tables:
+        raise ValueError("no manifest partitions are materialized yet")
+    return pa.concat_tables(tables)
+
+
+def image_locations(manifest: pa.Table) -> dict[str, tuple[str, str]]:
+    """Id -> (URI, path) of the first file with that content."""
+    where: dict[str, tuple[str, str]] = {}
+    for image_id, uri, path in zip(*(manifest.column(c).to_pylist() for c in ("id", "uri", "path")),
+                                   strict=True):
+        if image_id is not None:
+            where.setdefault(image_id, (uri, path))
+    return where
+
+
+def reference_lookup(manifest: pa.Table) -> dict[str, str]:
+    """Id, URI or relative path -> image id: how grounding sets and force_include name images."""
+    lookup: dict[str, str] = {}
+    ok = manifest.filter(pc.equal(manifest.column("status"), "ok"))
+    for image_id, uri, path in zip(*(ok.column(c).to_pylist() for c in ("id", "uri", "path")),
+                                   strict=True):
+        lookup.setdefault(image_id, image_id)
+        lookup.setdefault(uri, image_id)
+        lookup.setdefault(path, image_id)
+    return lookup
+
+
+def load_embeddings(store: ArtifactStore, model_key: str) -> tuple[list[str], np.ndarray, str]:
+    """All shards of one model, each id once (first shard wins); and the model version."""
+    ids: list[str] = []
+    chunks = []
+    seen: set[str] = set()
+    model_version = ""
+    for shard in store.list(embeddings_dir(model_key), ".parquet"):
+        table = store.read_parquet(shard)
+        if not len(table):
+            continue
+        model_version = table.column("model_version")[0].as_py()
+        keep = [i for i, image_id in enumerate(table.column("id").to_pylist())
+                if image_id not in seen and not seen.add(image_id)]
+        ids.extend(table.column("id").take(keep).to_pylist())
+        chunks.append(table_vectors(table.take(keep)))
+    if not ids:
+        raise ValueError(f"no embeddings for model {model_key!r} yet")
+    return ids, np.concatenate(chunks), model_version
+
+
+def load_grounding_sets(paths: Sequence[str], manifest: pa.Table) -> list[ResolvedGrounding]:
+    """Each grounding set file, read through fsspec and resolved to image ids."""
+    lookup = reference_lookup(manifest)
+    resolved = []
+    for path in paths:
+        with fsspec.open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+        grounding = parse_grounding(Path(path).stem, text)
+        resolved.append(resolve_grounding(grounding, lookup))
+    return resolved
