@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import faiss
 import pyarrow as pa
@@ -26,11 +27,11 @@ class LoadedIndex:
     id_map: pa.Table
     build: dict
 
-    @property
+    @cached_property
     def ids(self) -> list[str]:
         return self.id_map.column("id").to_pylist()
 
-    @property
+    @cached_property
     def position_of(self) -> dict[str, int]:
         return {image_id: pos for pos, image_id in enumerate(self.ids)}
 
@@ -39,14 +40,14 @@ class LoadedIndex:
         return self.build["version"]
 
 
-def _value(metadata: Mapping, key: str) -> str:
+def metadata_value(metadata: Mapping, key: str) -> str:
     entry = metadata[key]
     return getattr(entry, "value", entry)
 
 
 def load_index_artifacts(store: ArtifactStore, metadata: Mapping) -> LoadedIndex:
     """The index, id map and build record named by a faiss_index materialization's metadata."""
-    folder = _value(metadata, "index_dir")
+    folder = metadata_value(metadata, "index_dir")
     build = store.read_json(f"{folder}/build.json")
     index = deserialize(store.read_bytes(f"{folder}/index.faiss"))
     id_map = store.read_parquet(f"{folder}/ids.parquet")
@@ -61,3 +62,14 @@ def latest_index_metadata(instance: DagsterInstance) -> Mapping:
     if event is None or event.asset_materialization is None:
         raise LookupError("no faiss_index has been materialized yet: run `vsearch materialize`")
     return event.asset_materialization.metadata
+
+
+def index_metadata_by_version(instance: DagsterInstance, version: str, limit: int = 1000
+                              ) -> Mapping:
+    """The metadata of the faiss_index materialization with this version (for pinning)."""
+    records = instance.fetch_materializations(INDEX_ASSET, limit=limit).records
+    for record in records:
+        metadata = record.asset_materialization.metadata
+        if metadata_value(metadata, "version") == version:
+            return metadata
+    raise LookupError(f"no faiss_index materialization has version {version!r}")

@@ -104,6 +104,20 @@ def search(home: Path | None, query: str, k: int, as_json: bool) -> None:
         click.echo(f"{row['rank']:>3}. {row['score']:.4f}  {row['id']}  {row['path']}")
 
 
+@main.command()
+@home_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+def serve(home: Path | None, host: str, port: int) -> None:
+    """Start the search service (FastAPI; API docs at /docs) on the home's latest index."""
+    import uvicorn
+
+    from serving.app import app_for_home
+
+    home = home_dir(home)
+    uvicorn.run(app_for_home(home, load_settings(home)), host=host, port=port)
+
+
 @main.command("grounding-from-folders")
 @click.argument("source")
 @click.option("--depth", default=1, show_default=True, help="Folder levels that name a group.")
@@ -138,14 +152,14 @@ def ui(home: Path | None, host: str, port: int) -> None:
 
 
 def _search(home: Path, query: str, k: int) -> list[dict]:
-    from vsearch_pipeline.catalog import latest_index_metadata
+    from vsearch_pipeline.catalog import latest_index_metadata, metadata_value
     from vsearch_pipeline.core.storage import ArtifactStore
     from vsearch_pipeline.runner import open_instance
     from vsearch_pipeline.search import Searcher
 
     settings = load_settings(home)
     metadata = latest_index_metadata(open_instance(home))
-    store = ArtifactStore(metadata["storage_root"].value, settings.storage.endpoint_url)
+    store = ArtifactStore(metadata_value(metadata, "storage_root"), settings.storage.endpoint_url)
     searcher = Searcher.from_metadata(store, metadata, settings.source.endpoint_url)
     if Path(query).is_file():
         return searcher.by_image(Path(query).read_bytes(), k)

@@ -1,4 +1,4 @@
-"""Nearest images to a query image (a file, bytes, or an id in the collection).
+"""Nearest images to a query image (a file, bytes, an optional crop of them, or an id).
 
 The model is rebuilt from the index's own build record, so a query is embedded exactly as the
 collection was; an index whose model does not load, or loads with another version, is refused.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from vsearch_pipeline.catalog import LoadedIndex, load_index_artifacts
 from vsearch_pipeline.core.decode import decode_rgb
@@ -17,6 +18,29 @@ from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel, load_model
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
+
+RECONSTRUCTABLE = ("flat", "hnsw", "ivf-flat")  # index types that hold the exact vectors
+
+
+def parse_bbox(text: str | None) -> tuple[int, int, int, int] | None:
+    """'x1,y1,x2,y2' in pixels of the (EXIF-oriented) image, or None."""
+    if text is None or not text.strip():
+        return None
+    try:
+        box = tuple(int(round(float(v))) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"bbox must be four numbers x1,y1,x2,y2, got {text!r}") from None
+    if len(box) != 4:
+        raise ValueError(f"bbox must be four numbers x1,y1,x2,y2, got {text!r}")
+    return box
+
+
+def crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    x1, y1, x2, y2 = box
+    if not (0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height):
+        raise ValueError(f"bbox {x1},{y1},{x2},{y2} is empty or outside the "
+                         f"{image.width}x{image.height} image")
+    return image.crop(box)
 
 
 @dataclass
@@ -27,30 +51,51 @@ class Searcher:
 
     @classmethod
     def from_metadata(cls, store: ArtifactStore, metadata, source_endpoint_url: str | None = None,
-                      device: str = "cpu") -> Searcher:
+                      device: str = "cpu", model: EmbeddingModel | None = None) -> Searcher:
+        """Load an index; `model` is reused when it is the one the index was built with."""
         loaded = load_index_artifacts(store, metadata)
         build = loaded.build
-        model = load_model(ModelSpec(build["model"], build.get("pretrained")), device)
+        spec = ModelSpec(build["model"], build.get("pretrained"))
+        if model is None or model.spec != spec:
+            model = load_model(spec, device)
         if model.version != build["model_version"]:
             raise ValueError(f"index {loaded.version} was built with model version "
                              f"{build['model_version']!r}, but {model.version!r} is installed")
+        if build["params"]["index_type"] == "ivf-flat":
+            import faiss
+
+            faiss.extract_index_ivf(loaded.index).make_direct_map()
         return cls(loaded, model, source_endpoint_url)
 
-    def embed_bytes(self, data: bytes) -> np.ndarray:
-        return self.model.embed_images([decode_rgb(data, min_size=self.model.image_size)])[0]
+    @property
+    def version(self) -> str:
+        return self.loaded.version
 
-    def by_image(self, data: bytes, k: int) -> list[dict]:
-        return self._results(self.embed_bytes(data), k, exclude=None)
+    def embed_bytes(self, data: bytes, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        if box is None:
+            image = decode_rgb(data, min_size=self.model.image_size)
+        else:
+            image = crop(decode_rgb(data), box)
+        return self.model.embed_images([image])[0]
+
+    def by_image(self, data: bytes, k: int, box: tuple[int, int, int, int] | None = None
+                 ) -> list[dict]:
+        return self.by_vector(self.embed_bytes(data, box), k)
 
     def by_id(self, image_id: str, k: int) -> list[dict]:
         position = self.loaded.position_of.get(image_id)
         if position is None:
-            raise KeyError(f"no image with id {image_id!r} in index {self.loaded.version}")
-        uri = self.loaded.id_map.column("uri")[position].as_py()
-        vector = self.embed_bytes(read_object(uri, self.source_endpoint_url))
-        return self._results(vector, k, exclude=position)
+            raise KeyError(f"no image with id {image_id!r} in index {self.version}")
+        return self.by_vector(self.stored_vector(position), k, exclude=position)
 
-    def _results(self, vector: np.ndarray, k: int, exclude: int | None) -> list[dict]:
+    def stored_vector(self, position: int) -> np.ndarray:
+        """The indexed vector, or (for PQ codes, which are approximate) the image embedded again."""
+        if self.loaded.build["params"]["index_type"] in RECONSTRUCTABLE:
+            return self.loaded.index.reconstruct(position)
+        uri = self.loaded.id_map.column("uri")[position].as_py()
+        return self.embed_bytes(read_object(uri, self.source_endpoint_url))
+
+    def by_vector(self, vector: np.ndarray, k: int, exclude: int | None = None) -> list[dict]:
         scores, positions = search(self.loaded.index, vector[None, :], k + (exclude is not None))
         table = self.loaded.id_map
         results = []

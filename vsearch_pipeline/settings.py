@@ -108,6 +108,12 @@ class EvaluationSettings(Section):
         return sorted(set(ks))
 
 
+class ServingSettings(Section):
+    max_k: int = Field(1000, ge=1, le=100_000)
+    max_upload_bytes: int = Field(20_000_000, ge=1)
+    refresh_interval_s: float = Field(10.0, gt=0)
+
+
 class Settings(Section):
     source: SourceSettings = SourceSettings()
     storage: StorageSettings = StorageSettings()
@@ -118,6 +124,7 @@ class Settings(Section):
     index: IndexSettings = IndexSettings()
     clusters: ClusterSettings = ClusterSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    serving: ServingSettings = ServingSettings()
 
     def check(self) -> Settings:
         """The checks that need more than a type: run them before any work starts."""
