@@ -140,3 +140,29 @@ def test_missing_or_empty_source_is_a_clear_error(tmp_path):
     result = _run("materialize", "--source", str(tmp_path / "empty"), home=tmp_path / "home")
     assert result.returncode == 1
     assert "holds no files" in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_answers_on_the_demo_index(demo_home):
+    """`vsearch serve` starts uvicorn on the home's latest index."""
+    import time
+    import urllib.request
+
+    home, _ = demo_home
+    port = _free_port()
+    server = subprocess.Popen([VSEARCH, "serve", "--home", str(home), "--port", str(port)],
+                              cwd=home.parent, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    health = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and health is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    health = json.load(r)
+            except OSError:
+                time.sleep(0.5)
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=30)
+    assert health is not None and health["status"] == "ok" and health["vectors"] == 102
