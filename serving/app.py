@@ -31,6 +31,7 @@ from vsearch_pipeline.catalog import metadata_value
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
+from vsearch_pipeline.search import parse_bbox
 from vsearch_pipeline.settings import ServingSettings, Settings
 
 MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
@@ -102,10 +103,8 @@ def create_app(holder: IndexHolder, settings: ServingSettings,
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable):
         started = time.perf_counter()
-        route = request.scope.get("route")
         response = await call_next(request)
-        route = request.scope.get("route") or route
-        endpoint = getattr(route, "path", "unmatched")
+        endpoint = getattr(request.scope.get("route"), "path", "unmatched")  # the route template
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         if response.status_code >= 400:
@@ -150,8 +149,6 @@ def create_app(holder: IndexHolder, settings: ServingSettings,
         data = await file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"the upload is over {settings.max_upload_bytes} bytes")
-        from vsearch_pipeline.search import parse_bbox
-
         try:
             box = parse_bbox(bbox)
             embed_started = time.perf_counter()
