@@ -25,12 +25,15 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
 
 from serving.holder import IndexHolder, ServedIndex, instance_metadata_source
 from vsearch_pipeline.catalog import metadata_value
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
+from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.search import parse_bbox
 from vsearch_pipeline.settings import ServingSettings, Settings
 
@@ -75,7 +78,12 @@ def _answer(served: ServedIndex, results: list[dict], k: int, started: float) ->
             "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
-def create_app(holder: IndexHolder, settings: ServingSettings,
+class TagRequest(BaseModel):
+    ids: list[str] = PydanticField(min_length=1, max_length=100_000)
+    tag: str
+
+
+def create_app(holder: IndexHolder, settings: ServingSettings, curation: CurationDB,
                source_endpoint_url: str | None = None) -> FastAPI:
     metrics = ServiceMetrics()
     stop = threading.Event()
@@ -117,6 +125,14 @@ def create_app(holder: IndexHolder, settings: ServingSettings,
             raise HTTPException(503, holder.last_error or "no index is loaded yet")
         return served
 
+    def tagged(tag: str | None) -> list[str] | None:
+        """The ids carrying a tag (a search filter), or None for no filter."""
+        if tag is None:
+            return None
+        if tag not in curation.tag_counts():
+            raise HTTPException(404, f"no image has the tag {tag!r}")
+        return curation.ids_with_tag(tag)
+
     def bounded_k(k: int) -> int:
         if not 1 <= k <= settings.max_k:
             raise HTTPException(422, f"k must be between 1 and {settings.max_k}, got {k}")
@@ -131,11 +147,11 @@ def create_app(holder: IndexHolder, settings: ServingSettings,
                 "vectors": served.searcher.loaded.index.ntotal if served else 0}
 
     @app.get("/similar/{image_id}")
-    def similar(image_id: str, k: int = 50) -> dict:
+    def similar(image_id: str, k: int = 50, tag: str | None = None) -> dict:
         """The nearest images to one already in the collection (itself left out)."""
         started, served, k = time.perf_counter(), live(), bounded_k(k)
         try:
-            results = served.searcher.by_id(image_id, k)
+            results = served.searcher.by_id(image_id, k, only=tagged(tag))
         except KeyError as err:
             raise HTTPException(404, err.args[0]) from None
         return _answer(served, results, k, started)
@@ -143,7 +159,9 @@ def create_app(holder: IndexHolder, settings: ServingSettings,
     @app.post("/search")
     async def search(file: Annotated[UploadFile, File(description="The query image")],
                      bbox: Annotated[str | None, Form(description="Crop x1,y1,x2,y2 in pixels")] = None,
-                     k: Annotated[int, Form()] = 50) -> dict:
+                     k: Annotated[int, Form()] = 50,
+                     tag: Annotated[str | None, Form(description="Only images with this tag")] = None,
+                     ) -> dict:
         """The nearest images to an uploaded image, or to a crop box of it."""
         started, served, k = time.perf_counter(), live(), bounded_k(k)
         data = await file.read(settings.max_upload_bytes + 1)
@@ -159,7 +177,32 @@ def create_app(holder: IndexHolder, settings: ServingSettings,
                                      f"{err.reason}") from None
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
-        return _answer(served, served.searcher.by_vector(vector, k), k, started)
+        results = served.searcher.by_vector(vector, k, only=tagged(tag))
+        return _answer(served, results, k, started)
+
+    @app.post("/tags")
+    def add_tags(request: TagRequest) -> dict:
+        """Apply a tag to images of the collection."""
+        unknown = [i for i in request.ids if i not in live().files]
+        if unknown:
+            raise HTTPException(404, f"no images with ids {unknown[:20]}")
+        try:
+            added = curation.add_tag(request.ids, request.tag)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        return {"tag": request.tag.strip(), "added": added}
+
+    @app.delete("/tags")
+    def remove_tags(request: TagRequest) -> dict:
+        """Take a tag off images."""
+        if request.tag not in curation.tag_counts():
+            raise HTTPException(404, f"no image has the tag {request.tag!r}")
+        return {"tag": request.tag, "removed": curation.remove_tag(request.ids, request.tag)}
+
+    @app.get("/tags")
+    def list_tags() -> dict:
+        """Every tag with the number of images that carry it."""
+        return {"tags": [{"tag": t, "count": n} for t, n in curation.tag_counts().items()]}
 
     def _image_bytes(image_id: str) -> tuple[bytes, str]:
         found = live().files.get(image_id)
@@ -221,4 +264,5 @@ def app_for_home(home: Path, settings: Settings) -> FastAPI:
 
     holder = IndexHolder(instance_metadata_source(instance), store_for,
                          settings.source.endpoint_url)
-    return create_app(holder, settings.serving, settings.source.endpoint_url)
+    curation = CurationDB(str(home / "curation.duckdb"))
+    return create_app(holder, settings.serving, curation, settings.source.endpoint_url)

@@ -228,3 +228,18 @@ def test_ivf_pq_skips_polysemous_training() -> None:
         ivfpq = faiss.downcast_index(faiss.extract_index_ivf(index))
         assert isinstance(ivfpq, faiss.IndexIVFPQ)
         assert not ivfpq.do_polysemous_training
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_filtered_search_returns_only_allowed_positions(built, clustered, name: str) -> None:
+    from vsearch_pipeline.core.index import filtered_search
+
+    vectors, labels = clustered
+    params, index = built[name]
+    # A few far-away positions: another cluster than the query's, so an unfiltered search
+    # would never reach them.
+    query = vectors[0]
+    allowed = np.flatnonzero(labels != labels[0])[:7]
+    _, positions = filtered_search(index, params, query, 5, allowed)
+    found = positions[0][positions[0] >= 0]
+    assert len(found) >= 1 and set(found) <= set(allowed)

@@ -12,6 +12,7 @@ from PIL import Image
 from serving.app import app_for_home, create_app
 from serving.holder import IndexHolder
 from vsearch_pipeline.core.demo import build_demo_corpus
+from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.runner import run_pipeline
 from vsearch_pipeline.settings import load_settings
 
@@ -190,7 +191,8 @@ def test_an_index_that_does_not_load_is_refused_and_the_old_one_serves(collectio
         return metadata
 
     holder = IndexHolder(source, lambda m: ArtifactStore(str(collection["home"] / "artifacts")))
-    with TestClient(create_app(holder, collection["settings"].serving)) as client:
+    curation = CurationDB(str(collection["home"] / "curation.duckdb"))
+    with TestClient(create_app(holder, collection["settings"].serving, curation)) as client:
         before = client.get("/health").json()["index_version"]
         broken["serve"] = True
         assert holder.refresh() is False
@@ -199,3 +201,34 @@ def test_an_index_that_does_not_load_is_refused_and_the_old_one_serves(collectio
         assert "broken-1 refused" in health["last_error"]
         assert client.get("/similar/ffffffffffffffff").status_code == 404  # still answering
         assert client.put("/index/pin", params={"version": "no-such-version"}).status_code == 404
+
+
+def test_tags_apply_filter_persist_and_refuse_bad_input(collection):
+    images = collection["images"]
+    with TestClient(app_for_home(collection["home"], collection["settings"])) as client:
+        coffee = [_id_of(client, images, f"coffee/{n}") for n in ("original.png", "flip.jpg")]
+        moon = _id_of(client, images, "moon/original.png")
+        added = client.post("/tags", json={"ids": [*coffee, coffee[0]], "tag": "drinks"}).json()
+        assert added == {"tag": "drinks", "added": 2}
+        assert client.post("/tags", json={"ids": coffee, "tag": "drinks"}).json()["added"] == 0
+        # A filtered search returns only tagged images, however far they are from the query.
+        far = client.get(f"/similar/{moon}", params={"k": 10, "tag": "drinks"}).json()
+        assert {r["id"] for r in far["results"]} == set(coffee)
+        upload = client.post("/search", files={"file": ("m.png", (images / "moon" / "original.png")
+                                                        .read_bytes())},
+                             data={"k": "5", "tag": "drinks"}).json()
+        assert {r["id"] for r in upload["results"]} == set(coffee)
+        assert client.get(f"/similar/{moon}", params={"tag": "nope"}).status_code == 404
+        assert client.post("/tags", json={"ids": ["ffffffffffffffff"], "tag": "x"}
+                           ).status_code == 404
+        assert client.post("/tags", json={"ids": coffee, "tag": "  "}).status_code == 422
+        assert client.post("/tags", json={"ids": [], "tag": "x"}).status_code == 422
+        injection = "x'); DROP TABLE tags; --"
+        assert client.post("/tags", json={"ids": [moon], "tag": injection}).status_code == 200
+    with TestClient(app_for_home(collection["home"], collection["settings"])) as client:
+        tags = {t["tag"]: t["count"] for t in client.get("/tags").json()["tags"]}
+        assert tags == {"drinks": 2, injection: 1}  # survived a restart, and the table too
+        removed = client.request("DELETE", "/tags", json={"ids": [coffee[0]], "tag": "drinks"})
+        assert removed.json() == {"tag": "drinks", "removed": 1}
+        assert client.request("DELETE", "/tags", json={"ids": coffee, "tag": "zzz"}
+                              ).status_code == 404

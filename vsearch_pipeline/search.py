@@ -13,7 +13,7 @@ from PIL import Image
 
 from vsearch_pipeline.catalog import LoadedIndex, load_index_artifacts
 from vsearch_pipeline.core.decode import decode_rgb
-from vsearch_pipeline.core.index import search
+from vsearch_pipeline.core.index import IndexParams, filtered_search, search
 from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel, load_model
 from vsearch_pipeline.core.sources import read_object
@@ -82,11 +82,11 @@ class Searcher:
                  ) -> list[dict]:
         return self.by_vector(self.embed_bytes(data, box), k)
 
-    def by_id(self, image_id: str, k: int) -> list[dict]:
+    def by_id(self, image_id: str, k: int, only: list[str] | None = None) -> list[dict]:
         position = self.loaded.position_of.get(image_id)
         if position is None:
             raise KeyError(f"no image with id {image_id!r} in index {self.version}")
-        return self.by_vector(self.stored_vector(position), k, exclude=position)
+        return self.by_vector(self.stored_vector(position), k, exclude=position, only=only)
 
     def stored_vector(self, position: int) -> np.ndarray:
         """The indexed vector, or (for PQ codes, which are approximate) the image embedded again."""
@@ -95,8 +95,18 @@ class Searcher:
         uri = self.loaded.id_map.column("uri")[position].as_py()
         return self.embed_bytes(read_object(uri, self.source_endpoint_url))
 
-    def by_vector(self, vector: np.ndarray, k: int, exclude: int | None = None) -> list[dict]:
-        scores, positions = search(self.loaded.index, vector[None, :], k + (exclude is not None))
+    def by_vector(self, vector: np.ndarray, k: int, exclude: int | None = None,
+                  only: list[str] | None = None) -> list[dict]:
+        """The k nearest; with `only`, among those ids alone (a tag filter)."""
+        wanted = k + (exclude is not None)
+        if only is None:
+            scores, positions = search(self.loaded.index, vector[None, :], wanted)
+        else:
+            allowed = np.array([p for p in map(self.loaded.position_of.get, only) if p is not None])
+            if not len(allowed):
+                return []
+            params = IndexParams(**self.loaded.build["params"])
+            scores, positions = filtered_search(self.loaded.index, params, vector, wanted, allowed)
         table = self.loaded.id_map
         results = []
         for score, pos in zip(scores[0], positions[0], strict=True):

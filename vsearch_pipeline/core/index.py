@@ -118,6 +118,34 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     return index.search(queries, min(k, max(index.ntotal, 1)))
 
 
+def filtered_search(index: faiss.Index, params: IndexParams, queries: np.ndarray, k: int,
+                    allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Like `search`, restricted to the positions in `allowed`, so a rare tag is found however
+    far its images are from the query. HNSW cannot walk its graph through a sparse selection, so
+    there the allowed vectors are scored exactly; the other types take an FAISS ID selector."""
+    queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+    if params.index_type == "hnsw":
+        return _exact_among(index, queries, k, allowed)
+    selector = faiss.IDSelectorBatch(allowed)
+    if params.index_type == "flat":
+        search_params = faiss.SearchParameters(sel=selector)
+    elif not params.opq:
+        search_params = faiss.SearchParametersIVF(sel=selector, nprobe=params.nprobe)
+    else:
+        search_params = faiss.SearchParametersPreTransform(
+            index_params=faiss.SearchParametersIVF(sel=selector, nprobe=params.nprobe))
+    k = max(1, min(k, len(allowed)))
+    return index.search(queries, k, params=search_params)
+
+
+def _exact_among(index: faiss.Index, queries: np.ndarray, k: int, allowed: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    scores = queries @ index.reconstruct_batch(allowed).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, len(allowed))]
+    return np.take_along_axis(scores, order, axis=1), allowed[order]
+
+
 def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(np.ascontiguousarray(vectors, dtype=np.float32))

@@ -124,3 +124,60 @@ def _as_text(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, sort_keys=True)
+
+
+CURATION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tags (
+    id VARCHAR NOT NULL, tag VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (id, tag));
+"""
+MAX_TAG_LENGTH = 100
+
+
+def validate_tag(tag: str) -> str:
+    tag = tag.strip()
+    if not tag or len(tag) > MAX_TAG_LENGTH or any(ord(c) < 32 for c in tag):
+        raise ValueError(f"a tag is 1 to {MAX_TAG_LENGTH} printable characters, got {tag!r}")
+    return tag
+
+
+class CurationDB(MetricsDB):
+    """What people add to the collection (tags), in a DuckDB file the search service owns.
+
+    It is a separate file from the pipeline's, so the service's writes never wait for a
+    pipeline run; each write is one short transaction, and the pipeline reads it the same way.
+    """
+
+    @staticmethod
+    def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(CURATION_SCHEMA)
+
+    def add_tag(self, ids: list[str], tag: str) -> int:
+        """Tag the images; returns how many did not have the tag yet."""
+        tag = validate_tag(tag)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        with self.transaction() as con:
+            before = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
+            if ids:
+                con.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?, ?)",
+                                [(i, tag, now) for i in dict.fromkeys(ids)])
+            after = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
+        return after - before
+
+    def remove_tag(self, ids: list[str], tag: str) -> int:
+        with self.transaction() as con:
+            before = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
+            con.execute("DELETE FROM tags WHERE tag = ? AND id IN (SELECT unnest(?))",
+                        [tag, list(ids)])
+            after = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
+        return before - after
+
+    def tag_counts(self) -> dict[str, int]:
+        with self.connect() as con:
+            rows = con.execute("SELECT tag, count(*) FROM tags GROUP BY tag ORDER BY tag").fetchall()
+        return dict(rows)
+
+    def ids_with_tag(self, tag: str) -> list[str]:
+        with self.connect() as con:
+            return [r[0] for r in con.execute("SELECT id FROM tags WHERE tag = ? ORDER BY id",
+                                              [tag]).fetchall()]
