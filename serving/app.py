@@ -129,9 +129,10 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         """The ids carrying a tag (a search filter), or None for no filter."""
         if tag is None:
             return None
-        if tag not in curation.tag_counts():
+        ids = curation.ids_with_tag(tag)
+        if not ids:
             raise HTTPException(404, f"no image has the tag {tag!r}")
-        return curation.ids_with_tag(tag)
+        return ids
 
     def bounded_k(k: int) -> int:
         if not 1 <= k <= settings.max_k:
@@ -195,9 +196,10 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
     @app.delete("/tags")
     def remove_tags(request: TagRequest) -> dict:
         """Take a tag off images."""
-        if request.tag not in curation.tag_counts():
+        removed = curation.remove_tag(request.ids, request.tag)
+        if not removed and not curation.ids_with_tag(request.tag):
             raise HTTPException(404, f"no image has the tag {request.tag!r}")
-        return {"tag": request.tag, "removed": curation.remove_tag(request.ids, request.tag)}
+        return {"tag": request.tag, "removed": removed}
 
     @app.get("/tags")
     def list_tags() -> dict:
