@@ -90,6 +90,22 @@ def test_default_model_is_deterministic(lite0, photos, lite0_vectors) -> None:
     np.testing.assert_allclose(alone[0], lite0_vectors[2], rtol=0, atol=1e-5)
 
 
+def test_default_model_labels_what_it_sees(lite0) -> None:
+    import skimage.data
+
+    photos = [Image.fromarray(skimage.data.chelsea()), Image.fromarray(skimage.data.coffee())]
+    vectors, labels = lite0.embed_and_label(torch.stack([lite0.transform(p) for p in photos]))
+    np.testing.assert_allclose(vectors, lite0.embed_images(photos), atol=1e-6)
+    cat, coffee = ([name for name, _ in row] for row in labels)
+    assert len(cat) == len(coffee) == 3
+    assert {"tabby", "tiger cat", "Egyptian cat"} & set(cat), cat
+    assert coffee[0] == "espresso", coffee
+    probs = [p for _, p in labels[1]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    with pytest.raises(ValueError, match="no text tower"):
+        lite0.embed_text(["a cat"])
+
+
 def test_edited_copy_is_closer_than_an_unrelated_photo(lite0_vectors) -> None:
     original, resized, unrelated = lite0_vectors
     copy_cos, other_cos = float(original @ resized), float(original @ unrelated)
@@ -144,6 +160,17 @@ def test_open_clip_checkpoint_loads_with_the_same_weights(open_clip_checkpoint, 
     digest = file_sha256(str(ckpt))[:12]
     assert spec.key == f"open_clip-{OPEN_CLIP_ARCH}-ckpt-{digest}"
     assert f"pretrained ckpt-{digest}" in loaded.version
+
+    # The text tower lands in the same space as the images, as the model itself computes it.
+    import open_clip
+
+    texts = ["a photo of a cat", "a red car"]
+    with torch.inference_mode():
+        expected_text = torch.nn.functional.normalize(
+            original.encode_text(open_clip.get_tokenizer(OPEN_CLIP_ARCH)(texts)), dim=-1).numpy()
+    got_text = loaded.embed_text(texts)
+    assert got_text.shape == (2, loaded.dim)
+    np.testing.assert_allclose(got_text, expected_text, atol=1e-5)
 
 
 def test_model_keys_are_file_name_safe() -> None:
@@ -251,7 +278,8 @@ def test_embeddings_table_round_trip() -> None:
     vectors = rng.normal(size=(7, 12)).astype(np.float32)
     ids = [f"id{i}" for i in range(7)]
     table = embeddings_table(ids, vectors, "efficientnet-lite0", "v1")
-    assert table.column_names == ["id", "model", "model_version", "vector"]
+    assert table.column_names == ["id", "model", "model_version", "vector", "labels", "label_probs"]
+    assert table.column("labels").to_pylist() == [[]] * 7
     assert table.schema.field("vector").type == pa.list_(pa.float32(), 12)
     assert table.column("id").to_pylist() == ids
     assert set(table.column("model").to_pylist()) == {"efficientnet-lite0"}

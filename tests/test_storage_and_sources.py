@@ -192,3 +192,28 @@ def test_version_changes_when_a_file_is_overwritten(source: Path) -> None:
         k: v for k, v in before.items() if k != "sub/c.jpg"
     }
     assert list_source(str(source)) == list_source(str(source))  # stable when nothing changes
+
+
+def test_embeddings_of_several_shards_keep_each_id_once(tmp_path: Path) -> None:
+    """A later shard that holds only images an earlier one has adds nothing (and does not fail);
+    the predicted labels come back with the first shard's vector."""
+    import numpy as np
+
+    from vsearch_pipeline.core.embed import embeddings_table
+    from vsearch_pipeline.core.layout import embeddings_path, load_embeddings, load_labels
+
+    store = ArtifactStore(str(tmp_path))
+    first = np.eye(3, dtype=np.float32)
+    store.write_parquet(embeddings_path("m", "b00001"), embeddings_table(
+        ["a", "b", "c"], first, "m", "v1", [[("cat", 0.9)], [], [("dog", 0.5), ("cat", 0.2)]]))
+    store.write_parquet(embeddings_path("m", "b00002"), embeddings_table(
+        ["b", "a"], np.ones((2, 3), np.float32), "m", "v1"))
+    store.write_parquet(embeddings_path("m", "b00003"), embeddings_table(
+        ["d", "a"], np.full((2, 3), 2, np.float32), "m", "v1"))
+    ids, vectors, version = load_embeddings(store, "m")
+    assert ids == ["a", "b", "c", "d"] and version == "v1"
+    np.testing.assert_array_equal(vectors[:3], first)
+    np.testing.assert_array_equal(vectors[3], [2, 2, 2])
+    labels = load_labels(store, "m")
+    assert labels["a"] == (["cat"], [pytest.approx(0.9)]) and "b" not in labels
+    assert labels["c"][0] == ["dog", "cat"]

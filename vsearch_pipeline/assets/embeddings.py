@@ -47,19 +47,22 @@ CHECKS = [
 
 
 def cached_vectors(store: ArtifactStore, model_key: str, wanted: set[str]) -> pa.Table:
-    """Rows already embedded by this model in any shard: nothing is embedded twice."""
+    """Rows already embedded by this model in any shard: nothing is embedded twice. A shard of
+    the older layout, without predicted labels, is not reused (its images are embedded again)."""
     found = []
     for shard in store.list(embeddings_dir(model_key), ".parquet"):
+        if "labels" not in store.read_parquet_schema(shard).names:
+            continue
         ids = store.read_parquet(shard, columns=["id"]).column("id").to_pylist()
         rows = [i for i, image_id in enumerate(ids) if image_id in wanted]
         if rows:
             found.append(store.read_parquet(shard).take(rows))
             wanted = wanted - {ids[i] for i in rows}
-    return pa.concat_tables(found) if found else None
+    return pa.concat_tables(found, promote_options="default") if found else None
 
 
 @asset(partitions_def=ingest_batches, deps=[sampled_subset], check_specs=CHECKS,
-       code_version="1", group_name="embed")
+       code_version="2", group_name="embed")
 def embeddings(
     context: AssetExecutionContext,
     source: ImageSource,
@@ -67,7 +70,8 @@ def embeddings(
     model: EmbeddingModelResource,
     metrics_db: MetricsDatabase,
 ) -> MaterializeResult:
-    """L2-normalised float32 vectors of the batch's subset, one Parquet shard per batch and model.
+    """L2-normalised float32 vectors of the batch's subset, one Parquet shard per batch and model,
+    with each image's top predicted ImageNet classes where the model has a classifier head.
 
     Vectors are cached by content id and model: an image that any shard of this model already
     holds is copied, not embedded again. The model is loaded only when something is new.
@@ -90,9 +94,11 @@ def embeddings(
         result = embed_files(encoder, [t[0] for t in todo], [t[1] for t in todo], source.read,
                              model.batch_size, progress=progress_logger(context, "embeddings"))
         failed = result.failed
-        parts.append(embeddings_table(result.ids, result.vectors, encoder.name, encoder.version))
+        parts.append(embeddings_table(result.ids, result.vectors, encoder.name, encoder.version,
+                                      result.labels))
     seconds = time.perf_counter() - start
-    table = pa.concat_tables(parts) if parts else embeddings_table([], np.zeros((0, 1)), "", "")
+    table = (pa.concat_tables(parts, promote_options="default") if parts
+             else embeddings_table([], np.zeros((0, 1)), "", ""))
     table = table.replace_schema_metadata(None)
     store.write_parquet(embeddings_path(model.spec.key, key), table)
 

@@ -23,7 +23,13 @@ from vsearch_pipeline.core.index import (
     resolve_params,
     serialize,
 )
-from vsearch_pipeline.core.layout import image_locations, index_dir, load_embeddings, load_manifests
+from vsearch_pipeline.core.layout import (
+    image_locations,
+    index_dir,
+    load_embeddings,
+    load_labels,
+    load_manifests,
+)
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     EmbeddingModelResource,
@@ -35,7 +41,7 @@ RECALL_K = 10
 
 
 @asset(
-    deps=[embeddings], code_version="1", group_name="index",
+    deps=[embeddings], code_version="2", group_name="index",
     check_specs=[AssetCheckSpec("recall_above_bound", asset="faiss_index",
                                 description="Recall@10 against exact search >= index.min_recall.")],
 )
@@ -65,7 +71,8 @@ def faiss_index(
 
     version = artifact_version(context)
     folder = index_dir(model.spec.key, version)
-    store.write_parquet(f"{folder}/ids.parquet", _id_map(store, ids))
+    store.write_parquet(f"{folder}/ids.parquet",
+                        _id_map(store, ids, load_labels(store, model.spec.key)))
     build = {"version": version, "model": model.name, "model_key": model.spec.key,
              "model_version": model_version, "pretrained": model.pretrained,
              "dimension": int(vectors.shape[1]), "count": len(ids),
@@ -94,10 +101,15 @@ def faiss_index(
     )
 
 
-def _id_map(store, ids: list[str]) -> pa.Table:
-    """Position in the index -> id, with the URI and path of the image's first file."""
+def _id_map(store, ids: list[str], labels: dict[str, tuple[list[str], list[float]]]) -> pa.Table:
+    """Position in the index -> id, with the URI and path of the image's first file and its
+    predicted classes (what text search reads when the model has no text tower)."""
     where = image_locations(load_manifests(store))
     return pa.table({"position": pa.array(range(len(ids)), pa.int64()),
                      "id": pa.array(ids, pa.string()),
                      "uri": pa.array([where.get(i, ("", ""))[0] for i in ids], pa.string()),
-                     "path": pa.array([where.get(i, ("", ""))[1] for i in ids], pa.string())})
+                     "path": pa.array([where.get(i, ("", ""))[1] for i in ids], pa.string()),
+                     "labels": pa.array([labels.get(i, ([], []))[0] for i in ids],
+                                        pa.list_(pa.string())),
+                     "label_probs": pa.array([labels.get(i, ([], []))[1] for i in ids],
+                                             pa.list_(pa.float32()))})

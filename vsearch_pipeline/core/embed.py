@@ -20,6 +20,7 @@ class EmbeddingResult:
     ids: list[str]
     vectors: np.ndarray  # (len(ids), dim) float32, unit length
     failed: dict[str, str]  # id -> reason, for files that no longer decode
+    labels: list[list[tuple[str, float]]]  # per id, predicted classes and probabilities
 
 
 def _prepare(model: EmbeddingModel, read: Callable[[str], bytes], uri: str) -> torch.Tensor | str:
@@ -54,12 +55,15 @@ def embed_files(
     """Embed the files at `uris` (one per id). Decoding of the next images overlaps inference."""
     done_ids: list[str] = []
     chunks: list[np.ndarray] = []
+    labels: list[list[tuple[str, float]]] = []
     failed: dict[str, str] = {}
     tensors, kept = [], []
 
     def flush() -> None:
         if tensors:
-            chunks.append(model.embed_tensors(torch.stack(tensors)))
+            vectors, predicted = model.embed_and_label(torch.stack(tensors))
+            chunks.append(vectors)
+            labels.extend(predicted)
             done_ids.extend(kept)
             tensors.clear()
             kept.clear()
@@ -78,18 +82,23 @@ def embed_files(
                 flush()
         flush()
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
-    return EmbeddingResult(done_ids, vectors, failed)
+    return EmbeddingResult(done_ids, vectors, failed, labels)
 
 
-def embeddings_table(ids: Sequence[str], vectors: np.ndarray, model: str, version: str) -> pa.Table:
-    """The shard layout: id, model, model_version, vector (fixed-size list of float32)."""
+def embeddings_table(ids: Sequence[str], vectors: np.ndarray, model: str, version: str,
+                     labels: Sequence[Sequence[tuple[str, float]]] | None = None) -> pa.Table:
+    """The shard layout: id, model, model_version, vector (fixed-size list of float32), and the
+    predicted classes (`labels`, `label_probs`; empty lists for a model without a head)."""
     dim = vectors.shape[1]
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    labels = labels if labels is not None else [[] for _ in ids]
     return pa.table({
         "id": pa.array(list(ids), pa.string()),
         "model": pa.array([model] * len(ids), pa.string()),
         "model_version": pa.array([version] * len(ids), pa.string()),
         "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+        "labels": pa.array([[name for name, _ in row] for row in labels], pa.list_(pa.string())),
+        "label_probs": pa.array([[p for _, p in row] for row in labels], pa.list_(pa.float32())),
     })
 
 

@@ -92,13 +92,30 @@ def load_embeddings(store: ArtifactStore, model_key: str) -> tuple[list[str], np
         if not len(table):
             continue
         model_version = table.column("model_version")[0].as_py()
-        keep = [i for i, image_id in enumerate(table.column("id").to_pylist())
-                if image_id not in seen and not seen.add(image_id)]
-        ids.extend(table.column("id").take(keep).to_pylist())
-        chunks.append(table_vectors(table.take(keep)))
+        keep = pa.array([i for i, image_id in enumerate(table.column("id").to_pylist())
+                         if image_id not in seen and not seen.add(image_id)], pa.int64())
+        if len(keep):  # a shard can hold only images that an earlier shard already has
+            ids.extend(table.column("id").take(keep).to_pylist())
+            chunks.append(table_vectors(table.take(keep)))
     if not ids:
         raise ValueError(f"no embeddings for model {model_key!r} yet")
     return ids, np.concatenate(chunks), model_version
+
+
+def load_labels(store: ArtifactStore, model_key: str
+                ) -> dict[str, tuple[list[str], list[float]]]:
+    """Id -> the predicted classes stored with its vector (best first) and their probabilities,
+    where the model has a classifier head."""
+    labels: dict[str, tuple[list[str], list[float]]] = {}
+    for shard in store.list(embeddings_dir(model_key), ".parquet"):
+        table = store.read_parquet(shard)
+        if "labels" not in table.column_names:  # a shard written before labels were kept
+            continue
+        columns = (table.column(c).to_pylist() for c in ("id", "labels", "label_probs"))
+        for image_id, names, probs in zip(*columns, strict=True):
+            if names:
+                labels.setdefault(image_id, (names, probs))
+    return labels
 
 
 def load_grounding_sets(paths: Sequence[str], manifest: pa.Table) -> list[ResolvedGrounding]:

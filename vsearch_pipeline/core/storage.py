@@ -102,3 +102,7 @@ class ArtifactStore:
 
     def read_parquet(self, relpath: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(io.BytesIO(self.read_bytes(relpath)), columns=columns)
+
+    def read_parquet_schema(self, relpath: str) -> pa.Schema:
+        with self.fs.open(self.path(relpath), "rb") as f:
+            return pq.read_schema(f)
