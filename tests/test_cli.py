@@ -53,6 +53,15 @@ def test_search_by_file_and_by_id_as_json(demo_home):
 
 
 @pytest.mark.slow
+def test_search_by_text(demo_home):
+    home, _ = demo_home
+    found = json.loads(_run("search", "--text", "a cup of coffee", "-k", "3", "--json",
+                            home=home).stdout)
+    assert found["results"][0]["path"].startswith("coffee/")
+    assert "coffee" in found["results"][0]["matched"]
+
+
+@pytest.mark.slow
 def test_unknown_query_is_a_clear_error(demo_home):
     home, _ = demo_home
     result = _run("search", "no-such-image", home=home)
@@ -91,7 +100,8 @@ def test_workspace_loads_in_dagster(tmp_path):
 
     names = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert names == {"raw_image_manifest", "sampled_subset", "embeddings", "perceptual_hashes",
-                     "near_duplicate_groups", "faiss_index", "clusters", "evaluation"}
+                     "near_duplicate_groups", "faiss_index", "clusters", "curation_grounding",
+                     "evaluation"}
 
 
 def _free_port() -> int:

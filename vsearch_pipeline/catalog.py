@@ -19,6 +19,8 @@ from vsearch_pipeline.core.index import IndexParams, deserialize, set_search_par
 from vsearch_pipeline.core.storage import ArtifactStore
 
 INDEX_ASSET = AssetKey("faiss_index")
+CLUSTERS_ASSET = AssetKey("clusters")
+DUPLICATES_ASSET = AssetKey("near_duplicate_groups")
 
 
 @dataclass
@@ -34,6 +36,28 @@ class LoadedIndex:
     @cached_property
     def position_of(self) -> dict[str, int]:
         return {image_id: pos for pos, image_id in enumerate(self.ids)}
+
+    @cached_property
+    def ids_by_path(self) -> list[str]:
+        """Every id, in the order of its file's path (how a gallery lists them)."""
+        paths = self.paths
+        return [self.ids[p] for p in sorted(range(len(paths)), key=lambda p: (paths[p] or "", p))]
+
+    @cached_property
+    def paths(self) -> list[str]:
+        return self.id_map.column("path").to_pylist()
+
+    @cached_property
+    def labels(self) -> list[list[str]]:
+        """Per position, the model's guesses of the image's ImageNet class, best first (none for
+        a model without a classifier head)."""
+        if "labels" not in self.id_map.column_names:
+            return [[] for _ in self.ids]
+        return [names or [] for names in self.id_map.column("labels").to_pylist()]
+
+    def labels_of(self, image_id: str) -> list[str]:
+        position = self.position_of.get(image_id)
+        return self.labels[position] if position is not None else []
 
     @property
     def version(self) -> str:
@@ -61,6 +85,14 @@ def latest_index_metadata(instance: DagsterInstance) -> Mapping:
     event = instance.get_latest_materialization_event(INDEX_ASSET)
     if event is None or event.asset_materialization is None:
         raise LookupError("no faiss_index has been materialized yet: run `vsearch materialize`")
+    return event.asset_materialization.metadata
+
+
+def latest_metadata(instance: DagsterInstance, key: AssetKey) -> Mapping | None:
+    """The metadata of an asset's latest materialization, or None when it has none."""
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        return None
     return event.asset_materialization.metadata
 
 

@@ -90,18 +90,22 @@ def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
 @click.argument("query")
 @click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1, 1000),
               help="How many results.")
+@click.option("--text", "as_text", is_flag=True,
+              help="QUERY is words: search by text (see the README's 'Text search').")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def search(home: Path | None, query: str, k: int, as_json: bool) -> None:
-    """Nearest images to QUERY: an image file, or the id of an image in the collection."""
+def search(home: Path | None, query: str, k: int, as_text: bool, as_json: bool) -> None:
+    """Nearest images to QUERY: an image file, the id of an image in the collection, or (with
+    --text) words."""
     try:
-        results = _search(home_dir(home), query, k)
+        results = _search(home_dir(home), query, k, as_text)
     except (LookupError, FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     if as_json:
         click.echo(json.dumps({"query": query, "results": results}, indent=2))
         return
     for row in results:
-        click.echo(f"{row['rank']:>3}. {row['score']:.4f}  {row['id']}  {row['path']}")
+        matched = f"  ({row['matched']})" if row.get("matched") else ""
+        click.echo(f"{row['rank']:>3}. {row['score']:.4f}  {row['id']}  {row['path']}{matched}")
 
 
 @main.command()
@@ -151,7 +155,7 @@ def ui(home: Path | None, host: str, port: int) -> None:
     sys.exit(subprocess.call(cmd, env=env))
 
 
-def _search(home: Path, query: str, k: int) -> list[dict]:
+def _search(home: Path, query: str, k: int, as_text: bool = False) -> list[dict]:
     from vsearch_pipeline.catalog import latest_index_metadata, metadata_value
     from vsearch_pipeline.core.storage import ArtifactStore
     from vsearch_pipeline.runner import open_instance
@@ -161,6 +165,8 @@ def _search(home: Path, query: str, k: int) -> list[dict]:
     metadata = latest_index_metadata(open_instance(home))
     store = ArtifactStore(metadata_value(metadata, "storage_root"), settings.storage.endpoint_url)
     searcher = Searcher.from_metadata(store, metadata, settings.source.endpoint_url)
+    if as_text:
+        return searcher.by_text(searcher.embed_text(query), k)
     if Path(query).is_file():
         return searcher.by_image(Path(query).read_bytes(), k)
     return searcher.by_id(query, k)

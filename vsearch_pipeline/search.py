@@ -6,7 +6,9 @@ collection was; an index whose model does not load, or loads with another versio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -18,6 +20,7 @@ from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel, load_model
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
+from vsearch_pipeline.core.text_search import AttachedTextIndex, SentenceEncoder
 
 RECONSTRUCTABLE = ("flat", "hnsw", "ivf-flat")  # index types that hold the exact vectors
 
@@ -48,10 +51,14 @@ class Searcher:
     loaded: LoadedIndex
     model: EmbeddingModel
     source_endpoint_url: str | None = None
+    sentence_encoder: SentenceEncoder | None = None  # text search for a model without text tower
+    _attached: AttachedTextIndex | None = field(default=None, repr=False)
+    _attached_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_metadata(cls, store: ArtifactStore, metadata, source_endpoint_url: str | None = None,
-                      device: str = "cpu", model: EmbeddingModel | None = None) -> Searcher:
+                      device: str = "cpu", model: EmbeddingModel | None = None,
+                      sentence_encoder: SentenceEncoder | None = None) -> Searcher:
         """Load an index; `model` is reused when it is the one the index was built with."""
         loaded = load_index_artifacts(store, metadata)
         build = loaded.build
@@ -65,7 +72,7 @@ class Searcher:
             import faiss
 
             faiss.extract_index_ivf(loaded.index).make_direct_map()
-        return cls(loaded, model, source_endpoint_url)
+        return cls(loaded, model, source_endpoint_url, sentence_encoder)
 
     @property
     def version(self) -> str:
@@ -107,13 +114,68 @@ class Searcher:
                 return []
             params = IndexParams(**self.loaded.build["params"])
             scores, positions = filtered_search(self.loaded.index, params, vector, wanted, allowed)
+        kept = [(pos, score) for score, pos in zip(scores[0], positions[0], strict=True)
+                if pos >= 0 and pos != exclude]
+        return self._rows(kept[:k])
+
+    def _rows(self, ranked: Sequence[tuple[int, float]]) -> list[dict]:
         table = self.loaded.id_map
-        results = []
-        for score, pos in zip(scores[0], positions[0], strict=True):
-            if pos < 0 or pos == exclude:
-                continue
-            results.append({"rank": len(results) + 1, "id": table.column("id")[pos].as_py(),
-                            "score": round(float(score), 6),
-                            "uri": table.column("uri")[pos].as_py(),
-                            "path": table.column("path")[pos].as_py()})
-        return results[:k]
+        return [{"rank": rank, "id": table.column("id")[pos].as_py(), "score": round(float(score), 6),
+                 "uri": table.column("uri")[pos].as_py(), "path": table.column("path")[pos].as_py()}
+                for rank, (pos, score) in enumerate(ranked, start=1)]
+
+    def best_label(self, image_id: str) -> str | None:
+        labels = self.loaded.labels_of(image_id)
+        return labels[0] if labels else None
+
+    @property
+    def text_mode(self) -> str:
+        """'clip': the model's text tower; 'attached_text': the words attached to the images."""
+        return "clip" if self.model.text_encoder is not None else "attached_text"
+
+    def embed_text(self, text: str) -> np.ndarray:
+        if self.text_mode == "clip":
+            return self.model.embed_text([text])[0]
+        return self._sentences().encode([text])[0]
+
+    def by_text(self, query: np.ndarray, k: int, only: list[str] | None = None,
+                tags: Mapping[str, Sequence[str]] | None = None) -> list[dict]:
+        """The k best images for an embedded text query (`embed_text`). In 'attached_text' mode
+        `tags` (tag -> ids) count as words of their images, and images matching nothing are left
+        out; each result says which phrase matched."""
+        if self.text_mode == "clip":
+            return self.by_vector(query, k, only=only)
+        position_of = self.loaded.position_of
+        tags = tags or {}
+        tagged = {tag: [position_of[i] for i in ids if i in position_of] for tag, ids in tags.items()}
+        scores = self.attached_text().scores(query, tagged)
+        if only is not None:
+            mask = np.zeros(len(scores), bool)
+            mask[[p for p in map(position_of.get, only) if p is not None]] = True
+            scores = np.where(mask, scores, 0)
+        order = np.argsort(-scores, kind="stable")[:k]
+        rows = self._rows([(int(p), float(scores[p])) for p in order if scores[p] > 0])
+        tags_of: dict[str, list[str]] = {}
+        for tag, ids in tags.items():
+            for image_id in ids:
+                tags_of.setdefault(image_id, []).append(tag)
+        for row in rows:
+            row["matched"] = self.attached_text().matched_phrase(
+                position_of[row["id"]], query, tags_of.get(row["id"], ()))
+        return rows
+
+    def attached_text(self) -> AttachedTextIndex:
+        """Built on first use from the id map's paths and predicted classes."""
+        with self._attached_lock:
+            if self._attached is None:
+                table = self.loaded.id_map
+                probs = (table.column("label_probs").to_pylist()
+                         if "label_probs" in table.column_names else None)
+                self._attached = AttachedTextIndex(self._sentences(), self.loaded.paths,
+                                                   self.loaded.labels, probs)
+            return self._attached
+
+    def _sentences(self) -> SentenceEncoder:
+        if self.sentence_encoder is None:
+            self.sentence_encoder = SentenceEncoder()
+        return self.sentence_encoder
