@@ -112,3 +112,15 @@ def test_params_as_dict() -> None:
         "method": "kmeans", "reduce": "pca", "n_components": 32, "min_cluster_size": 5,
         "min_samples": None, "n_clusters": 4, "seed": 0,
     }
+
+
+def test_suggested_name_prefers_a_common_tag_then_the_common_label():
+    from vsearch_pipeline.core.cluster import suggest_name
+
+    labels = ["tabby", "tabby", "tiger cat", None]
+    assert suggest_name(4, [[], [], [], []], labels) == ("tabby", [("tabby", 2), ("tiger cat", 1)])
+    name, candidates = suggest_name(4, [["my cats"], ["my cats", "x"], [], []], labels)
+    assert name == "my cats" and candidates[0] == ("my cats", 2)
+    # One tag on one member of ten is not enough to name the cluster.
+    assert suggest_name(10, [["odd"]] + [[]] * 9, ["dog"] * 10)[0] == "dog"
+    assert suggest_name(2, [[], []], [None, None]) == (None, [])

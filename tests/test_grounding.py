@@ -160,3 +160,16 @@ def test_folder_grounding_survives_format_and_parse() -> None:
 def test_round_trip_of_names_starting_with_hash() -> None:
     rows = [("#2024", "#2024/a.jpg"), ("cats", "cats/b.jpg")]
     assert parse_grounding("s", format_grounding(rows)).rows == rows
+
+
+def test_ratings_become_one_group_per_query():
+    from vsearch_pipeline.core.grounding import grounding_from_ratings, grounding_from_tags
+
+    ratings = [("image:q1", "a", True), ("image:q1", "b", True), ("image:q1", "c", False),
+               ("text:boats", "d", True), ("text:boats", "e", True), ("text:boats", "f", True),
+               ("text:alone", "g", True), ("image:q2", "h", False)]
+    rows = grounding_from_ratings(ratings)
+    assert rows == [("image:q1", "q1"), ("image:q1", "a"), ("image:q1", "b"),
+                    ("text:boats", "d"), ("text:boats", "e"), ("text:boats", "f")]
+    assert grounding_from_tags([("x", "1"), ("y", "2"), ("y", "3"), ("x", "4"), ("x", "5")]) == [
+        ("x", "1"), ("x", "4"), ("x", "5"), ("y", "2"), ("y", "3")]

@@ -283,3 +283,13 @@ def test_phash_array_empty() -> None:
     result = phash_array([])
     assert result.dtype == np.uint64
     assert result.shape == (0,)
+
+
+def test_fold_near_duplicates_groups_under_the_best_ranked_copy():
+    from vsearch_pipeline.core.hashing import fold_near_duplicates
+
+    base = 0x0F0F_0F0F_0F0F_0F0F
+    hashes = [base, base ^ 0b111, 0xFFFF_0000_FFFF_0000, None, base ^ 0b1, 0xFFFF_0000_FFFF_0001]
+    assert fold_near_duplicates(hashes, 3) == [[0, 1, 4], [2, 5], [3]]
+    assert fold_near_duplicates(hashes, 0) == [[0], [1], [2], [3], [4], [5]]
+    assert fold_near_duplicates([], 8) == []

@@ -13,6 +13,7 @@ from dagster import Definitions, define_asset_job
 from vsearch_pipeline.assets import ALL_ASSETS, COLLECTION_ASSETS, PER_BATCH_ASSETS
 from vsearch_pipeline.resources import (
     ArtifactStorage,
+    CurationDatabase,
     EmbeddingModelResource,
     ImageSource,
     MetricsDatabase,
@@ -36,6 +37,7 @@ def build_resources(home: Path, settings: Settings) -> dict:
         "source": ImageSource(**settings.source.model_dump()),
         "storage": ArtifactStorage(root=storage_root, endpoint_url=settings.storage.endpoint_url),
         "metrics_db": MetricsDatabase(path=str(home / "vsearch.duckdb")),
+        "curation_db": CurationDatabase(path=str(home / "curation.duckdb")),
         "model": EmbeddingModelResource(**settings.model.model_dump()),
         "settings": PipelineSettings(
             manifest=settings.manifest, subset=settings.subset,

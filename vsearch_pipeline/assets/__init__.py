@@ -1,6 +1,7 @@
 """The asset graph: manifest -> subset -> embeddings -> index -> evaluation, with hashes and clusters."""
 
 from vsearch_pipeline.assets.clusters import clusters
+from vsearch_pipeline.assets.curation import curation_grounding
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.assets.evaluation import evaluation
 from vsearch_pipeline.assets.hashes import near_duplicate_groups, perceptual_hashes
@@ -9,5 +10,5 @@ from vsearch_pipeline.assets.manifest import raw_image_manifest
 from vsearch_pipeline.assets.subset import sampled_subset
 
 PER_BATCH_ASSETS = [raw_image_manifest, sampled_subset, embeddings, perceptual_hashes]
-COLLECTION_ASSETS = [near_duplicate_groups, faiss_index, clusters, evaluation]
+COLLECTION_ASSETS = [near_duplicate_groups, faiss_index, clusters, curation_grounding, evaluation]
 ALL_ASSETS = PER_BATCH_ASSETS + COLLECTION_ASSETS

@@ -62,7 +62,8 @@ def clusters(
         "config": MetadataValue.json(config.model_dump()),
         "grounding": markdown_table(per_set),
         "largest_clusters": markdown_table(_largest(labels, ids, manifest)),
-        "path": store.uri(path), "model_key": model.spec.key, "code_version": code_version(),
+        "path": store.uri(path), "storage_root": storage.root, "artifact": path,
+        "model_key": model.spec.key, "code_version": code_version(),
     })
 
 

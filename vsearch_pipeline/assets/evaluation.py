@@ -7,17 +7,29 @@ import numpy as np
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from vsearch_pipeline.assets.common import code_version, markdown_table, run_keys
+from vsearch_pipeline.assets.curation import CURATION_SETS, curation_grounding, curation_set_path
 from vsearch_pipeline.assets.hashes import near_duplicate_groups
 from vsearch_pipeline.assets.index import faiss_index
 from vsearch_pipeline.catalog import latest_index_metadata, load_index_artifacts
-from vsearch_pipeline.core.grounding import ResolvedGrounding
+from vsearch_pipeline.core.grounding import (
+    ResolvedGrounding,
+    parse_grounding,
+    resolve_grounding,
+)
 from vsearch_pipeline.core.index import search
-from vsearch_pipeline.core.layout import load_embeddings, load_grounding_sets, load_manifests
+from vsearch_pipeline.core.layout import (
+    load_embeddings,
+    load_grounding_sets,
+    load_manifests,
+    reference_lookup,
+)
 from vsearch_pipeline.core.metrics import retrieval_metrics
+from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.resources import ArtifactStorage, MetricsDatabase, PipelineSettings
 
 
-@asset(deps=[faiss_index, near_duplicate_groups], code_version="1", group_name="evaluate")
+@asset(deps=[faiss_index, near_duplicate_groups, curation_grounding], code_version="2",
+       group_name="evaluate")
 def evaluation(
     context: AssetExecutionContext,
     storage: ArtifactStorage,
@@ -27,7 +39,9 @@ def evaluation(
     """Recall@k, mAP@k, nDCG@k (and precision and hit rate) of the latest index per grounding set.
 
     Every grounded image in the index is a query; the other members of its group are the
-    relevant answers; the query itself is left out of its results. Also reported: the share of
+    relevant answers; the query itself is left out of its results. Besides the configured sets,
+    the `feedback` and `tags` sets of `curation_grounding` (what people said in the search
+    service) are measured once they hold a group. Also reported: the share of
     same-group pairs that the near-duplicate groups put together. Figures go to the DuckDB table
     `retrieval_metrics`, keyed by model, index type and index version, for comparison by SQL.
     """
@@ -39,7 +53,8 @@ def evaluation(
     duplicate_group = _duplicate_groups(metrics_db)
     ks = settings.evaluation.ks
     rows = []
-    for grounding in load_grounding_sets(settings.evaluation.grounding_sets, manifest):
+    configured = load_grounding_sets(settings.evaluation.grounding_sets, manifest)
+    for grounding in configured + _curation_sets(store, manifest):
         start = time.perf_counter()
         figures = _evaluate(loaded, grounding, vectors, vector_of, ks)
         figures["seconds"] = time.perf_counter() - start
@@ -63,6 +78,19 @@ def evaluation(
            if m in r},
         "code_version": code_version(),
     })
+
+
+def _curation_sets(store: ArtifactStore, manifest) -> list[ResolvedGrounding]:
+    found = []
+    lookup = reference_lookup(manifest)
+    for name in CURATION_SETS:
+        path = curation_set_path(name)
+        if store.exists(path):
+            resolved = resolve_grounding(parse_grounding(name, store.read_bytes(path).decode()),
+                                         lookup)
+            if resolved.group_of:
+                found.append(resolved)
+    return found
 
 
 def _evaluate(loaded, grounding: ResolvedGrounding, vectors: np.ndarray,

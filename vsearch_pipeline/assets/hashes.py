@@ -6,10 +6,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from vsearch_pipeline.assets.common import (
+    artifact_version,
     code_version,
     ingest_batches,
     markdown_table,
@@ -81,7 +83,7 @@ def perceptual_hashes(
                                        "code_version": code_version()})
 
 
-@asset(deps=[perceptual_hashes], code_version="1", group_name="dedup")
+@asset(deps=[perceptual_hashes], code_version="2", group_name="dedup")
 def near_duplicate_groups(
     context: AssetExecutionContext,
     storage: ArtifactStorage,
@@ -92,7 +94,8 @@ def near_duplicate_groups(
 
     Pairs are found by multi-index hashing (the pigeonhole principle over hash chunks), never by
     comparing every pair. Groups replace the previous ones in the DuckDB table
-    `near_duplicate_groups`.
+    `near_duplicate_groups`, and `duplicates/<version>.parquet` holds every hashed image with its
+    pHash and group (-1 for none): what the search service folds results and browses groups by.
     """
     threshold = settings.near_duplicates.hamming_threshold
     with metrics_db.db.connect() as con:
@@ -107,6 +110,10 @@ def near_duplicate_groups(
         insert_rows(con, "near_duplicate_groups",
                     [(context.run.run_id, ids[i], int(labels[i])) for i in grouped])
     sizes = np.bincount(labels[grouped]) if len(grouped) else np.zeros(0, int)
+    path = f"duplicates/{artifact_version(context)}.parquet"
+    storage.store.write_parquet(path, pa.table({
+        "id": pa.array(ids, pa.string()), "phash": pa.array(hashes, pa.uint64()),
+        "group": pa.array(labels, pa.int64())}))
     figures = {"images": len(ids), "pairs": len(pairs), "groups": len(sizes),
                "images_in_groups": len(grouped),
                "largest_group": int(sizes.max()) if len(sizes) else 0,
@@ -116,6 +123,7 @@ def near_duplicate_groups(
     return MaterializeResult(metadata={
         **figures, "hamming_threshold": threshold,
         "largest_groups": markdown_table(_group_rows(storage, ids, labels, sizes)),
+        "storage_root": storage.root, "artifact": path, "path": storage.store.uri(path),
         "code_version": code_version(),
     })
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -73,3 +75,26 @@ def cluster_labels(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:
     model = hdbscan.HDBSCAN(min_cluster_size=params.min_cluster_size,
                             min_samples=params.min_samples, core_dist_n_jobs=1)
     return model.fit_predict(reduced.astype(np.float64)).astype(np.int64)
+
+
+TAG_SHARE_FOR_NAME = 0.3  # a tag names a cluster once this share of its members carry it
+
+
+def suggest_name(size: int, tags: Sequence[Sequence[str]], labels: Sequence[str | None]
+                 ) -> tuple[str | None, list[tuple[str, int]]]:
+    """A cluster's suggested name and the candidates it was drawn from, most frequent first.
+
+    People's tags win over the model's guesses: the most frequent tag names the cluster when at
+    least TAG_SHARE_FOR_NAME of the members carry it; otherwise the most frequent predicted
+    class (each member's best guess) does. `tags` and `labels` are given per member.
+    """
+    tag_counts = Counter(t for member in tags for t in dict.fromkeys(member))
+    label_counts = Counter(label for label in labels if label)
+    candidates = (tag_counts + label_counts).most_common(5)
+    if tag_counts:
+        tag, count = tag_counts.most_common(1)[0]
+        if count >= TAG_SHARE_FOR_NAME * size:
+            return tag, candidates
+    if label_counts:
+        return label_counts.most_common(1)[0][0], candidates
+    return None, candidates

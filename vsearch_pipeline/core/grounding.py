@@ -94,3 +94,39 @@ def grounding_from_folders(paths: Iterable[str], depth: int = 1) -> list[tuple[s
         if parts != [""]:
             rows.append(("/".join(parts[:depth]), path))
     return rows
+
+
+QUERY_IMAGE_PREFIX = "image:"  # how the search service names a query by an image of the collection
+
+
+def grounding_from_ratings(ratings: Iterable[tuple[str, str, bool]]) -> list[tuple[str, str]]:
+    """Rows from people's ratings of search results: one group per query, holding the images
+    rated relevant to it (and the query image itself, for a search by an image of the collection).
+
+    `ratings` are (query, image id, relevant). Groups of fewer than two images measure nothing
+    and are left out; an image in several groups stays in the largest (as `resolve_grounding`
+    keeps an image's first group, the rows come largest group first).
+    """
+    groups: dict[str, list[str]] = {}
+    for query, image_id, relevant in ratings:
+        members = groups.setdefault(query, [])
+        if query.startswith(QUERY_IMAGE_PREFIX) and not members:
+            members.append(query.removeprefix(QUERY_IMAGE_PREFIX))
+        if relevant and image_id not in members:
+            members.append(image_id)
+    return _rows_largest_first(groups)
+
+
+def grounding_from_tags(tagged: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Rows with one group per tag, from (tag, image id) pairs: images people tagged alike
+    should find each other."""
+    groups: dict[str, list[str]] = {}
+    for tag, image_id in tagged:
+        groups.setdefault(tag, []).append(image_id)
+    return _rows_largest_first(groups)
+
+
+def _rows_largest_first(groups: Mapping[str, list[str]]) -> list[tuple[str, str]]:
+    ordered = sorted(((name, ids) for name, ids in groups.items() if len(ids) >= 2),
+                     key=lambda item: (-len(item[1]), item[0]))
+    return [(name, image_id) for name, ids in ordered for image_id in ids]

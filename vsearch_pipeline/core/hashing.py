@@ -9,7 +9,7 @@ scales with the bucket sizes rather than with ``n**2``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import combinations
 from math import comb
 
@@ -236,3 +236,24 @@ def group_labels(n: int, pairs: np.ndarray) -> np.ndarray:
     rank[np.argsort(first)] = np.arange(first.size)
     labels[members] = rank[inverse]
     return labels
+
+
+def fold_near_duplicates(hashes: Sequence[int | None], threshold: int) -> list[list[int]]:
+    """Group a ranked list: each item joins the best-ranked earlier leader within `threshold`
+    bits, or leads a group of its own. Returns groups of positions, leader first, in rank order.
+    An item without a hash always leads."""
+    groups: list[list[int]] = []
+    leader_hashes: list[int] = []
+    leader_groups: list[int] = []
+    for position, value in enumerate(hashes):
+        if value is not None and leader_hashes:
+            distances = hamming_distance(np.array(leader_hashes, np.uint64), np.uint64(value))
+            close = np.flatnonzero(distances <= threshold)
+            if len(close):
+                groups[leader_groups[close[0]]].append(position)
+                continue
+        if value is not None:
+            leader_hashes.append(value)
+            leader_groups.append(len(groups))
+        groups.append([position])
+    return groups

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import random
+import threading
 import time
 from collections.abc import Iterator, Mapping
 
@@ -44,8 +45,23 @@ def _metric_table_sql(kind: str, columns: tuple[str, ...]) -> str:
     )
 
 
+_FILE_LOCKS: dict[str, threading.RLock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: str) -> threading.RLock:
+    """One lock per database file in this process. DuckDB shares one database instance among a
+    process's connections to a file, and opening one while another thread closes the last one
+    fails ('already attached'); so within a process a file has one connection at a time."""
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(os.path.abspath(path), threading.RLock())
+
+
 class MetricsDB:
-    """A DuckDB file; each write is one transaction, and a busy file is retried, not failed."""
+    """A DuckDB file; each write is one transaction, and a busy file is retried, not failed.
+
+    No connection outlives its transaction: DuckDB lets one process at a time open a file for
+    writing, so the pipeline and the search service take turns (the other waits and retries)."""
 
     def __init__(self, path: str, lock_timeout_s: float = 120.0):
         self.path = path
@@ -55,13 +71,14 @@ class MetricsDB:
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         if not read_only:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        con = self._open(read_only)
-        try:
-            if not read_only:
-                self._ensure_schema(con)
-            yield con
-        finally:
-            con.close()
+        with _file_lock(self.path):
+            con = self._open(read_only)
+            try:
+                if not read_only:
+                    self._ensure_schema(con)
+                yield con
+            finally:
+                con.close()
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout_s
@@ -130,6 +147,30 @@ CURATION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS tags (
     id VARCHAR NOT NULL, tag VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL,
     PRIMARY KEY (id, tag));
+CREATE TABLE IF NOT EXISTS queries (
+    query_id VARCHAR PRIMARY KEY, served_at TIMESTAMP NOT NULL, endpoint VARCHAR NOT NULL,
+    query VARCHAR NOT NULL, tag VARCHAR, k INTEGER, index_version VARCHAR, latency_ms DOUBLE);
+CREATE TABLE IF NOT EXISTS impressions (
+    query_id VARCHAR NOT NULL, rank INTEGER NOT NULL, id VARCHAR NOT NULL, score DOUBLE);
+CREATE TABLE IF NOT EXISTS clicks (
+    query_id VARCHAR NOT NULL, id VARCHAR NOT NULL, rank INTEGER, clicked_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (
+    query_id VARCHAR NOT NULL, query VARCHAR NOT NULL, id VARCHAR NOT NULL,
+    relevant BOOLEAN NOT NULL, recorded_at TIMESTAMP NOT NULL);
+CREATE VIEW IF NOT EXISTS ctr_by_rank AS
+    SELECT i.rank, count(*) AS impressions, count(c.id) AS clicks,
+           count(c.id) / count(*) AS ctr
+    FROM impressions i LEFT JOIN (SELECT DISTINCT query_id, id FROM clicks) c
+      ON c.query_id = i.query_id AND c.id = i.id
+    GROUP BY i.rank ORDER BY i.rank;
+CREATE VIEW IF NOT EXISTS ctr_by_query AS
+    SELECT q.endpoint, q.query, count(DISTINCT q.query_id) AS searches,
+           count(i.id) AS impressions, count(c.id) AS clicks,
+           count(c.id) / greatest(count(i.id), 1) AS ctr
+    FROM queries q JOIN impressions i ON i.query_id = q.query_id
+    LEFT JOIN (SELECT DISTINCT query_id, id FROM clicks) c
+      ON c.query_id = i.query_id AND c.id = i.id
+    GROUP BY q.endpoint, q.query ORDER BY searches DESC, q.query;
 """
 MAX_TAG_LENGTH = 100
 
@@ -181,3 +222,58 @@ class CurationDB(MetricsDB):
         with self.connect() as con:
             return [r[0] for r in con.execute("SELECT id FROM tags WHERE tag = ? ORDER BY id",
                                               [tag]).fetchall()]
+
+    def record_searches(self, searches: list[dict]) -> None:
+        """One transaction for many served result lists: each dict has query_id, served_at,
+        endpoint, query, tag, k, index_version, latency_ms and results [(rank, id, score)]."""
+        query_rows = [(q["query_id"], q["served_at"], q["endpoint"], q["query"], q.get("tag"),
+                       q["k"], q["index_version"], q["latency_ms"]) for q in searches]
+        shown = [(q["query_id"], rank, image_id, score)
+                 for q in searches for rank, image_id, score in q["results"]]
+        with self.transaction() as con:
+            insert_rows(con, "queries", query_rows)
+            insert_rows(con, "impressions", shown)
+
+    def search_of(self, query_id: str) -> tuple[str, dict[str, int]] | None:
+        """The query text of a logged search and the rank of each image it showed."""
+        with self.connect() as con:
+            found = con.execute("SELECT query FROM queries WHERE query_id = ?", [query_id]).fetchone()
+            if found is None:
+                return None
+            ranks = con.execute("SELECT id, rank FROM impressions WHERE query_id = ?",
+                                [query_id]).fetchall()
+        return found[0], dict(ranks)
+
+    def record_click(self, query_id: str, image_id: str, rank: int | None) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT INTO clicks VALUES (?, ?, ?, ?)", [query_id, image_id, rank, _now()])
+
+    def record_feedback(self, query_id: str, query: str, image_id: str, relevant: bool) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?)",
+                        [query_id, query, image_id, relevant, _now()])
+
+    def latest_ratings(self) -> list[tuple[str, str, bool]]:
+        """(query, image id, relevant): the last rating each image got for each query."""
+        with self.connect() as con:
+            return con.execute("""
+                SELECT query, id, arg_max(relevant, recorded_at) FROM feedback
+                GROUP BY query, id ORDER BY query, id""").fetchall()
+
+    def all_tags(self) -> list[tuple[str, str]]:
+        """(tag, image id) for every tag."""
+        with self.connect() as con:
+            return con.execute("SELECT tag, id FROM tags ORDER BY tag, id").fetchall()
+
+    def tags_of(self, ids: list[str]) -> dict[str, list[str]]:
+        with self.connect() as con:
+            rows = con.execute("SELECT id, tag FROM tags WHERE id IN (SELECT unnest(?)) ORDER BY tag",
+                               [list(ids)]).fetchall()
+        found: dict[str, list[str]] = {}
+        for image_id, tag in rows:
+            found.setdefault(image_id, []).append(tag)
+        return found
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

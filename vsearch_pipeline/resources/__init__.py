@@ -13,7 +13,7 @@ from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel, load_model
 from vsearch_pipeline.core.sources import SourceObject, list_source, read_object
 from vsearch_pipeline.core.storage import ArtifactStore
-from vsearch_pipeline.core.store import MetricsDB
+from vsearch_pipeline.core.store import CurationDB, MetricsDB
 from vsearch_pipeline.settings import (
     ClusterSettings,
     EvaluationSettings,
@@ -62,6 +62,16 @@ class MetricsDatabase(ConfigurableResource):
     @property
     def db(self) -> MetricsDB:
         return MetricsDB(self.path)
+
+
+class CurationDatabase(ConfigurableResource):
+    """The search service's DuckDB file of tags, searches, clicks and ratings (read here)."""
+
+    path: str
+
+    @property
+    def db(self) -> CurationDB:
+        return CurationDB(self.path)
 
 
 class EmbeddingModelResource(ConfigurableResource):
