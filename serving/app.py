@@ -1,11 +1,14 @@
 """The search service: FastAPI over the artifacts the pipeline materialized.
 
 Started by `vsearch serve --home DIR`. Every search answers in one shape:
-``{"results": [{rank, id, score, uri, path, image_url}], "latency_ms", "index_version", "k"}``.
+``{"results": [{rank, id, score, uri, path, image_url, thumbnail_url, duplicates}], "k",
+"index_version", "latency_ms", "query_id", "folded"}``; `duplicates` holds the results folded
+under this one as its near-duplicates (by pHash), and `query_id` is what clicks and ratings name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -15,7 +18,8 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,15 +32,25 @@ from prometheus_client import (
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
 
-from serving.holder import IndexHolder, ServedIndex, instance_metadata_source
+from serving.cache import VectorCache
+from serving.holder import (
+    IndexHolder,
+    ServedIndex,
+    instance_metadata_source,
+    instance_views_source,
+)
+from serving.search_log import SearchLog
 from vsearch_pipeline.catalog import metadata_value
+from vsearch_pipeline.core.cluster import suggest_name
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
+from vsearch_pipeline.core.hashing import fold_near_duplicates
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.search import parse_bbox
 from vsearch_pipeline.settings import ServingSettings, Settings
 
+WEB_DIR = Path(__file__).resolve().parent / "web"
 MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
                "WEBP": "image/webp", "BMP": "image/bmp", "GIF": "image/gif",
                "TIFF": "image/tiff", "PPM": "image/x-portable-anymap"}
@@ -60,6 +74,8 @@ class ServiceMetrics:
                                 ["version", "index_type", "model"], registry=self.registry)
         self.errors = Counter("vsearch_errors_total", "Requests answered with an error",
                               ["endpoint", "kind"], registry=self.registry)
+        self.cache = Counter("vsearch_query_cache_total", "Query embeddings found in the cache or not",
+                             ["outcome"], registry=self.registry)
 
     def index_changed(self, served: ServedIndex | None) -> None:
         self.index_info.clear()
@@ -71,21 +87,51 @@ class ServiceMetrics:
                                build["model_key"]).set(1)
 
 
-def _answer(served: ServedIndex, results: list[dict], k: int, started: float) -> dict:
-    for row in results:
-        row["image_url"] = f"/images/{row['id']}"
-    return {"results": results, "k": k, "index_version": served.version,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-
-
 class TagRequest(BaseModel):
     ids: list[str] = PydanticField(min_length=1, max_length=100_000)
     tag: str
 
 
+class ClusterTagRequest(BaseModel):
+    tag: str | None = PydanticField(None, description="The tag; none accepts the suggested name")
+
+
+class ClickRequest(BaseModel):
+    query_id: str = PydanticField(max_length=64)
+    id: str = PydanticField(max_length=64)
+
+
+class FeedbackRequest(ClickRequest):
+    relevant: bool
+
+
+def _image_entry(row: dict) -> dict:
+    row["image_url"] = f"/images/{row['id']}"
+    row["thumbnail_url"] = f"/images/{row['id']}/thumbnail"
+    return row
+
+
+def fold_results(results: list[dict], views, enabled: bool) -> list[dict]:
+    """Results that are near-duplicates of a better-ranked one go under it, in `duplicates`."""
+    if not enabled or views.fold_threshold is None:
+        return [{**_image_entry(r), "duplicates": []} for r in results]
+    hashes = [views.phash.get(r["id"]) for r in results]
+    folded = []
+    for rank, members in enumerate(fold_near_duplicates(hashes, views.fold_threshold), start=1):
+        leader = {**_image_entry(results[members[0]]), "rank": rank}
+        leader["duplicates"] = [
+            {**_image_entry({k: results[m][k] for k in ("id", "score", "uri", "path")}),
+             "distance": int(bin(hashes[m] ^ hashes[members[0]]).count("1"))}
+            for m in members[1:]]
+        folded.append(leader)
+    return folded
+
+
 def create_app(holder: IndexHolder, settings: ServingSettings, curation: CurationDB,
                source_endpoint_url: str | None = None) -> FastAPI:
     metrics = ServiceMetrics()
+    search_log = SearchLog(curation, settings.search_log_flush_s)
+    query_vectors = VectorCache(settings.query_cache_size)
     stop = threading.Event()
 
     def refresh() -> None:
@@ -101,12 +147,16 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         refresh()
         watcher = threading.Thread(target=watch, name="index-watcher", daemon=True)
         watcher.start()
+        search_log.start()
         yield
         stop.set()
+        search_log.close()
 
     app = FastAPI(title="vsearch", version="0.1.0", lifespan=lifespan,
                   description="Visual search over a collection materialized by the vsearch "
                               "pipeline.")
+    app.state.search_log = search_log
+    app.state.query_vectors = query_vectors
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable):
@@ -119,6 +169,8 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             metrics.errors.labels(endpoint, str(response.status_code)).inc()
         return response
 
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
     def live() -> ServedIndex:
         served = holder.live
         if served is None:
@@ -127,7 +179,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
 
     def tagged(tag: str | None) -> list[str] | None:
         """The ids carrying a tag (a search filter), or None for no filter."""
-        if tag is None:
+        if tag is None or tag == "":
             return None
         ids = curation.ids_with_tag(tag)
         if not ids:
@@ -139,47 +191,202 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             raise HTTPException(422, f"k must be between 1 and {settings.max_k}, got {k}")
         return k
 
+    def fold_or_default(fold: bool | None) -> bool:
+        return settings.fold_duplicates if fold is None else fold
+
+    def wanted(k: int, fold: bool) -> int:
+        """Ask the index for more when folding, so that k groups usually remain."""
+        return min(2 * k, k + 200) if fold else k
+
+    def cached_vector(key: tuple, compute: Callable[[], object]):
+        before = query_vectors.hits
+        vector = query_vectors.get_or_compute(key, compute)
+        metrics.cache.labels("hit" if query_vectors.hits > before else "miss").inc()
+        return vector
+
+    def answer(served: ServedIndex, results: list[dict], k: int, started: float, endpoint: str,
+               query: str, tag: str | None, fold: bool, **extra) -> dict:
+        shown = fold_results(results, served.views, fold)[:k]
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        query_id = search_log.served(endpoint, query, shown, k, served.version, latency_ms, tag)
+        return {"results": shown, "k": k, "index_version": served.version,
+                "latency_ms": latency_ms, "query_id": query_id,
+                "folded": sum(len(r["duplicates"]) for r in shown), **extra}
+
+    def all_tags_by_id() -> dict[str, list[str]]:
+        """Every image's tags, in one read (for answers that list many images)."""
+        found: dict[str, list[str]] = {}
+        for tag, image_id in curation.all_tags():
+            found.setdefault(image_id, []).append(tag)
+        return found
+
+    def images(served: ServedIndex, ids: list[str],
+               tags: dict[str, list[str]] | None = None) -> list[dict]:
+        """Gallery entries: where each image is, its tags and predicted labels."""
+        tags = curation.tags_of(ids) if tags is None else tags
+        loaded = served.searcher.loaded
+        rows = []
+        for image_id in ids:
+            position = loaded.position_of.get(image_id)
+            path = loaded.paths[position] if position is not None else None
+            uri = served.files.get(image_id, (None, None))[0]
+            rows.append(_image_entry({"id": image_id, "path": path, "uri": uri,
+                                      "tags": tags.get(image_id, []),
+                                      "labels": loaded.labels_of(image_id)}))
+        return rows
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        """The web page: gallery, search by upload, crop, text or image, tags, clusters."""
+        return FileResponse(WEB_DIR / "index.html")
+
     @app.get("/health")
     def health() -> dict:
         served = holder.live
         return {"status": "ok" if served else "no_index",
                 "index_version": served.version if served else None,
                 "pinned": holder.pinned, "last_error": holder.last_error,
-                "vectors": served.searcher.loaded.index.ntotal if served else 0}
+                "vectors": served.searcher.loaded.index.ntotal if served else 0,
+                "text_search": served.searcher.text_mode if served else None,
+                "clusters": served.views.identity[0] if served else None,
+                "duplicates": served.views.identity[1] if served else None}
+
+    @app.get("/gallery")
+    def gallery(offset: Annotated[int, Query(ge=0)] = 0,
+                limit: Annotated[int, Query(ge=1, le=500)] = 48,
+                tag: str | None = None) -> dict:
+        """The indexed images in path order, a page at a time; with `tag`, only those."""
+        served = live()
+        ordered = served.searcher.loaded.ids_by_path
+        only = tagged(tag)
+        if only is not None:
+            keep = set(only)
+            ordered = [i for i in ordered if i in keep]
+        return {"total": len(ordered), "offset": offset, "limit": limit,
+                "images": images(served, ordered[offset:offset + limit])}
 
     @app.get("/similar/{image_id}")
-    def similar(image_id: str, k: int = 50, tag: str | None = None) -> dict:
+    def similar(image_id: str, k: int = 50, tag: str | None = None,
+                fold: bool | None = None) -> dict:
         """The nearest images to one already in the collection (itself left out)."""
-        started, served, k = time.perf_counter(), live(), bounded_k(k)
+        started, served, k, fold = time.perf_counter(), live(), bounded_k(k), fold_or_default(fold)
         try:
-            results = served.searcher.by_id(image_id, k, only=tagged(tag))
+            results = served.searcher.by_id(image_id, wanted(k, fold), only=tagged(tag))
         except KeyError as err:
             raise HTTPException(404, err.args[0]) from None
-        return _answer(served, results, k, started)
+        return answer(served, results, k, started, "similar", f"image:{image_id}", tag, fold)
 
     @app.post("/search")
     async def search(file: Annotated[UploadFile, File(description="The query image")],
                      bbox: Annotated[str | None, Form(description="Crop x1,y1,x2,y2 in pixels")] = None,
                      k: Annotated[int, Form()] = 50,
                      tag: Annotated[str | None, Form(description="Only images with this tag")] = None,
+                     fold: Annotated[bool | None, Form(description="Fold near-duplicates")] = None,
                      ) -> dict:
         """The nearest images to an uploaded image, or to a crop box of it."""
-        started, served, k = time.perf_counter(), live(), bounded_k(k)
-        data = await file.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise HTTPException(413, f"the upload is over {settings.max_upload_bytes} bytes")
+        started, served, k, fold = time.perf_counter(), live(), bounded_k(k), fold_or_default(fold)
+        data = await read_upload(file)
         try:
             box = parse_bbox(bbox)
-            embed_started = time.perf_counter()
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        query = f"upload:{digest}" + (f"@{','.join(map(str, box))}" if box else "")
+        vector = cached_vector((served.searcher.model.version, query),
+                               lambda: embed_upload(served, data, box))
+        results = served.searcher.by_vector(vector, wanted(k, fold), only=tagged(tag))
+        return answer(served, results, k, started, "search", query, tag, fold)
+
+    async def read_upload(file: UploadFile) -> bytes:
+        data = await file.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise HTTPException(413, f"{file.filename or 'the upload'} is over "
+                                     f"{settings.max_upload_bytes} bytes")
+        return data
+
+    def embed_upload(served: ServedIndex, data: bytes, box) -> object:
+        embed_started = time.perf_counter()
+        try:
             vector = served.searcher.embed_bytes(data, box)
-            metrics.embed_seconds.observe(time.perf_counter() - embed_started)
         except ImageError as err:
             raise HTTPException(400, f"the upload is not a usable image ({err.status}): "
                                      f"{err.reason}") from None
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
-        results = served.searcher.by_vector(vector, k, only=tagged(tag))
-        return _answer(served, results, k, started)
+        metrics.embed_seconds.observe(time.perf_counter() - embed_started)
+        return vector
+
+    @app.get("/search/text")
+    def search_text(q: Annotated[str, Query(description="What to look for, in words")],
+                    k: int = 50, tag: str | None = None, fold: bool | None = None) -> dict:
+        """Images matching a text. With a CLIP-family model, its text tower (`mode: clip`);
+        otherwise the words attached to the images, by meaning: tags, folder and file names and
+        predicted ImageNet classes (`mode: attached_text`; each result says what matched)."""
+        started, served, k, fold = time.perf_counter(), live(), bounded_k(k), fold_or_default(fold)
+        text = q.strip()
+        if not text:
+            raise HTTPException(422, "the text query is empty")
+        if len(text) > settings.max_text_length:
+            raise HTTPException(422, f"the text query is {len(text)} characters; the most is "
+                                     f"{settings.max_text_length}")
+        searcher = served.searcher
+        vector = cached_vector((searcher.model.version, searcher.text_mode, "text:" + text),
+                               lambda: searcher.embed_text(text))
+        tags = None
+        if searcher.text_mode == "attached_text":
+            tags = {}
+            for name, image_id in curation.all_tags():
+                tags.setdefault(name, []).append(image_id)
+        results = searcher.by_text(vector, wanted(k, fold), only=tagged(tag), tags=tags)
+        return answer(served, results, k, started, "search/text", f"text:{text.lower()}", tag, fold,
+                      mode=searcher.text_mode)
+
+    @app.post("/embed")
+    async def embed(files: Annotated[list[UploadFile], File(description="One or more images")]
+                    ) -> dict:
+        """The configured model's unit vectors of uploaded images, one entry per file (a file
+        that is not a usable image gets an `error` instead); 400 when none is usable."""
+        served = live()
+        if len(files) > settings.max_embed_files:
+            raise HTTPException(413, f"{len(files)} files; at most {settings.max_embed_files} "
+                                     "per request")
+        entries = []
+        for upload in files:
+            data = await read_upload(upload)
+            try:
+                vector = embed_upload(served, data, None)
+                entries.append({"filename": upload.filename, "vector": vector.tolist()})
+            except HTTPException as err:
+                entries.append({"filename": upload.filename, "error": err.detail})
+        if all("error" in e for e in entries):
+            raise HTTPException(400, "; ".join(f"{e['filename']}: {e['error']}" for e in entries))
+        model = served.searcher.model
+        return {"model": model.name, "model_version": model.version, "dimension": model.dim,
+                "embeddings": entries}
+
+    @app.post("/click")
+    def click(request: ClickRequest) -> dict:
+        """Record that a person opened a result of a search (`query_id` from its answer)."""
+        _, ranks = shown_in(request)
+        curation.record_click(request.query_id, request.id, ranks[request.id])
+        return {"recorded": True, "rank": ranks[request.id]}
+
+    @app.post("/feedback")
+    def feedback(request: FeedbackRequest) -> dict:
+        """Rate a result relevant or not to its search; the pipeline's `curation_grounding`
+        asset turns the ratings into a grounding set that the evaluation measures against."""
+        query, _ = shown_in(request)
+        curation.record_feedback(request.query_id, query, request.id, request.relevant)
+        return {"recorded": True}
+
+    def shown_in(request: ClickRequest) -> tuple[str, dict[str, int]]:
+        found = search_log.search_of(request.query_id)
+        if found is None:
+            raise HTTPException(404, f"no search with query_id {request.query_id!r}")
+        query, ranks = found
+        if request.id not in ranks:
+            raise HTTPException(422, f"image {request.id!r} was not among that search's results")
+        return query, ranks
 
     @app.post("/tags")
     def add_tags(request: TagRequest) -> dict:
@@ -205,6 +412,69 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
     def list_tags() -> dict:
         """Every tag with the number of images that carry it."""
         return {"tags": [{"tag": t, "count": n} for t, n in curation.tag_counts().items()]}
+
+    def cluster_summary(served: ServedIndex, label: int, members: list[str],
+                        tags: dict[str, list[str]]) -> dict:
+        labels_of = served.searcher.best_label
+        name, candidates = suggest_name(len(members), [tags.get(i, []) for i in members],
+                                        [labels_of(i) for i in members])
+        return {"label": label, "size": len(members), "suggested_name": name,
+                "candidates": [{"name": n, "count": c} for n, c in candidates]}
+
+    def cluster_members(label: int) -> tuple[ServedIndex, list[str]]:
+        served = live()
+        if not served.views.cluster_members:
+            raise HTTPException(404, "no clusters are materialized yet")
+        members = served.views.cluster_members.get(label)
+        if members is None:
+            raise HTTPException(404, f"no cluster {label}")
+        return served, members
+
+    @app.get("/clusters")
+    def clusters(examples: Annotated[int, Query(ge=0, le=24)] = 6) -> dict:
+        """Every cluster, largest first, with its suggested name and a few members."""
+        served, tags = live(), all_tags_by_id()
+        found = []
+        for label, members in served.views.cluster_members.items():
+            summary = cluster_summary(served, label, members, tags)
+            summary["examples"] = images(served, members[:examples], tags)
+            found.append(summary)
+        return {"clusters": found, "noise": len(served.views.noise),
+                "version": served.views.identity[0]}
+
+    @app.get("/clusters/{label}")
+    def cluster(label: int, offset: Annotated[int, Query(ge=0)] = 0,
+                limit: Annotated[int, Query(ge=1, le=500)] = 48) -> dict:
+        """The members of one cluster, a page at a time."""
+        served, members = cluster_members(label)
+        tags = all_tags_by_id()
+        return {**cluster_summary(served, label, members, tags), "offset": offset, "limit": limit,
+                "images": images(served, members[offset:offset + limit], tags)}
+
+    @app.post("/clusters/{label}/tag")
+    def tag_cluster(label: int, request: ClusterTagRequest) -> dict:
+        """Tag every member of a cluster: with the suggested name, or with the tag given."""
+        served, members = cluster_members(label)
+        tag = request.tag or cluster_summary(served, label, members,
+                                             all_tags_by_id())["suggested_name"]
+        if not tag:
+            raise HTTPException(422, f"cluster {label} has no suggested name; give a tag")
+        try:
+            added = curation.add_tag(members, tag)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        return {"tag": tag.strip(), "added": added, "size": len(members)}
+
+    @app.get("/duplicates")
+    def duplicates(offset: Annotated[int, Query(ge=0)] = 0,
+                   limit: Annotated[int, Query(ge=1, le=500)] = 20) -> dict:
+        """Near-duplicate groups (by pHash), largest first, a page at a time."""
+        served, tags = live(), all_tags_by_id()
+        groups = served.views.duplicate_groups
+        return {"total": len(groups), "offset": offset, "limit": limit,
+                "hamming_threshold": served.views.fold_threshold,
+                "groups": [{"group": offset + n, "size": len(g), "images": images(served, g, tags)}
+                           for n, g in enumerate(groups[offset:offset + limit])]}
 
     def _image_bytes(image_id: str) -> tuple[bytes, str]:
         found = live().files.get(image_id)
@@ -265,6 +535,6 @@ def app_for_home(home: Path, settings: Settings) -> FastAPI:
         return ArtifactStore(metadata_value(metadata, "storage_root"), settings.storage.endpoint_url)
 
     holder = IndexHolder(instance_metadata_source(instance), store_for,
-                         settings.source.endpoint_url)
+                         settings.source.endpoint_url, instance_views_source(instance))
     curation = CurationDB(str(home / "curation.duckdb"))
     return create_app(holder, settings.serving, curation, settings.source.endpoint_url)

@@ -4,7 +4,8 @@ A request takes `holder.live` once and works on that snapshot to the end. A newe
 materialization is loaded completely beside the live one, and only then swapped in by a single
 reference assignment, so requests in flight finish on the old index. A materialization that does
 not load (missing files, a model that does not match) is refused with a log line and the live
-index keeps serving. A pinned version stays live until unpinned: the way to roll back.
+index keeps serving. A pinned version stays live until unpinned: the way to roll back. The
+clustering and duplicate groups (`views`) are swapped the same way when a newer one appears.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import pyarrow.compute as pc
 
+from serving.views import CollectionViews, load_views, views_identity
 from vsearch_pipeline.catalog import (
+    CLUSTERS_ASSET,
+    DUPLICATES_ASSET,
     index_metadata_by_version,
     latest_index_metadata,
+    latest_metadata,
     metadata_value,
 )
 from vsearch_pipeline.core.layout import load_manifests
@@ -32,6 +37,7 @@ log = logging.getLogger("vsearch.serving")
 class ServedIndex:
     searcher: Searcher
     files: dict[str, tuple[str, str]]  # id -> (URI, format) of every usable image in the manifest
+    views: CollectionViews = field(default_factory=CollectionViews)
 
     @property
     def version(self) -> str:
@@ -51,10 +57,13 @@ def manifest_files(store: ArtifactStore) -> dict[str, tuple[str, str]]:
 class IndexHolder:
     def __init__(self, metadata_source: Callable[[str | None], Mapping],
                  store_for: Callable[[Mapping], ArtifactStore],
-                 source_endpoint_url: str | None = None):
+                 source_endpoint_url: str | None = None,
+                 views_source: Callable[[], tuple[Mapping | None, Mapping | None]] | None = None):
         """`metadata_source(version)`: the materialization metadata of that version, or of the
-        latest when version is None. `store_for(metadata)`: the storage that holds it."""
+        latest when version is None. `store_for(metadata)`: the storage that holds it.
+        `views_source()`: the latest clusters and near-duplicate groups materializations."""
         self._metadata_source = metadata_source
+        self._views_source = views_source or (lambda: (None, None))
         self._store_for = store_for
         self._endpoint = source_endpoint_url
         self._lock = threading.Lock()  # one load at a time; readers never wait for it
@@ -71,24 +80,46 @@ class IndexHolder:
                 self.last_error = str(err)
                 return False
             version = metadata_value(metadata, "version")
-            if self.live is not None and self.live.version == version:
+            if self.live is None or self.live.version != version:
+                try:
+                    served = self._load(metadata)
+                except Exception as err:  # refuse any index that does not load; keep serving
+                    self.last_error = f"index {version} refused: {err}"
+                    log.error(self.last_error)
+                    return False
+                old = self.live.version if self.live else None
+                self.live = replace(served, views=self._views(self.live))
+                self.last_error = None
+                log.info("index %s is live (was %s)", version, old)
+                return True
+            views = self._views(self.live)
+            if views is self.live.views:
                 return False
-            try:
-                served = self._load(metadata)
-            except Exception as err:  # refuse any index that does not load; keep serving
-                self.last_error = f"index {version} refused: {err}"
-                log.error(self.last_error)
-                return False
-            old = self.live.version if self.live else None
-            self.live = served
-            self.last_error = None
-            log.info("index %s is live (was %s)", version, old)
+            self.live = replace(self.live, views=views)
             return True
+
+    def _views(self, live: ServedIndex | None) -> CollectionViews:
+        """Newer clusters and duplicate groups if there are any, else the live ones."""
+        current = live.views if live is not None else CollectionViews()
+        try:
+            clusters, duplicates = self._views_source()
+            if views_identity(clusters, duplicates) == current.identity:
+                return current
+            views = load_views(self._store_for, clusters, duplicates)
+            log.info("clusters %s and duplicate groups %s are live", *views.identity)
+            return views
+        except Exception as err:  # keep browsing the old ones
+            log.error("clusters or duplicate groups refused: %s", err)
+            return current
 
     def _load(self, metadata: Mapping) -> ServedIndex:
         store = self._store_for(metadata)
         model = self.live.searcher.model if self.live else None
-        searcher = Searcher.from_metadata(store, metadata, self._endpoint, model=model)
+        sentences = self.live.searcher.sentence_encoder if self.live else None
+        searcher = Searcher.from_metadata(store, metadata, self._endpoint, model=model,
+                                          sentence_encoder=sentences)
+        if searcher.text_mode == "attached_text":
+            searcher.attached_text()  # embed the phrases now, not in the first text query
         return ServedIndex(searcher, manifest_files(store))
 
     def pin(self, version: str | None) -> bool:
@@ -107,3 +138,8 @@ def instance_metadata_source(instance) -> Callable[[str | None], Mapping]:
         return index_metadata_by_version(instance, version)
 
     return source
+
+
+def instance_views_source(instance) -> Callable[[], tuple[Mapping | None, Mapping | None]]:
+    return lambda: (latest_metadata(instance, CLUSTERS_ASSET),
+                    latest_metadata(instance, DUPLICATES_ASSET))

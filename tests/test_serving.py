@@ -1,36 +1,64 @@
-"""The search service over a collection the pipeline materialized (the demo corpus), through
-HTTP: searches, images, errors, metrics, pinning, and a hot swap under load."""
+"""The search service over a collection the pipeline materialized from the shared photos (four
+Caltech-101 classes, the imagededup near-duplicate cases and a planted crop), through HTTP:
+searches by upload, crop, id and text, folding, tags, clicks, ratings, clusters, duplicates,
+embedding, errors, metrics, pinning, and a hot swap while tags and clicks are written."""
 
 import io
+import os
+import shutil
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
+import duckdb
+import numpy as np
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from serving.app import app_for_home, create_app
 from serving.holder import IndexHolder
-from vsearch_pipeline.core.demo import build_demo_corpus
 from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.runner import run_pipeline
 from vsearch_pipeline.settings import load_settings
 
 pytestmark = pytest.mark.slow
 
+CLASSES = ("accordion", "airplanes", "butterfly", "camera")
+PER_CLASS = 10
+CROP_SOURCE = "accordion/image_0001.jpg"
+CROP_BOX = (40, 30, 220, 200)
+
+
+def build_collection(shared: Path, cases: Path, root: Path) -> Path:
+    images = root / "images"
+    for name in CLASSES:
+        (images / name).mkdir(parents=True)
+        for photo in sorted((shared / "caltech101" / name).glob("*.jpg"))[:PER_CLASS]:
+            shutil.copy(photo, images / name / photo.name)
+    shutil.copytree(cases / "mixed_images", images / "ukbench")
+    (images / "planted").mkdir()
+    Image.open(images / CROP_SOURCE).convert("RGB").crop(CROP_BOX).save(
+        images / "planted" / "accordion_crop.png")
+    return images
+
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def collection(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, cases: Path) -> dict:
     root = tmp_path_factory.mktemp("serving")
-    images, grounding = build_demo_corpus(root / "demo")
+    images = build_collection(shared_data, cases, root)
     home = root / "home"
     settings = load_settings(home, {"source": {"uri": str(images)},
                                     "index": {"index_type": "hnsw"},
                                     "clusters": {"min_cluster_size": 3},
-                                    "evaluation": {"grounding_sets": [str(grounding)]},
-                                    "serving": {"refresh_interval_s": 3600}})
+                                    "serving": {"refresh_interval_s": 3600,
+                                                "search_log_flush_s": 0.2}})
     run_pipeline(home, settings, say=print)
-    return {"home": home, "images": images, "settings": settings}
+    usable = sum(1 for p in images.rglob("*") if p.is_file()) - 1  # one corrupt JPEG
+    return {"home": home, "images": images, "settings": settings, "usable": usable}
 
 
 @pytest.fixture(scope="module")
@@ -39,46 +67,98 @@ def client(collection: dict):
         yield client
 
 
-def _id_of(client: TestClient, images: Path, path: str) -> str:
-    data = (images / path).read_bytes()
-    found = client.post("/search", files={"file": ("q.jpg", data)}, data={"k": "1"}).json()
-    assert found["results"][0]["path"] == path
-    return found["results"][0]["id"]
+@pytest.fixture(scope="module")
+def ids(client) -> dict[str, str]:
+    """Path -> id of every image, from the gallery."""
+    return {row["path"]: row["id"] for row in client.get("/gallery", params={"limit": 500})
+            .json()["images"]}
 
 
-def test_health_names_the_live_version(client):
+def _upload(client, images: Path, path: str, **data) -> dict:
+    answer = client.post("/search", files={"file": ("q.jpg", (images / path).read_bytes())},
+                         data={k: str(v) for k, v in data.items()})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_health_names_the_live_version_and_the_views(client, collection):
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["vectors"] == 102
+    assert health["status"] == "ok" and health["vectors"] == collection["usable"] > 40
     assert health["index_version"] and health["pinned"] is None
+    assert health["text_search"] == "attached_text"
+    assert health["clusters"].endswith(".parquet") and health["duplicates"].endswith(".parquet")
 
 
-def test_search_by_upload_returns_the_photo_and_its_edits(client, collection):
-    data = (collection["images"] / "rocket" / "flip.jpg").read_bytes()
-    answer = client.post("/search", files={"file": ("q.jpg", data, "image/jpeg")},
-                         data={"k": "6"}).json()
+def test_gallery_pages_through_the_collection_in_path_order(client, collection):
+    first = client.get("/gallery", params={"limit": 20}).json()
+    second = client.get("/gallery", params={"offset": 20, "limit": 20}).json()
+    assert first["total"] == collection["usable"]
+    paths = [r["path"] for r in first["images"] + second["images"]]
+    assert paths == sorted(paths) and len(set(paths)) == 40
+    row = first["images"][0]
+    assert row["thumbnail_url"] == f"/images/{row['id']}/thumbnail" and row["tags"] == []
+    assert len(row["labels"]) == 3  # the default model's top ImageNet guesses
+
+
+def test_search_by_upload_finds_the_photo_and_its_class(client, collection):
+    answer = _upload(client, collection["images"], "accordion/image_0005.jpg", k=6)
     paths = [r["path"] for r in answer["results"]]
-    assert paths[0] == "rocket/flip.jpg"
-    assert all(p.startswith("rocket/") for p in paths)
-    assert [r["rank"] for r in answer["results"]] == [1, 2, 3, 4, 5, 6]
+    assert paths[0] == "accordion/image_0005.jpg" and answer["results"][0]["score"] > 0.99
+    assert sum(p.startswith("accordion/") for p in paths[:5]) >= 4
+    assert [r["rank"] for r in answer["results"]] == list(range(1, len(paths) + 1))
     first = answer["results"][0]
-    assert first["image_url"] == f"/images/{first['id']}" and first["score"] > 0.99
-    assert answer["latency_ms"] > 0 and answer["k"] == 6
+    assert first["image_url"] == f"/images/{first['id']}"
+    assert answer["latency_ms"] > 0 and answer["k"] == 6 and len(answer["query_id"]) == 32
 
 
-def test_crop_search_finds_the_cropped_photo(client, collection):
-    photo = collection["images"] / "astronaut" / "original.png"
-    w, h = Image.open(photo).size
-    answer = client.post("/search", files={"file": ("a.png", photo.read_bytes())},
-                         data={"bbox": f"{w // 10},{h // 10},{w - w // 10},{h - h // 10}",
-                               "k": "3"}).json()
-    assert answer["results"][0]["path"] == "astronaut/crop.jpg"
+def test_near_duplicates_fold_under_the_best_ranked_copy(client, collection):
+    folded = _upload(client, collection["images"], "ukbench/ukbench00120.jpg", k=10)
+    top = folded["results"][0]
+    assert top["path"] == "ukbench/ukbench00120.jpg"
+    under = {d["path"]: d for d in top["duplicates"]}
+    assert "ukbench/ukbench00120_resize.jpg" in under
+    assert all(d["distance"] <= 10 and d["image_url"] for d in under.values())
+    shown = [r["path"] for r in folded["results"]]
+    assert not set(under) & set(shown) and folded["folded"] >= len(under)
+    flat = _upload(client, collection["images"], "ukbench/ukbench00120.jpg", k=10, fold="false")
+    flat_paths = [r["path"] for r in flat["results"]]
+    assert "ukbench/ukbench00120_resize.jpg" in flat_paths[:3]
+    assert flat["folded"] == 0 and all(r["duplicates"] == [] for r in flat["results"])
 
 
-def test_similar_leaves_the_query_out(client, collection):
-    image_id = _id_of(client, collection["images"], "coffee/original.png")
+def test_crop_search_finds_the_planted_crop(client, collection):
+    answer = _upload(client, collection["images"], CROP_SOURCE, k=3,
+                     bbox=",".join(map(str, CROP_BOX)))
+    assert answer["results"][0]["path"] == "planted/accordion_crop.png"
+    assert answer["results"][0]["score"] > 0.99
+
+
+def test_similar_leaves_the_query_out(client, ids):
+    image_id = ids["butterfly/image_0003.jpg"]
     answer = client.get(f"/similar/{image_id}", params={"k": 5}).json()
     assert image_id not in [r["id"] for r in answer["results"]]
-    assert all(r["path"].startswith("coffee/") for r in answer["results"])
+    assert sum(r["path"].startswith("butterfly/") for r in answer["results"]) >= 3
+
+
+def test_text_search_reads_folder_names_labels_and_tags(client, ids):
+    by_folder = client.get("/search/text", params={"q": "accordion", "k": 5}).json()
+    assert by_folder["mode"] == "attached_text"
+    assert all(r["path"].startswith("accordion/") for r in by_folder["results"])
+    assert by_folder["results"][0]["matched"] == "accordion"
+
+    guessed = client.get("/gallery", params={"limit": 500}).json()["images"]
+    ukbench = next(r for r in guessed if r["path"] == "ukbench/ukbench09268.jpg")
+    label = ukbench["labels"][0]
+    by_label = client.get("/search/text", params={"q": label, "k": 50, "fold": "false"}).json()
+    hit = next(r for r in by_label["results"] if r["path"] == "ukbench/ukbench09268.jpg")
+    assert hit["matched"] == label.lower()
+
+    cameras = [ids[f"camera/image_000{n}.jpg"] for n in (1, 2)]
+    assert client.post("/tags", json={"ids": cameras, "tag": "vacation snapshot"}).status_code == 200
+    by_tag = client.get("/search/text", params={"q": "vacation", "k": 2}).json()
+    assert {r["id"] for r in by_tag["results"]} == set(cameras)
+    assert {r["matched"] for r in by_tag["results"]} == {"vacation snapshot"}
+    client.request("DELETE", "/tags", json={"ids": cameras, "tag": "vacation snapshot"})
 
 
 @pytest.mark.parametrize(("request_args", "status", "message"), [
@@ -90,13 +170,24 @@ def test_similar_leaves_the_query_out(client, collection):
     ({"data": {"bbox": "10,10,5,5"}}, 422, "empty or outside"),
     ({"data": {"bbox": "0,0,99999,20"}}, 422, "empty or outside"),
     ({"data": {"bbox": "1,2,3"}}, 422, "four numbers"),
+    ({"data": {"tag": "no-such-tag"}}, 404, "no image has the tag"),
 ])
 def test_bad_search_requests_get_a_clear_4xx(client, collection, request_args, status, message):
-    photo = (collection["images"] / "coins" / "original.png").read_bytes()
-    kwargs = {"files": {"file": ("c.png", photo)}, **request_args}
+    photo = (collection["images"] / "camera" / "image_0001.jpg").read_bytes()
+    kwargs = {"files": {"file": ("c.jpg", photo)}, **request_args}
     answer = client.post("/search", **kwargs)
     assert answer.status_code == status
     assert message in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"q": "   "}, "empty"),
+    ({"q": "x" * 501}, "the most is 500"),
+    ({"q": "cat", "k": 0}, "k must be between"),
+])
+def test_bad_text_queries_get_a_422(client, params, message):
+    answer = client.get("/search/text", params=params)
+    assert answer.status_code == 422 and message in answer.json()["detail"]
 
 
 def test_upload_over_the_limit_is_refused(collection):
@@ -114,66 +205,142 @@ def test_unknown_ids_are_404(client):
         assert client.get(f"/images/{attempt}").status_code == 404
 
 
-def test_images_and_thumbnails_come_from_the_collection(client, collection):
-    image_id = _id_of(client, collection["images"], "chelsea/original.png")
+def test_images_and_thumbnails_come_from_the_collection(client, collection, ids):
+    image_id = ids["planted/accordion_crop.png"]
     original = client.get(f"/images/{image_id}")
     assert original.status_code == 200 and original.headers["content-type"] == "image/png"
-    assert original.content == (collection["images"] / "chelsea" / "original.png").read_bytes()
+    assert original.content == (collection["images"] / "planted" / "accordion_crop.png").read_bytes()
     thumb = client.get(f"/images/{image_id}/thumbnail", params={"size": 64})
     assert thumb.headers["content-type"] == "image/jpeg"
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 64
 
 
-def test_metrics_count_requests_and_describe_the_index(client):
+def test_embed_returns_the_model_vectors_per_file(client, collection):
+    photo = (collection["images"] / "camera" / "image_0004.jpg").read_bytes()
+    answer = client.post("/embed", files=[("files", ("a.jpg", photo)), ("files", ("b.jpg", photo)),
+                                          ("files", ("bad.jpg", b"not an image"))])
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["model"] == "efficientnet-lite0" and body["dimension"] == 1280
+    first, second, bad = body["embeddings"]
+    vector = np.array(first["vector"])
+    assert vector.shape == (1280,) and abs(np.linalg.norm(vector) - 1) < 1e-4
+    assert first["vector"] == second["vector"]
+    assert bad["filename"] == "bad.jpg" and "not a usable image" in bad["error"]
+    # The vector is the one the collection was indexed with: searching by it finds the photo.
+    found = _upload(client, collection["images"], "camera/image_0004.jpg", k=1)
+    assert found["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+    assert client.post("/embed", files=[("files", ("bad.jpg", b"nope"))]).status_code == 400
+
+
+def test_repeated_queries_come_from_the_cache(client, collection):
+    def hits() -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith('vsearch_query_cache_total{outcome="hit"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = hits()
+    _upload(client, collection["images"], "airplanes/image_0007.jpg", k=3)
+    _upload(client, collection["images"], "airplanes/image_0007.jpg", k=3)
+    client.get("/search/text", params={"q": "jet plane"})
+    client.get("/search/text", params={"q": "jet plane"})
+    assert hits() - before == 2
+
+
+def test_clicks_and_impressions_are_queryable_as_ctr(client, collection):
+    app = client.app
+    searches = [_upload(client, collection["images"], "butterfly/image_0001.jpg", k=5)
+                for _ in range(3)]
+    chosen = searches[0]["results"][1]
+    clicked = client.post("/click", json={"query_id": searches[0]["query_id"], "id": chosen["id"]})
+    assert clicked.json() == {"recorded": True, "rank": 2}
+    assert client.post("/click", json={"query_id": "nope", "id": chosen["id"]}).status_code == 404
+    not_shown = client.post("/click", json={"query_id": searches[0]["query_id"],
+                                            "id": "ffffffffffffffff"})
+    assert not_shown.status_code == 422 and "not among" in not_shown.json()["detail"]
+    app.state.search_log.flush()
+    con = duckdb.connect(str(collection["home"] / "curation.duckdb"), read_only=True)
+    try:
+        by_rank = dict((r, (n, c)) for r, n, c, _ in con.execute(
+            "SELECT * FROM ctr_by_rank").fetchall())
+        by_query = con.execute("SELECT searches, impressions, clicks FROM ctr_by_query "
+                               "WHERE query LIKE 'upload:%' AND clicks > 0").fetchall()
+    finally:
+        con.close()
+    assert by_rank[2][1] >= 1 and by_rank[1][0] >= 3
+    assert by_query and by_query[0][0] >= 3 and by_query[0][1] >= 15 and by_query[0][2] == 1
+
+
+def test_clusters_carry_suggested_names_that_become_tags(client, collection):
+    listing = client.get("/clusters").json()
+    sizes = [c["size"] for c in listing["clusters"]]
+    assert len(sizes) >= 2 and sum(sizes) + listing["noise"] == collection["usable"]
+    assert sizes == sorted(sizes, reverse=True)
+    assert all(c["suggested_name"] and c["candidates"] for c in listing["clusters"])
+    biggest = listing["clusters"][0]
+    members = client.get(f"/clusters/{biggest['label']}", params={"limit": 500}).json()
+    assert len(members["images"]) == biggest["size"]
+    accepted = client.post(f"/clusters/{biggest['label']}/tag", json={"tag": None}).json()
+    assert accepted["tag"] == biggest["suggested_name"] and accepted["added"] == biggest["size"]
+    # Now the tag covers every member, so people's word names the cluster.
+    again = client.get(f"/clusters/{biggest['label']}").json()
+    assert again["suggested_name"] == biggest["suggested_name"]
+    assert client.get("/clusters/9999").status_code == 404
+    client.request("DELETE", "/tags", json={"ids": [m["id"] for m in members["images"]],
+                                            "tag": accepted["tag"]})
+
+
+def test_duplicate_groups_hold_the_edited_copies(client, collection):
+    groups = client.get("/duplicates").json()
+    threshold = collection["settings"].near_duplicates.hamming_threshold
+    assert groups["total"] >= 1 and groups["hamming_threshold"] == threshold
+    paths = [{i["path"] for i in g["images"]} for g in groups["groups"]]
+    assert any({"ukbench/ukbench00120.jpg", "ukbench/ukbench00120_resize.jpg"} <= p for p in paths)
+
+
+def test_metrics_count_requests_and_describe_the_index(client, collection):
     client.get("/health")
     text = client.get("/metrics").text
     assert 'vsearch_requests_total{endpoint="/health",status="200"}' in text
     assert "vsearch_request_seconds_bucket" in text
-    assert "vsearch_index_vectors 102.0" in text
+    assert f"vsearch_index_vectors {collection['usable']}.0" in text
     assert 'vsearch_index_info{index_type="hnsw"' in text
 
 
-def test_hot_swap_under_load_drops_nothing_and_pins_roll_back(collection):
-    """A new index materialized while requests run is picked up by the watcher and swapped in
-    with zero failed requests; pinning the old version rolls back, unpinning goes forward."""
-    import time
-
-    settings = collection["settings"]
-    watching = settings.model_copy(update={"serving": settings.serving.model_copy(
-        update={"refresh_interval_s": 0.5})})
-    with TestClient(app_for_home(collection["home"], watching)) as client:
-        old = client.get("/health").json()["index_version"]
-        image_id = _id_of(client, collection["images"], "moon/original.png")
-        statuses, versions, stop = [], set(), threading.Event()
-
-        def hammer() -> None:
-            while not stop.is_set():
-                answer = client.get(f"/similar/{image_id}", params={"k": 5})
-                statuses.append(answer.status_code)
-                versions.add(answer.json().get("index_version"))
-
-        workers = [threading.Thread(target=hammer) for _ in range(2)]
-        for worker in workers:
-            worker.start()
-        flat = settings.model_copy(update={"index": settings.index.model_copy(
-            update={"index_type": "flat"})})
-        run_pipeline(collection["home"], flat, say=print)
-        deadline = time.monotonic() + 60
-        while client.get("/health").json()["index_version"] == old and time.monotonic() < deadline:
-            time.sleep(0.2)
-        new = client.get("/health").json()["index_version"]
-        time.sleep(1)  # requests keep running on the new index
-        pinned = client.put("/index/pin", params={"version": old}).json()
-        time.sleep(1)
-        unpinned = client.delete("/index/pin").json()
-        stop.set()
-        for worker in workers:
-            worker.join()
-    assert new != old
-    assert pinned["index_version"] == old and pinned["pinned"] == old
-    assert unpinned["index_version"] == new and unpinned["pinned"] is None
-    assert versions == {old, new}
-    assert len(statuses) > 20 and set(statuses) == {200}
+def test_tags_apply_filter_persist_and_refuse_bad_input(collection, ids):
+    images = collection["images"]
+    with TestClient(app_for_home(collection["home"], collection["settings"])) as client:
+        drinks = [ids["ukbench/ukbench09268.jpg"], ids["camera/image_0003.jpg"]]
+        plane = ids["airplanes/image_0001.jpg"]
+        added = client.post("/tags", json={"ids": [*drinks, drinks[0]], "tag": "drinks"}).json()
+        assert added == {"tag": "drinks", "added": 2}
+        assert client.post("/tags", json={"ids": drinks, "tag": "drinks"}).json()["added"] == 0
+        # A filtered search returns only tagged images, however far they are from the query.
+        far = client.get(f"/similar/{plane}", params={"k": 10, "tag": "drinks"}).json()
+        assert {r["id"] for r in far["results"]} == set(drinks)
+        upload = _upload(client, images, "airplanes/image_0001.jpg", k=5, tag="drinks")
+        assert {r["id"] for r in upload["results"]} == set(drinks)
+        text = client.get("/search/text", params={"q": "airplanes", "tag": "drinks"}).json()
+        assert {r["id"] for r in text["results"]} <= set(drinks)
+        gallery = client.get("/gallery", params={"tag": "drinks"}).json()
+        assert gallery["total"] == 2 and all("drinks" in r["tags"] for r in gallery["images"])
+        assert client.get(f"/similar/{plane}", params={"tag": "nope"}).status_code == 404
+        assert client.post("/tags", json={"ids": ["ffffffffffffffff"], "tag": "x"}
+                           ).status_code == 404
+        assert client.post("/tags", json={"ids": drinks, "tag": "  "}).status_code == 422
+        assert client.post("/tags", json={"ids": [], "tag": "x"}).status_code == 422
+        injection = "x'); DROP TABLE tags; --"
+        assert client.post("/tags", json={"ids": [plane], "tag": injection}).status_code == 200
+    with TestClient(app_for_home(collection["home"], collection["settings"])) as client:
+        tags = {t["tag"]: t["count"] for t in client.get("/tags").json()["tags"]}
+        assert tags == {"drinks": 2, injection: 1}  # survived a restart, and the table too
+        removed = client.request("DELETE", "/tags", json={"ids": [drinks[0]], "tag": "drinks"})
+        assert removed.json() == {"tag": "drinks", "removed": 1}
+        client.request("DELETE", "/tags", json={"ids": [plane], "tag": injection})
+        client.request("DELETE", "/tags", json={"ids": drinks, "tag": "drinks"})
+        assert client.request("DELETE", "/tags", json={"ids": drinks, "tag": "zzz"}
+                              ).status_code == 404
 
 
 def test_an_index_that_does_not_load_is_refused_and_the_old_one_serves(collection):
@@ -203,32 +370,88 @@ def test_an_index_that_does_not_load_is_refused_and_the_old_one_serves(collectio
         assert client.put("/index/pin", params={"version": "no-such-version"}).status_code == 404
 
 
-def test_tags_apply_filter_persist_and_refuse_bad_input(collection):
-    images = collection["images"]
-    with TestClient(app_for_home(collection["home"], collection["settings"])) as client:
-        coffee = [_id_of(client, images, f"coffee/{n}") for n in ("original.png", "flip.jpg")]
-        moon = _id_of(client, images, "moon/original.png")
-        added = client.post("/tags", json={"ids": [*coffee, coffee[0]], "tag": "drinks"}).json()
-        assert added == {"tag": "drinks", "added": 2}
-        assert client.post("/tags", json={"ids": coffee, "tag": "drinks"}).json()["added"] == 0
-        # A filtered search returns only tagged images, however far they are from the query.
-        far = client.get(f"/similar/{moon}", params={"k": 10, "tag": "drinks"}).json()
-        assert {r["id"] for r in far["results"]} == set(coffee)
-        upload = client.post("/search", files={"file": ("m.png", (images / "moon" / "original.png")
-                                                        .read_bytes())},
-                             data={"k": "5", "tag": "drinks"}).json()
-        assert {r["id"] for r in upload["results"]} == set(coffee)
-        assert client.get(f"/similar/{moon}", params={"tag": "nope"}).status_code == 404
-        assert client.post("/tags", json={"ids": ["ffffffffffffffff"], "tag": "x"}
-                           ).status_code == 404
-        assert client.post("/tags", json={"ids": coffee, "tag": "  "}).status_code == 422
-        assert client.post("/tags", json={"ids": [], "tag": "x"}).status_code == 422
-        injection = "x'); DROP TABLE tags; --"
-        assert client.post("/tags", json={"ids": [moon], "tag": injection}).status_code == 200
-    with TestClient(app_for_home(collection["home"], collection["settings"])) as client:
-        tags = {t["tag"]: t["count"] for t in client.get("/tags").json()["tags"]}
-        assert tags == {"drinks": 2, injection: 1}  # survived a restart, and the table too
-        removed = client.request("DELETE", "/tags", json={"ids": [coffee[0]], "tag": "drinks"})
-        assert removed.json() == {"tag": "drinks", "removed": 1}
-        assert client.request("DELETE", "/tags", json={"ids": coffee, "tag": "zzz"}
-                              ).status_code == 404
+def test_hot_swap_while_tags_clicks_and_ratings_are_written(collection, ids):
+    """A new index materialized while searches, tag writes, clicks and ratings run is swapped in
+    with zero failed requests; the pipeline run (which writes its DuckDB and reads the service's)
+    and the service's writes never conflict; the ratings become the `feedback` grounding set that
+    the evaluation measures; pinning the old version rolls back, unpinning goes forward."""
+    settings = collection["settings"]
+    watching = settings.model_copy(update={"serving": settings.serving.model_copy(
+        update={"refresh_interval_s": 0.5})})
+    query = ids["airplanes/image_0002.jpg"]
+    with TestClient(app_for_home(collection["home"], watching)) as client:
+        old = client.get("/health").json()["index_version"]
+        rated = client.get(f"/similar/{query}", params={"k": 5, "fold": "false"}).json()
+        for row in rated["results"]:
+            client.post("/feedback", json={"query_id": rated["query_id"], "id": row["id"],
+                                           "relevant": row["path"].startswith("airplanes/")})
+        relevant = {r["id"] for r in rated["results"] if r["path"].startswith("airplanes/")}
+        statuses, versions, tagged, stop = [], set(), [], threading.Event()
+
+        def search() -> None:
+            while not stop.is_set():
+                answer = client.get(f"/similar/{query}", params={"k": 5})
+                statuses.append(answer.status_code)
+                body = answer.json()
+                versions.add(body.get("index_version"))
+                clicked = client.post("/click", json={"query_id": body["query_id"],
+                                                      "id": body["results"][0]["id"]})
+                statuses.append(clicked.status_code)
+
+        def write_tags() -> None:
+            paths = sorted(ids)
+            while not stop.is_set():
+                image_id = ids[paths[len(tagged) % len(paths)]]
+                statuses.append(client.post("/tags", json={"ids": [image_id],
+                                                           "tag": f"load-{len(tagged)}"}).status_code)
+                tagged.append(image_id)
+
+        workers = [threading.Thread(target=search), threading.Thread(target=write_tags)]
+        for worker in workers:
+            worker.start()
+        try:
+            new, pinned, unpinned = _materialize_and_swap(client, collection["home"], settings, old)
+        finally:
+            stop.set()
+            for worker in workers:
+                worker.join()
+        tags = {t["tag"] for t in client.get("/tags").json()["tags"]}
+    assert new != old
+    assert pinned["index_version"] == old and pinned["pinned"] == old
+    assert unpinned["index_version"] == new and unpinned["pinned"] is None
+    assert versions == {old, new}
+    assert len(statuses) > 20 and set(statuses) == {200}
+    assert {f"load-{n}" for n in range(len(tagged))} <= tags  # every tag write landed
+    con = duckdb.connect(str(collection["home"] / "vsearch.duckdb"), read_only=True)
+    try:
+        figures = dict(con.execute(
+            "SELECT metric, value FROM retrieval_metrics WHERE grounding_set = 'feedback' "
+            "AND index_version = ?", [new]).fetchall())
+    finally:
+        con.close()
+    assert figures["queries"] == len(relevant) + 1  # the query image and each relevant result
+    assert 0 < figures["recall@10"] <= 1
+
+
+def _materialize_and_swap(client: TestClient, home: Path, settings, old: str
+                          ) -> tuple[str, dict, dict]:
+    """Run the pipeline in its own process, as in production (DuckDB lets one process at a time
+    write a file: both processes write and read while the other is busy); wait for the swap,
+    then pin the old version and unpin again."""
+    config = home.parent / "flat.yaml"
+    flat = settings.model_dump(mode="json")
+    flat["index"]["index_type"] = "flat"
+    config.write_text(yaml.safe_dump(flat))
+    run = subprocess.run([str(Path(sys.executable).parent / "vsearch"), "materialize",
+                          "--home", str(home), "--config", str(config)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    deadline = time.monotonic() + 60
+    while client.get("/health").json()["index_version"] == old and time.monotonic() < deadline:
+        time.sleep(0.2)
+    new = client.get("/health").json()["index_version"]
+    time.sleep(1)  # requests keep running on the new index
+    pinned = client.put("/index/pin", params={"version": old}).json()
+    time.sleep(1)
+    return new, pinned, client.delete("/index/pin").json()

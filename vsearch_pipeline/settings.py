@@ -111,7 +111,12 @@ class EvaluationSettings(Section):
 class ServingSettings(Section):
     max_k: int = Field(1000, ge=1, le=100_000)
     max_upload_bytes: int = Field(20_000_000, ge=1)
+    max_embed_files: int = Field(64, ge=1, le=10_000)
+    max_text_length: int = Field(500, ge=1, le=10_000)
     refresh_interval_s: float = Field(10.0, gt=0)
+    fold_duplicates: bool = True
+    query_cache_size: int = Field(1024, ge=0)
+    search_log_flush_s: float = Field(1.0, gt=0)
 
 
 class Settings(Section):
