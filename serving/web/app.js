@@ -1,0 +1,752 @@
+// The vsearch web page: gallery, search by image (with a crop box), by text and by example,
+// tagging, feedback, clusters and duplicates. Plain JavaScript, no build step, no dependencies.
+"use strict";
+
+(() => {
+  const $ = (selector, root = document) => root.querySelector(selector);
+  const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+
+  const params = new URLSearchParams(location.search);
+  const pageSize = clampInt(params.get("page_size"), 1, 500, 48);
+  const CLUSTER_MEMBERS = 60;
+  const DUPLICATE_GROUPS = 20;
+
+  const state = {
+    galleryOffset: 0,
+    galleryTotal: 0,
+    duplicatesOffset: 0,
+    duplicatesTotal: 0,
+    file: null,            // the uploaded query image
+    box: null,             // crop box in pixels of the original image: [x1, y1, x2, y2]
+    lastSearch: null,      // a function that runs the last search again (filters changed)
+    searchSeq: 0,          // drops answers of searches overtaken by a newer one
+    selected: new Set(),   // ids of selected cards
+    curationLoaded: false,
+  };
+
+  function clampInt(text, lo, hi, fallback) {
+    const value = Number.parseInt(text ?? "", 10);
+    return Number.isFinite(value) ? Math.min(hi, Math.max(lo, value)) : fallback;
+  }
+
+  // ---- status line -------------------------------------------------------------------------
+
+  function setStatus(message, kind = "info") {
+    const status = $("#status");
+    status.textContent = message;
+    status.className = `status ${kind}`;
+    status.dataset.kind = kind;
+  }
+
+  function showError(err) {
+    setStatus(err instanceof Error ? err.message : String(err), "error");
+  }
+
+  window.addEventListener("error", (event) => showError(event.message));
+  window.addEventListener("unhandledrejection", (event) => showError(event.reason));
+
+  // ---- the API -----------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, detail) {
+      super(`Error ${status}: ${detail}`);
+      this.status = status;
+      this.detail = detail;
+    }
+  }
+
+  function describeDetail(detail) {
+    if (typeof detail === "string") return detail;
+    if (Array.isArray(detail)) {  // FastAPI validation errors
+      return detail.map((d) => `${(d.loc || []).slice(1).join(".") || "request"}: ${d.msg}`).join("; ");
+    }
+    return JSON.stringify(detail);
+  }
+
+  async function api(path, options = {}) {
+    let response;
+    try {
+      response = await fetch(path, options);
+    } catch (err) {
+      throw new Error(`The service did not answer ${path}: ${err.message}`);
+    }
+    const type = response.headers.get("content-type") || "";
+    const body = type.includes("application/json") ? await response.json().catch(() => null)
+      : await response.text();
+    if (!response.ok) {
+      const detail = body && typeof body === "object" && "detail" in body ? describeDetail(body.detail)
+        : (typeof body === "string" && body.trim()) || response.statusText;
+      throw new ApiError(response.status, detail);
+    }
+    return body;
+  }
+
+  const postJson = (path, payload, extra = {}) => api(path, {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(payload), ...extra,
+  });
+
+  function query(values) {
+    const search = new URLSearchParams();
+    for (const [key, value] of Object.entries(values)) {
+      if (value !== null && value !== undefined && value !== "") search.set(key, String(value));
+    }
+    const text = search.toString();
+    return text ? `?${text}` : "";
+  }
+
+  const currentTag = () => $("#tag-filter").value || null;
+  const currentFold = () => ($("#fold").checked ? "true" : "false");
+  const currentK = () => clampInt($("#k").value, 1, 1000, 50);
+
+  // ---- cards -------------------------------------------------------------------------------
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    return add(node, ...children);
+  }
+
+  /** Append the children that are there (null and undefined are skipped). */
+  function add(node, ...children) {
+    for (const child of children) if (child !== null && child !== undefined) node.append(child);
+    return node;
+  }
+
+  const SVG = "http://www.w3.org/2000/svg";
+  const THUMB_PATH = "M1 21h4V9H1v12zm22-11c0-1.1-.9-2-2-2h-6.31l.95-4.57.03-.32c0-.41-.17-.79-.44-1.06"
+    + "L14.17 1 7.59 7.59C7.22 7.95 7 8.45 7 9v10c0 1.1.9 2 2 2h9c.83 0 1.54-.5 1.8-1.22l3.02-7.05"
+    + "c.09-.23.14-.47.14-.73v-2z";
+
+  function thumbIcon(up) {
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("class", up ? "icon" : "icon down");
+    const path = document.createElementNS(SVG, "path");
+    path.setAttribute("d", THUMB_PATH);
+    svg.append(path);
+    return svg;
+  }
+
+  function thumbnail(image, size = "") {
+    return el("img", {
+      src: image.thumbnail_url || `${image.image_url}/thumbnail`, alt: image.path || image.id,
+      loading: "lazy", decoding: "async", class: `thumb-img ${size}`, draggable: "false",
+    });
+  }
+
+  function tagChips(tags) {
+    if (!tags || !tags.length) return null;
+    return el("div", { class: "tags" }, ...tags.map((t) => el("span", { class: "chip", text: t })));
+  }
+
+  function selectBox(image) {
+    const box = el("input", {
+      type: "checkbox", class: "select-box", "aria-label": `Select ${image.path}`,
+      "data-testid": "select-box",
+    });
+    box.checked = state.selected.has(image.id);
+    box.addEventListener("change", () => {
+      if (box.checked) state.selected.add(image.id); else state.selected.delete(image.id);
+      syncSelection();
+    });
+    return box;
+  }
+
+  function similarButton(image) {
+    return el("button", {
+      type: "button", class: "similar-button", "data-testid": "similar-button", text: "Find similar",
+      title: "Images like this one", onclick: () => searchSimilar(image),
+    });
+  }
+
+  /** A card of the gallery, a cluster or a duplicate group. */
+  function imageCard(image, extraClass = "") {
+    const card = el("article", {
+      class: `card ${extraClass}`, dataset: { id: image.id, path: image.path || "" },
+    });
+    const open = el("button", {
+      type: "button", class: "thumb", title: image.path, onclick: () => openLightbox(image),
+    }, thumbnail(image));
+    add(card,
+      el("div", { class: "card-top" }, selectBox(image)),
+      open,
+      el("div", { class: "path", title: image.path, text: image.path }),
+      tagChips(image.tags),
+      el("div", { class: "actions" }, similarButton(image)),
+    );
+    return card;
+  }
+
+  /** A result card: rank, score, feedback, folded near-duplicates, click logging. */
+  function resultCard(result, queryId) {
+    const card = el("article", {
+      class: "card result-card", "data-testid": "result-card",
+      dataset: { id: result.id, path: result.path || "", rank: result.rank, queryId: queryId || "" },
+    });
+    const clicked = () => logClick(queryId, result.id);
+    const open = el("button", {
+      type: "button", class: "thumb", title: result.path,
+      onclick: () => { clicked(); openLightbox(result); },
+    }, thumbnail(result));
+    const score = typeof result.score === "number" ? result.score.toFixed(3) : String(result.score);
+    const meta = el("div", { class: "meta" },
+      el("span", { class: "rank", text: `#${result.rank}` }),
+      el("span", { class: "score", title: "similarity score", text: score }));
+    const path = el("a", {
+      class: "path", href: result.image_url, target: "_blank", rel: "noopener", title: result.path,
+      text: result.path, onclick: clicked,
+    });
+    const matched = result.matched
+      ? el("div", { class: "matched small", text: `matched “${result.matched}”` }) : null;
+    const feedback = el("span", { class: "feedback" },
+      feedbackButton(queryId, result.id, true), feedbackButton(queryId, result.id, false));
+    add(card,
+      el("div", { class: "card-top" }, selectBox(result), meta),
+      open, path, matched, tagChips(result.tags),
+      el("div", { class: "actions" }, similarButton(result), feedback),
+    );
+    const duplicates = result.duplicates || [];
+    if (duplicates.length) {
+      const list = el("div", { class: "dup-list", "data-testid": "dup-list", hidden: true },
+        ...duplicates.map((d) => el("div", { class: "dup-item", dataset: { id: d.id, path: d.path } },
+          el("button", {
+            type: "button", class: "thumb", title: d.path,
+            onclick: () => { logClick(queryId, d.id); openLightbox(d); },
+          }, thumbnail(d, "mini")),
+          el("div", { class: "path small", title: d.path, text: d.path }),
+          el("div", {
+            class: "muted small",
+            text: [typeof d.score === "number" ? `score ${d.score.toFixed(3)}` : null,
+              d.distance !== undefined && d.distance !== null ? `distance ${d.distance}` : null]
+              .filter(Boolean).join(" · "),
+          }))));
+      const badge = el("button", {
+        type: "button", class: "dup-badge", "data-testid": "dup-badge", "aria-expanded": "false",
+        text: `+${duplicates.length} near-duplicate${duplicates.length === 1 ? "" : "s"}`,
+      });
+      badge.addEventListener("click", () => {
+        list.hidden = !list.hidden;
+        badge.setAttribute("aria-expanded", String(!list.hidden));
+      });
+      card.append(badge, list);
+    }
+    return card;
+  }
+
+  function feedbackButton(queryId, id, relevant) {
+    const button = el("button", {
+      type: "button", class: relevant ? "feedback-up" : "feedback-down",
+      "data-testid": relevant ? "feedback-up" : "feedback-down", "aria-pressed": "false",
+      title: relevant ? "Relevant" : "Not relevant", "aria-label": relevant ? "Relevant" : "Not relevant",
+    }, thumbIcon(relevant));
+    button.addEventListener("click", async () => {
+      try {
+        await postJson("/feedback", { query_id: queryId, id, relevant });
+        for (const other of $$(".feedback button", button.parentElement)) {
+          other.setAttribute("aria-pressed", String(other === button));
+        }
+        setStatus(`Feedback recorded: ${relevant ? "relevant" : "not relevant"}.`, "ok");
+      } catch (err) {
+        showError(err);
+      }
+    });
+    return button;
+  }
+
+  function logClick(queryId, id) {
+    if (!queryId) return;
+    // keepalive lets the request finish even when the click navigates away.
+    postJson("/click", { query_id: queryId, id }, { keepalive: true }).catch(showError);
+  }
+
+  // ---- lightbox ----------------------------------------------------------------------------
+
+  function openLightbox(image) {
+    $("#lightbox-image").src = image.image_url;
+    $("#lightbox-image").alt = image.path || image.id;
+    $("#lightbox-caption").textContent = image.path || image.id;
+    $("#lightbox-open").href = image.image_url;
+    $("#lightbox").hidden = false;
+  }
+
+  function closeLightbox() {
+    $("#lightbox").hidden = true;
+    $("#lightbox-image").removeAttribute("src");
+  }
+
+  $("#lightbox-close").addEventListener("click", closeLightbox);
+  $("#lightbox").addEventListener("click", (event) => {
+    if (event.target === event.currentTarget) closeLightbox();
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !$("#lightbox").hidden) closeLightbox();
+  });
+
+  // ---- selection and tags ------------------------------------------------------------------
+
+  function syncSelection() {
+    $("#selection-count").textContent = `${state.selected.size} selected`;
+    for (const box of $$(".card .select-box")) {
+      box.checked = state.selected.has(box.closest(".card").dataset.id);
+    }
+    const resultBoxes = $$("#results .select-box");
+    const all = $("#select-all");
+    all.checked = resultBoxes.length > 0 && resultBoxes.every((b) => b.checked);
+    all.indeterminate = !all.checked && resultBoxes.some((b) => b.checked);
+  }
+
+  $("#select-all").addEventListener("change", (event) => {
+    for (const card of $$("#results .result-card")) {
+      if (event.target.checked) state.selected.add(card.dataset.id);
+      else state.selected.delete(card.dataset.id);
+    }
+    syncSelection();
+  });
+
+  async function changeTag(method) {
+    const tag = $("#tag-input").value.trim();
+    const ids = Array.from(state.selected);
+    if (!tag) return setStatus("Type a tag name first.", "error");
+    if (!ids.length) return setStatus("Select some images first.", "error");
+    try {
+      const answer = await api("/tags", {
+        method, headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ids, tag }),
+      });
+      const count = method === "POST" ? answer.added : answer.removed;
+      setStatus(method === "POST"
+        ? `Tagged ${ids.length} images “${answer.tag}” (${count} newly).`
+        : `Removed “${answer.tag}” from ${count} images.`, "ok");
+      const filter = currentTag();
+      await loadTags();
+      if (currentTag() !== filter) {  // the filtered tag is gone: show everything again
+        state.galleryOffset = 0;
+        if (state.lastSearch) state.lastSearch();
+      }
+      await loadGallery();
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  $("#tag-selected-button").addEventListener("click", () => changeTag("POST"));
+  $("#untag-selected-button").addEventListener("click", () => changeTag("DELETE"));
+  $("#tag-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") changeTag("POST");
+  });
+
+  async function loadTags() {
+    const select = $("#tag-filter");
+    const chosen = select.value;
+    const answer = await api("/tags");
+    const options = [el("option", { value: "", text: "All images" })];
+    for (const { tag, count } of answer.tags) {
+      options.push(el("option", { value: tag, text: `${tag} (${count})` }));
+    }
+    select.replaceChildren(...options);
+    select.value = answer.tags.some((t) => t.tag === chosen) ? chosen : "";
+  }
+
+  $("#tag-filter").addEventListener("change", () => {
+    state.galleryOffset = 0;
+    loadGallery();
+    if (state.lastSearch) state.lastSearch();
+  });
+  $("#fold").addEventListener("change", () => { if (state.lastSearch) state.lastSearch(); });
+
+  // ---- gallery -----------------------------------------------------------------------------
+
+  async function loadGallery() {
+    const gallery = $("#gallery");
+    gallery.setAttribute("aria-busy", "true");
+    try {
+      const answer = await api(`/gallery${query({
+        offset: state.galleryOffset, limit: pageSize, tag: currentTag(),
+      })}`);
+      state.galleryTotal = answer.total;
+      const pages = Math.max(1, Math.ceil(answer.total / pageSize));
+      if (!answer.images.length && state.galleryOffset > 0) {  // the collection shrank: last page
+        state.galleryOffset = (pages - 1) * pageSize;
+        return loadGallery();
+      }
+      const page = Math.floor(answer.offset / pageSize) + 1;
+      $("#gallery-page").textContent = `page ${page} of ${pages}`;
+      $("#gallery-total").textContent = `${answer.total} image${answer.total === 1 ? "" : "s"}`
+        + (currentTag() ? ` tagged “${currentTag()}”` : "");
+      $("#gallery-prev").disabled = answer.offset <= 0;
+      $("#gallery-next").disabled = answer.offset + pageSize >= answer.total;
+      gallery.replaceChildren(...answer.images.map((image) => imageCard(image, "gallery-card")));
+      gallery.dataset.page = String(page);
+      syncSelection();
+    } catch (err) {
+      showError(err);
+    } finally {
+      gallery.removeAttribute("aria-busy");
+    }
+  }
+
+  $("#gallery-prev").addEventListener("click", () => {
+    state.galleryOffset = Math.max(0, state.galleryOffset - pageSize);
+    loadGallery();
+  });
+  $("#gallery-next").addEventListener("click", () => {
+    if (state.galleryOffset + pageSize < state.galleryTotal) state.galleryOffset += pageSize;
+    loadGallery();
+  });
+
+  // ---- searches ----------------------------------------------------------------------------
+
+  async function runSearch(describe, request, rerun) {
+    const seq = ++state.searchSeq;
+    state.lastSearch = rerun;
+    const results = $("#results");
+    results.setAttribute("aria-busy", "true");
+    setStatus(`Searching ${describe}…`, "busy");
+    try {
+      const answer = await request();
+      if (seq !== state.searchSeq) return;  // a newer search is under way
+      renderResults(answer, describe);
+      const parts = [`${answer.results.length} results for ${describe}`,
+        `${Number(answer.latency_ms).toFixed(1)} ms`];
+      if (answer.mode) parts.push(`mode ${answer.mode}`);
+      if (answer.folded) {
+        parts.push(`${answer.folded} near-duplicate${answer.folded === 1 ? "" : "s"} folded`);
+      }
+      if (currentTag()) parts.push(`tag “${currentTag()}”`);
+      setStatus(parts.join(" · "), "ok");
+    } catch (err) {
+      if (seq === state.searchSeq) showError(err);
+    } finally {
+      if (seq === state.searchSeq) results.removeAttribute("aria-busy");
+    }
+  }
+
+  function renderResults(answer, describe) {
+    const results = $("#results");
+    results.dataset.queryId = answer.query_id || "";
+    results.dataset.indexVersion = answer.index_version || "";
+    results.replaceChildren(...answer.results.map((r) => resultCard(r, answer.query_id)));
+    if (!answer.results.length) {
+      results.append(el("p", { class: "muted empty", text: "No results." }));
+    }
+    $("#results-title").textContent = `${describe} · ${answer.results.length} results`;
+    syncSelection();
+  }
+
+  function searchUpload() {
+    const file = state.file;
+    if (!file) return setStatus("Choose an image first.", "error");
+    const box = state.box;
+    const describe = box ? `a crop of ${file.name || "the upload"}` : (file.name || "the upload");
+    runSearch(describe, () => {
+      const form = new FormData();
+      form.append("file", file, file.name || "query");
+      if (box) form.append("bbox", box.join(","));
+      form.append("k", String(currentK()));
+      if (currentTag()) form.append("tag", currentTag());
+      form.append("fold", currentFold());
+      return api("/search", { method: "POST", body: form });
+    }, searchUpload);
+  }
+
+  function searchText() {
+    const text = $("#text-query").value.trim();
+    if (!text) return setStatus("Type something to search for.", "error");
+    runSearch(`“${text}”`, async () => {
+      const answer = await api(`/search/text${query({
+        q: text, k: currentK(), tag: currentTag(), fold: currentFold(),
+      })}`);
+      $("#text-mode").textContent = answer.mode || "?";
+      return answer;
+    }, searchText);
+  }
+
+  function searchSimilar(image) {
+    const again = () => searchSimilar(image);
+    runSearch(`images like ${image.path || image.id}`, () => api(
+      `/similar/${encodeURIComponent(image.id)}${query({
+        k: currentK(), tag: currentTag(), fold: currentFold(),
+      })}`), again);
+  }
+
+  $("#search-button").addEventListener("click", searchUpload);
+  $("#text-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    searchText();
+  });
+
+  // ---- upload, preview and crop box --------------------------------------------------------
+
+  let previewUrl = null;
+
+  function useFile(file) {
+    if (!file) return;
+    state.file = file;
+    clearBox();
+    const preview = $("#preview");
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = URL.createObjectURL(file);
+    preview.src = previewUrl;
+    $("#preview-wrap").hidden = false;
+    $("#preview-hint").hidden = false;
+    $("#search-button").disabled = false;
+    searchUpload();
+  }
+
+  $("#preview").addEventListener("error", () => {
+    if (state.file) $("#preview-hint").textContent = "The browser cannot show this file.";
+  });
+  $("#preview").addEventListener("load", () => {
+    $("#preview-hint").textContent = "Drag on the image to search a part of it.";
+  });
+
+  $("#file-input").addEventListener("change", (event) => {
+    useFile(event.target.files[0]);
+    event.target.value = "";  // choosing the same file again searches again
+  });
+
+  const dropZone = $("#drop-zone");
+  for (const name of ["dragenter", "dragover"]) {
+    dropZone.addEventListener(name, (event) => {
+      event.preventDefault();
+      dropZone.classList.add("dragging");
+    });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    dropZone.addEventListener(name, () => dropZone.classList.remove("dragging"));
+  }
+  dropZone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = Array.from(event.dataTransfer?.files || []).find(Boolean);
+    if (file) useFile(file); else setStatus("Drop an image file.", "error");
+  });
+  // A file dropped anywhere else must not navigate away from the page.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+
+  const preview = $("#preview");
+  const cropBox = $("#crop-box");
+  let drag = null;
+
+  function pointInPreview(event) {
+    const rect = preview.getBoundingClientRect();
+    return {
+      x: Math.min(Math.max(event.clientX - rect.left, 0), rect.width),
+      y: Math.min(Math.max(event.clientY - rect.top, 0), rect.height),
+    };
+  }
+
+  function drawBox(a, b) {
+    cropBox.style.left = `${preview.offsetLeft + Math.min(a.x, b.x)}px`;
+    cropBox.style.top = `${preview.offsetTop + Math.min(a.y, b.y)}px`;
+    cropBox.style.width = `${Math.abs(a.x - b.x)}px`;
+    cropBox.style.height = `${Math.abs(a.y - b.y)}px`;
+    cropBox.hidden = false;
+  }
+
+  preview.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0 || !preview.naturalWidth) return;
+    event.preventDefault();
+    preview.setPointerCapture(event.pointerId);
+    drag = { start: pointInPreview(event) };
+    drawBox(drag.start, drag.start);
+  });
+  preview.addEventListener("pointermove", (event) => {
+    if (drag) drawBox(drag.start, pointInPreview(event));
+  });
+  preview.addEventListener("pointerup", (event) => {
+    if (!drag) return;
+    const start = drag.start;
+    const end = pointInPreview(event);
+    drag = null;
+    if (Math.abs(end.x - start.x) < 4 || Math.abs(end.y - start.y) < 4) return clearBox();
+    // The preview is scaled: box coordinates are pixels of the original image.
+    const sx = preview.naturalWidth / preview.clientWidth;
+    const sy = preview.naturalHeight / preview.clientHeight;
+    const x1 = Math.max(0, Math.round(Math.min(start.x, end.x) * sx));
+    const y1 = Math.max(0, Math.round(Math.min(start.y, end.y) * sy));
+    const x2 = Math.min(preview.naturalWidth, Math.round(Math.max(start.x, end.x) * sx));
+    const y2 = Math.min(preview.naturalHeight, Math.round(Math.max(start.y, end.y) * sy));
+    state.box = [x1, y1, x2, y2];
+    drawBox(start, end);
+    $("#bbox-label").textContent = `Box: ${state.box.join(", ")} of ${preview.naturalWidth}×${preview.naturalHeight} px`;
+    $("#clear-box").disabled = false;
+  });
+  preview.addEventListener("pointercancel", () => { drag = null; clearBox(); });
+
+  function clearBox() {
+    state.box = null;
+    cropBox.hidden = true;
+    $("#bbox-label").textContent = "";
+    $("#clear-box").disabled = true;
+  }
+
+  $("#clear-box").addEventListener("click", clearBox);
+
+  // ---- views: gallery, clusters and duplicates ---------------------------------------------
+
+  function showView(name) {
+    const curation = name === "curation";
+    $("#gallery-view").hidden = curation;
+    $("#curation-view").hidden = !curation;
+    $("#tab-gallery").setAttribute("aria-selected", String(!curation));
+    $("#tab-curation").setAttribute("aria-selected", String(curation));
+    if (curation && !state.curationLoaded) {
+      state.curationLoaded = true;
+      loadClusters();
+      loadDuplicates();
+    }
+  }
+
+  $("#tab-gallery").addEventListener("click", () => showView("gallery"));
+  $("#tab-curation").addEventListener("click", () => showView("curation"));
+
+  async function loadClusters() {
+    const list = $("#clusters");
+    list.setAttribute("aria-busy", "true");
+    try {
+      const answer = await api("/clusters");
+      $("#clusters-summary").textContent =
+        `${answer.clusters.length} cluster${answer.clusters.length === 1 ? "" : "s"} · `
+        + `${answer.noise} image${answer.noise === 1 ? "" : "s"} in none`;
+      list.replaceChildren(...answer.clusters.map(clusterRow));
+      if (!answer.clusters.length) list.append(el("p", { class: "muted", text: "No clusters." }));
+    } catch (err) {
+      showError(err);
+    } finally {
+      list.removeAttribute("aria-busy");
+    }
+  }
+
+  function clusterRow(cluster) {
+    const name = cluster.suggested_name || "";
+    const nameInput = el("input", {
+      type: "text", class: "cluster-name", value: name, placeholder: "name this cluster",
+      "aria-label": `Name of cluster ${cluster.label}`,
+    });
+    const candidates = (cluster.candidates || []).map((c) => `${c.name} (${c.count})`).join(", ");
+    const row = el("div", {
+      class: "cluster", "data-testid": "cluster", dataset: { label: cluster.label },
+    },
+    el("div", { class: "cluster-head" },
+      el("button", {
+        type: "button", class: "cluster-open", "data-testid": "cluster-open",
+        text: `Cluster ${cluster.label} · ${cluster.size} images`,
+        onclick: () => loadClusterMembers(cluster),
+      }),
+      el("span", { class: "suggested", text: name ? `“${name}”` : "no suggested name" })),
+    candidates ? el("div", { class: "muted small", text: `Candidates: ${candidates}` }) : null,
+    el("div", { class: "examples" }, ...(cluster.examples || []).map((image) => el("button", {
+      type: "button", class: "thumb", title: image.path, onclick: () => loadClusterMembers(cluster),
+    }, thumbnail(image, "mini")))),
+    el("div", { class: "row" }, nameInput, el("button", {
+      type: "button", class: "accept-name", "data-testid": "accept-name", text: "Accept name as tag",
+      onclick: () => acceptClusterName(cluster, nameInput.value.trim()),
+    })));
+    return row;
+  }
+
+  async function loadClusterMembers(cluster) {
+    const members = $("#cluster-members");
+    members.setAttribute("aria-busy", "true");
+    try {
+      const answer = await api(`/clusters/${encodeURIComponent(cluster.label)}${query({
+        offset: 0, limit: CLUSTER_MEMBERS,
+      })}`);
+      $("#cluster-members-title").textContent = `Cluster ${answer.label}`
+        + (answer.suggested_name ? ` “${answer.suggested_name}”` : "")
+        + ` · ${answer.size} images` + (answer.size > answer.images.length
+        ? ` (first ${answer.images.length})` : "");
+      members.dataset.label = String(answer.label);
+      members.replaceChildren(...answer.images.map((image) => imageCard(image, "member-card")));
+      for (const row of $$("#clusters .cluster")) {
+        row.classList.toggle("active", row.dataset.label === String(answer.label));
+      }
+      syncSelection();
+    } catch (err) {
+      showError(err);
+    } finally {
+      members.removeAttribute("aria-busy");
+    }
+  }
+
+  async function acceptClusterName(cluster, name) {
+    // null accepts the suggested name as it is.
+    const tag = name && name !== cluster.suggested_name ? name : null;
+    if (tag === null && !cluster.suggested_name) {
+      return setStatus(`Cluster ${cluster.label} has no suggested name: type one.`, "error");
+    }
+    try {
+      const answer = await postJson(`/clusters/${encodeURIComponent(cluster.label)}/tag`, { tag });
+      setStatus(`Tagged cluster ${cluster.label} “${answer.tag}” (${answer.added} newly).`, "ok");
+      await loadTags();
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  async function loadDuplicates() {
+    const list = $("#duplicates");
+    list.setAttribute("aria-busy", "true");
+    try {
+      const answer = await api(`/duplicates${query({
+        offset: state.duplicatesOffset, limit: DUPLICATE_GROUPS,
+      })}`);
+      state.duplicatesTotal = answer.total;
+      const pages = Math.max(1, Math.ceil(answer.total / DUPLICATE_GROUPS));
+      const page = Math.floor(state.duplicatesOffset / DUPLICATE_GROUPS) + 1;
+      $("#duplicates-page").textContent = `page ${page} of ${pages}`;
+      $("#duplicates-prev").disabled = state.duplicatesOffset <= 0;
+      $("#duplicates-next").disabled = state.duplicatesOffset + DUPLICATE_GROUPS >= answer.total;
+      $("#duplicates-summary").textContent = `${answer.total} group${answer.total === 1 ? "" : "s"}`;
+      list.replaceChildren(...answer.groups.map((group) => el("div", {
+        class: "dup-group", "data-testid": "dup-group", dataset: { group: group.group },
+      },
+      el("div", { class: "muted small", text: `Group ${group.group} · ${group.size} images` }),
+      el("div", { class: "dup-row" }, ...group.images.map((image) => imageCard(image, "dup-card"))))));
+      if (!answer.groups.length) list.append(el("p", { class: "muted", text: "No near-duplicates." }));
+      syncSelection();
+    } catch (err) {
+      showError(err);
+    } finally {
+      list.removeAttribute("aria-busy");
+    }
+  }
+
+  $("#duplicates-prev").addEventListener("click", () => {
+    state.duplicatesOffset = Math.max(0, state.duplicatesOffset - DUPLICATE_GROUPS);
+    loadDuplicates();
+  });
+  $("#duplicates-next").addEventListener("click", () => {
+    if (state.duplicatesOffset + DUPLICATE_GROUPS < state.duplicatesTotal) {
+      state.duplicatesOffset += DUPLICATE_GROUPS;
+    }
+    loadDuplicates();
+  });
+
+  // ---- start -------------------------------------------------------------------------------
+
+  async function start() {
+    try {
+      const health = await api("/health");
+      $("#index-version").textContent = health.index_version
+        ? `index ${health.index_version}` : "no index loaded";
+      setStatus(health.status === "ok" ? "Ready." : `The service has no index: ${
+        health.last_error || health.status}`, health.status === "ok" ? "ok" : "error");
+    } catch (err) {
+      showError(err);
+    }
+    await Promise.all([loadTags().catch(showError), loadGallery()]);
+    document.body.dataset.ready = "true";
+  }
+
+  start();
+})();

@@ -1,0 +1,459 @@
+"""The web page of the search service, driven in headless Chromium against the real service (over
+HTTP, uvicorn in a thread) on a small collection the pipeline materialized from Caltech-101
+photos: gallery paging, upload (file input and drag-and-drop), crop box, text search, find
+similar, near-duplicate folding, tagging and the tag filter, click and feedback logging, the
+clusters and duplicates views, and API errors shown on the page."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from PIL import Image
+
+from serving.app import app_for_home
+from vsearch_pipeline.runner import run_pipeline
+from vsearch_pipeline.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("VSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CLASSES = ("accordion", "sunflower", "pizza")
+PER_CLASS = 8
+LARGE = ("BACKGROUND_Google/image_0013.jpg", "background/image_0013.jpg")  # 1280x1024
+DUPLICATE = ("accordion/image_0001.jpg", "accordion/image_0001_small.jpg")
+PAGE_SIZE = 10
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+TIMEOUT_MS = 30_000  # the first text search loads the sentence model
+
+
+@pytest.fixture(scope="module")
+def collection(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """3 Caltech-101 classes x 8 photos, one large photo, and a resized copy of one photo."""
+    root = tmp_path_factory.mktemp("web")
+    images = root / "images"
+    caltech = shared_data / "caltech101"
+    for name in CLASSES:
+        (images / name).mkdir(parents=True)
+        for photo in sorted((caltech / name).glob("*.jpg"))[:PER_CLASS]:
+            shutil.copy(photo, images / name / photo.name)
+    (images / LARGE[1]).parent.mkdir()
+    shutil.copy(caltech / LARGE[0], images / LARGE[1])
+    with Image.open(images / DUPLICATE[0]) as original:
+        original.resize((original.width * 3 // 4, original.height * 3 // 4)).save(
+            images / DUPLICATE[1], quality=92)
+    home = root / "home"
+    settings = load_settings(home, {"source": {"uri": str(images)},
+                                    "index": {"index_type": "flat"},
+                                    "clusters": {"min_cluster_size": 3},
+                                    "serving": {"refresh_interval_s": 3600}})
+    run_pipeline(home, settings, say=print)
+    return {"home": home, "images": images, "settings": settings,
+            "count": len(CLASSES) * PER_CLASS + 2}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(collection: dict):
+    """The real service on a free port; yields its base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app_for_home(collection["home"], collection["settings"]),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert thread.is_alive(), "the service stopped while starting"
+        try:
+            if httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok":
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the service did not come up within 120 s"
+        time.sleep(0.2)
+    yield base
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def api(service: str):
+    with httpx.Client(base_url=service, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set VSEARCH_CHROMIUM)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, service: str):
+    """The page, loaded and ready, with its gallery 10 images a page. It must raise no script
+    error and ask for nothing but the service (no CDN, everything offline)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=service)
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(WATCH_FORMS)
+    page = context.new_page()
+    script_errors, elsewhere = [], []
+    page.on("pageerror", lambda error: script_errors.append(str(error)))
+    page.on("request", lambda request: None if request.url.startswith((service, "data:", "blob:"))
+            else elsewhere.append(request.url))
+    page.goto(f"/?page_size={PAGE_SIZE}")
+    page.wait_for_selector("body[data-ready=true]")
+    yield page
+    context.close()
+    assert not script_errors, script_errors
+    assert not elsewhere, f"the page asked for things outside the service: {elsewhere}"
+
+
+def _expect():
+    from playwright.sync_api import expect
+
+    return expect
+
+
+def _is(method: str, path: str):
+    """A predicate for page.expect_request/expect_response: this method on this path."""
+    def matches(item) -> bool:
+        request = getattr(item, "request", item)
+        return request.method == method and httpx.URL(request.url).path == path
+    return matches
+
+
+# Chromium does not hand Playwright the body of a request that carries a file, so the page's
+# fetch is watched from inside: each multipart form it sends is kept in window.sentForms.
+WATCH_FORMS = """
+window.sentForms = [];
+const originalFetch = window.fetch;
+window.fetch = function (input, init) {
+  if (init && init.body instanceof FormData) {
+    const fields = {};
+    for (const [key, value] of init.body.entries()) {
+      fields[key] = typeof value === "string" ? value : `file ${value.name} ${value.size}`;
+    }
+    window.sentForms.push({url: String(input), fields});
+  }
+  return originalFetch.apply(this, arguments);
+};
+"""
+
+
+def _last_form(page) -> dict:
+    """The fields of the last multipart form the page sent."""
+    return page.evaluate("window.sentForms[window.sentForms.length - 1].fields")
+
+
+def _card_values(page, selector: str, key: str) -> list[str]:
+    return page.eval_on_selector_all(selector, f"cards => cards.map(c => c.dataset.{key})")
+
+
+def _search_and_wait(page, action, method: str, path: str):
+    """Run an action that searches; wait for the answer and for the page to show it."""
+    with page.expect_response(_is(method, path)) as answer:
+        action()
+    response = answer.value
+    assert response.ok, response.text()
+    # this answer (not the one before it) is on the page
+    _expect()(page.locator("#results")).to_have_attribute("data-query-id", response.json()["query_id"])
+    _expect()(page.locator("#status")).to_have_attribute("data-kind", "ok")
+    return response
+
+
+def _thumbnails_loaded(page, selector: str) -> bool:
+    page.wait_for_function(
+        "s => [...document.querySelectorAll(s)].every(i => i.complete)", arg=selector)
+    return page.eval_on_selector_all(
+        selector, "imgs => imgs.length > 0 && imgs.every(i => i.naturalWidth > 0)")
+
+
+def test_gallery_shows_thumbnails_and_pages(page, api, collection):
+    expect = _expect()
+    pages = -(-collection["count"] // PAGE_SIZE)
+    expect(page.locator("#gallery .card")).to_have_count(PAGE_SIZE)
+    expect(page.locator("#gallery-page")).to_have_text(f"page 1 of {pages}")
+    expect(page.locator("#gallery-prev")).to_be_disabled()
+    assert _thumbnails_loaded(page, "#gallery .card img")
+    first = api.get("/gallery", params={"offset": 0, "limit": PAGE_SIZE}).json()
+    assert _card_values(page, "#gallery .card", "id") == [i["id"] for i in first["images"]]
+
+    with page.expect_response(lambda r: httpx.URL(r.url).path == "/gallery"):
+        page.click("#gallery-next")
+    expect(page.locator("#gallery-page")).to_have_text(f"page 2 of {pages}")
+    second = api.get("/gallery", params={"offset": PAGE_SIZE, "limit": PAGE_SIZE}).json()
+    expect(page.locator("#gallery .card")).to_have_count(len(second["images"]))
+    assert _card_values(page, "#gallery .card", "id") == [i["id"] for i in second["images"]]
+    assert _thumbnails_loaded(page, "#gallery .card img")
+    for _ in range(pages - 2):
+        page.click("#gallery-next")
+    expect(page.locator("#gallery-page")).to_have_text(f"page {pages} of {pages}")
+    expect(page.locator("#gallery-next")).to_be_disabled()
+
+
+def test_upload_drop_and_crop_box_search(page, collection, tmp_path):
+    expect = _expect()
+    images = collection["images"]
+    # Drag-and-drop onto the drop zone: the dropped photo comes back first.
+    dropped = base64.b64encode((images / "sunflower/image_0003.jpg").read_bytes()).decode()
+    _search_and_wait(page, lambda: page.evaluate("""data => {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+        document.querySelector("#drop-zone").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+    }""", dropped), "POST", "/search")
+    expect(page.locator("#results .result-card").first).to_have_attribute(
+        "data-path", "sunflower/image_0003.jpg")
+
+    # The file input; near-duplicates fold under the best of them, and unfold on request.
+    _search_and_wait(page, lambda: page.set_input_files("#file-input", images / DUPLICATE[0]),
+                     "POST", "/search")
+    sent = _last_form(page)
+    assert sent["fold"] == "true" and "bbox" not in sent
+    assert sent["file"] == f"file image_0001.jpg {(images / DUPLICATE[0]).stat().st_size}"
+    top = page.locator("#results .result-card").first
+    expect(top).to_have_attribute("data-path", DUPLICATE[0])
+    expect(top.locator(".dup-badge")).to_have_text("+1 near-duplicate")
+    expect(top.locator(".dup-list")).to_be_hidden()
+    top.locator(".dup-badge").click()
+    expect(top.locator(".dup-list .dup-item")).to_have_attribute("data-path", DUPLICATE[1])
+    assert DUPLICATE[1] not in _card_values(page, "#results .result-card", "path")
+    expect(page.locator("#status")).to_contain_text("1 near-duplicate folded")
+    _search_and_wait(page, lambda: page.uncheck("#fold"), "POST", "/search")
+    assert _last_form(page)["fold"] == "false"
+    assert _card_values(page, "#results .result-card", "path")[:2] == list(DUPLICATE)
+    expect(page.locator("#results .dup-badge")).to_have_count(0)
+    page.check("#fold")
+
+    # A large photo: the preview is scaled down; the crop box is sent in its own pixels.
+    _search_and_wait(page, lambda: page.set_input_files("#file-input", images / LARGE[1]),
+                     "POST", "/search")
+    assert "bbox" not in _last_form(page)
+    expect(page.locator("#results .result-card").first).to_have_attribute("data-path", LARGE[1])
+    expect(page.locator("#status")).to_contain_text(re.compile(r"\d+(\.\d+)? ms"))
+    natural, shown = page.eval_on_selector(
+        "#preview", "img => [[img.naturalWidth, img.naturalHeight], [img.clientWidth, img.clientHeight]]")
+    assert natural == [1280, 1024] and shown[0] < natural[0] / 2
+    box = page.locator("#preview").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.7, steps=8)
+    page.mouse.up()
+    expect(page.locator("#crop-box")).to_be_visible()
+    expect(page.locator("#bbox-label")).to_contain_text("of 1280×1024 px")
+    answer = _search_and_wait(page, lambda: page.click("#search-button"), "POST", "/search")
+    sent = [float(v) for v in _last_form(page)["bbox"].split(",")]
+    wanted = [0.25 * 1280, 0.2 * 1024, 0.75 * 1280, 0.7 * 1024]
+    assert all(abs(s - w) <= 8 for s, w in zip(sent, wanted, strict=True)), (sent, wanted)
+    assert answer.json()["results"]
+    expect(page.locator("#status")).to_contain_text("results for a crop of image_0013.jpg")
+    expect(page.locator("#results .result-card")).to_have_count(len(answer.json()["results"]))
+    assert _thumbnails_loaded(page, "#results .result-card .thumb img")
+
+    # The screenshot: a crop box on the query, its results, and the gallery.
+    page.evaluate("window.scrollTo(0, 0)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    for target in (ARTIFACTS / "web_page.png", tmp_path / "web_page.png"):
+        page.screenshot(path=str(target), full_page=True)
+        with Image.open(target) as shot:
+            assert shot.width == 1400 and shot.height >= 1000
+            colours = shot.convert("RGB").resize((64, 64)).getcolors(64 * 64)
+        assert target.stat().st_size > 50_000 and len(colours) > 500
+
+    # Clearing the box searches the whole photo again.
+    page.click("#clear-box")
+    expect(page.locator("#crop-box")).to_be_hidden()
+    _search_and_wait(page, lambda: page.click("#search-button"), "POST", "/search")
+    assert "bbox" not in _last_form(page)
+
+
+def test_text_search_shows_the_mode_and_what_matched(page, api):
+    expect = _expect()
+    page.fill("#text-query", "sunflower")
+    answer = _search_and_wait(page, lambda: page.click("#text-search-button"), "GET", "/search/text")
+    mode = answer.json()["mode"]
+    assert mode in ("clip", "attached_text")
+    expect(page.locator("#text-mode")).to_have_text(mode)
+    expect(page.locator("#status")).to_contain_text(f"mode {mode}")
+    paths = _card_values(page, "#results .result-card", "path")
+    assert paths == [r["path"] for r in answer.json()["results"]]
+    assert all(p.startswith("sunflower/") for p in paths[:PER_CLASS])
+    if mode == "attached_text":
+        expect(page.locator("#results .result-card").first.locator(".matched")).to_contain_text(
+            "sunflower")
+
+
+def test_find_similar_from_a_gallery_card(page):
+    expect = _expect()
+    card = page.locator("#gallery .card").nth(3)
+    image_id = card.get_attribute("data-id")
+    answer = _search_and_wait(page, lambda: card.locator(".similar-button").click(),
+                              "GET", f"/similar/{image_id}")
+    ids = _card_values(page, "#results .result-card", "id")
+    assert ids == [r["id"] for r in answer.json()["results"]] and image_id not in ids
+    expect(page.locator("#results-title")).to_contain_text(f"images like {card.get_attribute('data-path')}")
+    # and from a result card
+    first = page.locator("#results .result-card").first
+    _search_and_wait(page, lambda: first.locator(".similar-button").click(),
+                     "GET", f"/similar/{first.get_attribute('data-id')}")
+
+
+def test_select_all_tag_and_filter_by_tag(page, api):
+    expect = _expect()
+    page.fill("#k", "5")
+    page.fill("#text-query", "pizza")
+    _search_and_wait(page, lambda: page.click("#text-search-button"), "GET", "/search/text")
+    expect(page.locator("#results .result-card")).to_have_count(5)
+    page.check("#select-all")
+    expect(page.locator("#selection-count")).to_have_text("5 selected")
+    expect(page.locator("#results .select-box:checked")).to_have_count(5)
+    chosen = set(_card_values(page, "#results .result-card", "id"))
+    page.fill("#tag-input", "web picked")
+    with page.expect_response(_is("POST", "/tags")) as tagged:
+        page.click("#tag-selected-button")
+    assert tagged.value.ok and set(tagged.value.request.post_data_json["ids"]) == chosen
+    expect(page.locator("#status")).to_contain_text("Tagged 5 images")
+    expect(page.locator("#tag-filter option[value='web picked']")).to_have_text("web picked (5)")
+
+    # The filter applies to the gallery and to the search on screen.
+    with page.expect_response(lambda r: httpx.URL(r.url).path == "/gallery"
+                              and httpx.URL(r.url).params.get("tag") == "web picked") as gallery, \
+            page.expect_response(_is("GET", "/search/text")) as search:
+        page.select_option("#tag-filter", "web picked")
+    assert gallery.value.ok and search.value.ok
+    assert httpx.URL(search.value.url).params.get("tag") == "web picked"
+    from_api = api.get("/gallery", params={"tag": "web picked", "limit": 100}).json()
+    assert {i["id"] for i in from_api["images"]} == chosen and from_api["total"] == 5
+    expect(page.locator("#gallery .card")).to_have_count(5)
+    assert set(_card_values(page, "#gallery .card", "id")) == chosen
+    expect(page.locator("#gallery .card .chip", has_text="web picked")).to_have_count(5)
+    expect(page.locator("#gallery-total")).to_contain_text("5 images tagged")
+    expect(page.locator("#status")).to_contain_text("tag “web picked”")
+    assert set(_card_values(page, "#results .result-card", "id")) <= chosen
+
+    # A search by example carries the filter too.
+    card = page.locator("#gallery .card").first
+    answer = _search_and_wait(page, lambda: card.locator(".similar-button").click(),
+                              "GET", f"/similar/{card.get_attribute('data-id')}")
+    assert httpx.URL(answer.url).params.get("tag") == "web picked"
+    assert set(_card_values(page, "#results .result-card", "id")) <= chosen
+
+
+def test_clicks_and_feedback_are_recorded(page):
+    expect = _expect()
+    page.fill("#text-query", "accordion")
+    answer = _search_and_wait(page, lambda: page.click("#text-search-button"), "GET", "/search/text")
+    query_id = answer.json()["query_id"]
+    card = page.locator("#results .result-card").nth(1)
+    image_id = card.get_attribute("data-id")
+    with page.expect_response(_is("POST", "/click")) as click:
+        card.locator(".thumb").click()
+    assert click.value.ok and click.value.json()["recorded"] is True
+    assert click.value.request.post_data_json == {"query_id": query_id, "id": image_id}
+    expect(page.locator("#lightbox")).to_be_visible()
+    expect(page.locator("#lightbox-caption")).to_have_text(card.get_attribute("data-path"))
+    page.click("#lightbox-close")
+    expect(page.locator("#lightbox")).to_be_hidden()
+
+    with page.expect_response(_is("POST", "/feedback")) as feedback:
+        card.locator(".feedback-down").click()
+    assert feedback.value.ok
+    assert feedback.value.request.post_data_json == {"query_id": query_id, "id": image_id,
+                                                     "relevant": False}
+    expect(card.locator(".feedback-down")).to_have_attribute("aria-pressed", "true")
+    with page.expect_response(_is("POST", "/feedback")) as feedback:
+        card.locator(".feedback-up").click()
+    assert feedback.value.ok and feedback.value.request.post_data_json["relevant"] is True
+    expect(card.locator(".feedback-up")).to_have_attribute("aria-pressed", "true")
+    expect(card.locator(".feedback-down")).to_have_attribute("aria-pressed", "false")
+
+
+def test_clusters_and_duplicates_side_by_side(page, api, tmp_path):
+    expect = _expect()
+    clusters = api.get("/clusters").json()
+    duplicates = api.get("/duplicates", params={"limit": 20}).json()
+    assert clusters["clusters"] and duplicates["total"] >= 1
+    page.click("#tab-curation")
+    expect(page.locator("#clusters .cluster")).to_have_count(len(clusters["clusters"]))
+    expect(page.locator("#duplicates .dup-group")).to_have_count(len(duplicates["groups"]))
+    expect(page.locator("#gallery-view")).to_be_hidden()
+    left, right = page.locator("#clusters").bounding_box(), page.locator("#duplicates").bounding_box()
+    assert left["x"] + left["width"] <= right["x"] and abs(left["y"] - right["y"]) < 100
+    assert _thumbnails_loaded(page, "#clusters .examples img")
+    group = [i["path"] for i in duplicates["groups"][0]["images"]]
+    assert set(DUPLICATE) <= {p for g in duplicates["groups"] for p in (i["path"] for i in g["images"])}
+    assert _card_values(page, "#duplicates .dup-group >> nth=0 >> .card", "path") == group
+    assert _thumbnails_loaded(page, "#duplicates img")
+
+    first = clusters["clusters"][0]
+    row = page.locator(f"#clusters .cluster[data-label='{first['label']}']")
+    if first["suggested_name"]:
+        expect(row.locator(".suggested")).to_contain_text(first["suggested_name"])
+    with page.expect_response(lambda r: httpx.URL(r.url).path == f"/clusters/{first['label']}"):
+        row.locator(".cluster-open").click()
+    members = api.get(f"/clusters/{first['label']}", params={"limit": 60}).json()
+    expect(page.locator("#cluster-members .card")).to_have_count(len(members["images"]))
+    assert _card_values(page, "#cluster-members .card", "id") == [i["id"] for i in members["images"]]
+
+    if not first["suggested_name"]:
+        row.locator(".cluster-name").fill("web cluster")
+    with page.expect_response(_is("POST", f"/clusters/{first['label']}/tag")) as accepted:
+        row.locator(".accept-name").click()
+    assert accepted.value.ok
+    name = accepted.value.json()["tag"]
+    assert name == (first["suggested_name"] or "web cluster")
+    tagged = api.get("/gallery", params={"tag": name, "limit": 500}).json()
+    assert {i["id"] for i in members["images"]} <= {i["id"] for i in tagged["images"]}
+    expect(page.locator(f"#tag-filter option[value='{name}']")).to_have_text(
+        f"{name} ({tagged['total']})")
+    expect(page.locator("#status")).to_contain_text(f"Tagged cluster {first['label']}")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "web_page_curation.png"), full_page=True)
+
+
+def test_api_errors_are_shown(page):
+    expect = _expect()
+    with page.expect_response(_is("POST", "/search")) as answer:
+        page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                                    "buffer": b"this is not a picture"}])
+    assert answer.value.status == 400
+    detail = answer.value.json()["detail"]
+    assert "not a usable image" in detail
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-kind", "error")
+    expect(status).to_have_text(f"Error 400: {detail}")
+    expect(status).to_be_visible()
+
+    # A tag the service refuses: its reason is shown, not swallowed.
+    page.locator("#gallery .card").first.locator(".select-box").check()
+    page.fill("#tag-input", "x" * 120)
+    with page.expect_response(_is("POST", "/tags")) as refused:
+        page.click("#tag-selected-button")
+    assert refused.value.status == 422
+    expect(status).to_have_text(f"Error 422: {refused.value.json()['detail']}")
+    expect(status).to_contain_text("a tag is 1 to 100 printable characters")
