@@ -40,6 +40,7 @@ from serving.holder import (
     instance_views_source,
 )
 from serving.search_log import SearchLog
+from serving.tag_index import TagIndex
 from vsearch_pipeline.catalog import metadata_value
 from vsearch_pipeline.core.cluster import suggest_name
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
@@ -132,6 +133,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
     metrics = ServiceMetrics()
     search_log = SearchLog(curation, settings.search_log_flush_s)
     query_vectors = VectorCache(settings.query_cache_size)
+    tag_index = TagIndex(curation)
     stop = threading.Event()
 
     def refresh() -> None:
@@ -141,6 +143,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
     def watch() -> None:
         while not stop.wait(settings.refresh_interval_s):
             refresh()
+            tag_index.reload()  # tags other processes wrote
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -181,10 +184,10 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         """The ids carrying a tag (a search filter), or None for no filter."""
         if tag is None or tag == "":
             return None
-        ids = curation.ids_with_tag(tag)
+        ids = tag_index.ids_with(tag)
         if not ids:
             raise HTTPException(404, f"no image has the tag {tag!r}")
-        return ids
+        return list(ids)
 
     def bounded_k(k: int) -> int:
         if not 1 <= k <= settings.max_k:
@@ -213,17 +216,10 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                 "latency_ms": latency_ms, "query_id": query_id,
                 "folded": sum(len(r["duplicates"]) for r in shown), **extra}
 
-    def all_tags_by_id() -> dict[str, list[str]]:
-        """Every image's tags, in one read (for answers that list many images)."""
-        found: dict[str, list[str]] = {}
-        for tag, image_id in curation.all_tags():
-            found.setdefault(image_id, []).append(tag)
-        return found
-
     def images(served: ServedIndex, ids: list[str],
                tags: dict[str, list[str]] | None = None) -> list[dict]:
         """Gallery entries: where each image is, its tags and predicted labels."""
-        tags = curation.tags_of(ids) if tags is None else tags
+        tags = tag_index.tags_by_id() if tags is None else tags
         loaded = served.searcher.loaded
         rows = []
         for image_id in ids:
@@ -332,12 +328,8 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         searcher = served.searcher
         vector = cached_vector((searcher.model.version, searcher.text_mode, "text:" + text),
                                lambda: searcher.embed_text(text))
-        tags = None
-        if searcher.text_mode == "attached_text":
-            tags = {}
-            for name, image_id in curation.all_tags():
-                tags.setdefault(name, []).append(image_id)
-        results = searcher.by_text(vector, wanted(k, fold), only=tagged(tag), tags=tags)
+        results = searcher.by_text(vector, wanted(k, fold), only=tagged(tag),
+                                   tags=tag_index.by_tag())
         return answer(served, results, k, started, "search/text", f"text:{text.lower()}", tag, fold,
                       mode=searcher.text_mode)
 
@@ -395,7 +387,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         if unknown:
             raise HTTPException(404, f"no images with ids {unknown[:20]}")
         try:
-            added = curation.add_tag(request.ids, request.tag)
+            added = tag_index.add(request.ids, request.tag)
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
         return {"tag": request.tag.strip(), "added": added}
@@ -403,15 +395,15 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
     @app.delete("/tags")
     def remove_tags(request: TagRequest) -> dict:
         """Take a tag off images."""
-        removed = curation.remove_tag(request.ids, request.tag)
-        if not removed and not curation.ids_with_tag(request.tag):
+        removed = tag_index.remove(request.ids, request.tag)
+        if not removed and not tag_index.ids_with(request.tag):
             raise HTTPException(404, f"no image has the tag {request.tag!r}")
         return {"tag": request.tag, "removed": removed}
 
     @app.get("/tags")
     def list_tags() -> dict:
         """Every tag with the number of images that carry it."""
-        return {"tags": [{"tag": t, "count": n} for t, n in curation.tag_counts().items()]}
+        return {"tags": [{"tag": t, "count": n} for t, n in tag_index.counts().items()]}
 
     def cluster_summary(served: ServedIndex, label: int, members: list[str],
                         tags: dict[str, list[str]]) -> dict:
@@ -433,7 +425,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
     @app.get("/clusters")
     def clusters(examples: Annotated[int, Query(ge=0, le=24)] = 6) -> dict:
         """Every cluster, largest first, with its suggested name and a few members."""
-        served, tags = live(), all_tags_by_id()
+        served, tags = live(), tag_index.tags_by_id()
         found = []
         for label, members in served.views.cluster_members.items():
             summary = cluster_summary(served, label, members, tags)
@@ -447,7 +439,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                 limit: Annotated[int, Query(ge=1, le=500)] = 48) -> dict:
         """The members of one cluster, a page at a time."""
         served, members = cluster_members(label)
-        tags = all_tags_by_id()
+        tags = tag_index.tags_by_id()
         return {**cluster_summary(served, label, members, tags), "offset": offset, "limit": limit,
                 "images": images(served, members[offset:offset + limit], tags)}
 
@@ -456,11 +448,11 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         """Tag every member of a cluster: with the suggested name, or with the tag given."""
         served, members = cluster_members(label)
         tag = request.tag or cluster_summary(served, label, members,
-                                             all_tags_by_id())["suggested_name"]
+                                             tag_index.tags_by_id())["suggested_name"]
         if not tag:
             raise HTTPException(422, f"cluster {label} has no suggested name; give a tag")
         try:
-            added = curation.add_tag(members, tag)
+            added = tag_index.add(members, tag)
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
         return {"tag": tag.strip(), "added": added, "size": len(members)}
@@ -469,7 +461,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
     def duplicates(offset: Annotated[int, Query(ge=0)] = 0,
                    limit: Annotated[int, Query(ge=1, le=500)] = 20) -> dict:
         """Near-duplicate groups (by pHash), largest first, a page at a time."""
-        served, tags = live(), all_tags_by_id()
+        served, tags = live(), tag_index.tags_by_id()
         groups = served.views.duplicate_groups
         return {"total": len(groups), "offset": offset, "limit": limit,
                 "hamming_threshold": served.views.fold_threshold,

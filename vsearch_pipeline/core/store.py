@@ -213,16 +213,6 @@ class CurationDB(MetricsDB):
             after = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
         return before - after
 
-    def tag_counts(self) -> dict[str, int]:
-        with self.connect() as con:
-            rows = con.execute("SELECT tag, count(*) FROM tags GROUP BY tag ORDER BY tag").fetchall()
-        return dict(rows)
-
-    def ids_with_tag(self, tag: str) -> list[str]:
-        with self.connect() as con:
-            return [r[0] for r in con.execute("SELECT id FROM tags WHERE tag = ? ORDER BY id",
-                                              [tag]).fetchall()]
-
     def record_searches(self, searches: list[dict]) -> None:
         """One transaction for many served result lists: each dict has query_id, served_at,
         endpoint, query, tag, k, index_version, latency_ms and results [(rank, id, score)]."""
@@ -264,15 +254,6 @@ class CurationDB(MetricsDB):
         """(tag, image id) for every tag."""
         with self.connect() as con:
             return con.execute("SELECT tag, id FROM tags ORDER BY tag, id").fetchall()
-
-    def tags_of(self, ids: list[str]) -> dict[str, list[str]]:
-        with self.connect() as con:
-            rows = con.execute("SELECT id, tag FROM tags WHERE id IN (SELECT unnest(?)) ORDER BY tag",
-                               [list(ids)]).fetchall()
-        found: dict[str, list[str]] = {}
-        for image_id, tag in rows:
-            found.setdefault(image_id, []).append(tag)
-        return found
 
 
 def _now() -> dt.datetime:

@@ -1,0 +1,73 @@
+"""Every tag of the collection, in memory, so that searches never wait on DuckDB to read them.
+
+The service's own tag writes go to `curation.duckdb` first and then to this copy; a reload every
+few seconds (on the search log's writer thread) picks up what other processes wrote. A search
+filtered by tag, a gallery page or a text search reads only this copy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from types import MappingProxyType
+
+from vsearch_pipeline.core.store import CurationDB, validate_tag
+
+
+class TagIndex:
+    def __init__(self, db: CurationDB):
+        self.db = db
+        self._lock = threading.Lock()
+        self._by_tag: dict[str, frozenset[str]] = {}
+        self._by_id: dict[str, list[str]] | None = None  # built from _by_tag when first asked
+        self.reload()
+
+    def reload(self) -> None:
+        found: dict[str, set[str]] = {}
+        for tag, image_id in self.db.all_tags():
+            found.setdefault(tag, set()).add(image_id)
+        self._replace({tag: frozenset(ids) for tag, ids in found.items()})
+
+    def _replace(self, by_tag: dict[str, frozenset[str]]) -> None:
+        with self._lock:
+            self._by_tag, self._by_id = by_tag, None
+
+    def by_tag(self) -> MappingProxyType:
+        """Tag -> the ids that carry it (a snapshot)."""
+        return MappingProxyType(self._by_tag)
+
+    def ids_with(self, tag: str) -> frozenset[str]:
+        return self._by_tag.get(tag, frozenset())
+
+    def tags_by_id(self) -> dict[str, list[str]]:
+        """Id -> its tags, sorted (a snapshot)."""
+        by_id = self._by_id
+        if by_id is None:
+            by_tag = self._by_tag
+            by_id = {}
+            for tag in sorted(by_tag):
+                for image_id in by_tag[tag]:
+                    by_id.setdefault(image_id, []).append(tag)
+            with self._lock:
+                if self._by_tag is by_tag:
+                    self._by_id = by_id
+        return by_id
+
+    def counts(self) -> dict[str, int]:
+        return {tag: len(ids) for tag, ids in sorted(self._by_tag.items())}
+
+    def add(self, ids: Iterable[str], tag: str) -> int:
+        """Tag images (stored first, then here); returns how many did not have it yet."""
+        ids = list(ids)
+        added = self.db.add_tag(ids, tag)
+        tag = validate_tag(tag)
+        self._replace({**self._by_tag, tag: self._by_tag.get(tag, frozenset()) | set(ids)})
+        return added
+
+    def remove(self, ids: Iterable[str], tag: str) -> int:
+        ids = list(ids)
+        removed = self.db.remove_tag(ids, tag)
+        left = self._by_tag.get(tag, frozenset()) - set(ids)
+        rest = {t: v for t, v in self._by_tag.items() if t != tag}
+        self._replace({**rest, tag: left} if left else rest)
+        return removed
