@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end(demo_home):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "search --home" in result.stdout and "Example: " in result.stdout
     assert "1. 1.000  chelsea/crop.jpg" in result.stdout
-    assert "ui --home" in result.stdout
+    assert "ui --home" in result.stdout and "serve --home" in result.stdout
     assert "precision@1" in result.stdout
     assert "embeddings: " in result.stderr  # progress of the long step
     assert (home / "vsearch.duckdb").exists() and (home / "vsearch.yaml").exists()

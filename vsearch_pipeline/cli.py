@@ -48,6 +48,7 @@ def demo(home: Path | None) -> None:
     for row in _search(home, str(query), 5):
         click.echo(f"  {row['rank']}. {row['score']:.3f}  {row['path']}")
     click.echo(f"\nOpen the Dagster UI: {_command()} ui --home {home}   (then http://127.0.0.1:3000)")
+    click.echo(f"Search in a browser: {_command()} serve --home {home}   (then http://127.0.0.1:8000)")
     sys.exit(0 if summary["success"] else 1)
 
 
