@@ -89,3 +89,21 @@ def test_pipeline_reads_and_writes_s3(s3_endpoint, tmp_path):
     by_id = searcher.by_id(top[0]["id"], 3)
     assert top[0]["id"] not in {r["id"] for r in by_id}
     assert by_id[0]["path"].startswith("rocket/")
+
+    # The search service over the same S3 artifacts: images, clusters and duplicate groups come
+    # from the bucket, by id only.
+    from fastapi.testclient import TestClient
+
+    from serving.app import app_for_home
+
+    with TestClient(app_for_home(home, settings)) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["duplicates"].startswith(f"s3://{BUCKET}/")
+        image = client.get(f"/images/{top[0]['id']}")
+        assert image.status_code == 200
+        assert image.content == (images / "rocket" / "crop.jpg").read_bytes()
+        assert client.get(f"/images/{top[0]['id']}/thumbnail").headers["content-type"] == "image/jpeg"
+        groups = client.get("/duplicates").json()["groups"]
+        assert any({"rocket/original.png", "rocket/crop.jpg"} & {i["path"] for i in g["images"]}
+                   for g in groups)
+        assert client.get("/clusters").json()["clusters"]
