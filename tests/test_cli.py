@@ -62,6 +62,29 @@ def test_search_by_text(demo_home):
 
 
 @pytest.mark.slow
+def test_metrics_prints_the_latest_figures(demo_home):
+    home, _ = demo_home
+    report = json.loads(_run("metrics", "--json", home=home).stdout)
+    partitions = [dict(zip(report["partitions"]["columns"], r, strict=True))
+                  for r in report["partitions"]["rows"]]
+    files = sum(1 for p in (home / "demo" / "images").rglob("*") if p.is_file())
+    assert partitions[0]["partition"] == "b00001" and partitions[0]["files"] == files
+    assert partitions[0]["usable"] == partitions[0]["embedded"] == files - 1  # one truncated JPEG
+    retrieval = {r[0]: dict(zip(report["retrieval"]["columns"], r, strict=True))
+                 for r in report["retrieval"]["rows"]}
+    assert retrieval["grounding"]["precision@1"] >= 0.95
+    groups, in_groups, largest = report["near_duplicates"]["rows"][0]
+    assert groups >= 5 and in_groups >= 2 * groups and largest >= 2
+    text = _run("metrics", home=home).stdout
+    assert "retrieval" in text and "precision@1" in text and "b00001" in text
+
+
+def test_metrics_without_a_run_is_a_clear_error(tmp_path):
+    result = _run("metrics", home=tmp_path / "home")
+    assert result.returncode == 1 and "run `vsearch materialize` first" in result.stderr
+
+
+@pytest.mark.slow
 def test_unknown_query_is_a_clear_error(demo_home):
     home, _ = demo_home
     result = _run("search", "no-such-image", home=home)

@@ -123,6 +123,26 @@ def serve(home: Path | None, host: str, port: int) -> None:
     uvicorn.run(app_for_home(home, load_settings(home)), host=host, port=port)
 
 
+@main.command()
+@home_option
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def metrics(home: Path | None, as_json: bool) -> None:
+    """The latest figures from the home's DuckDB file: per-partition counts and timings, the
+    index, retrieval quality per grounding set, clusters and near-duplicate groups."""
+    from vsearch_pipeline.core.report import format_table, latest_figures
+
+    db = home_dir(home) / "vsearch.duckdb"
+    if not db.exists():
+        raise click.ClickException(f"no metrics yet at {db}: run `vsearch materialize` first")
+    report = latest_figures(str(db))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    for name, section in report.items():
+        click.echo(f"\n{name.replace('_', ' ')}")
+        click.echo(format_table(section["columns"], section["rows"]))
+
+
 @main.command("grounding-from-folders")
 @click.argument("source")
 @click.option("--depth", default=1, show_default=True, help="Folder levels that name a group.")
