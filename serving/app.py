@@ -202,9 +202,8 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return min(2 * k, k + 200) if fold else k
 
     def cached_vector(key: tuple, compute: Callable[[], object]):
-        before = query_vectors.hits
-        vector = query_vectors.get_or_compute(key, compute)
-        metrics.cache.labels("hit" if query_vectors.hits > before else "miss").inc()
+        vector, hit = query_vectors.get_or_compute(key, compute)
+        metrics.cache.labels("hit" if hit else "miss").inc()
         return vector
 
     def answer(served: ServedIndex, results: list[dict], k: int, started: float, endpoint: str,
@@ -281,6 +280,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                      ) -> dict:
         """The nearest images to an uploaded image, or to a crop box of it."""
         started, served, k, fold = time.perf_counter(), live(), bounded_k(k), fold_or_default(fold)
+        only = tagged(tag)  # an unknown tag is refused before the upload is embedded
         data = await read_upload(file)
         try:
             box = parse_bbox(bbox)
@@ -290,7 +290,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         query = f"upload:{digest}" + (f"@{','.join(map(str, box))}" if box else "")
         vector = cached_vector((served.searcher.model.version, query),
                                lambda: embed_upload(served, data, box))
-        results = served.searcher.by_vector(vector, wanted(k, fold), only=tagged(tag))
+        results = served.searcher.by_vector(vector, wanted(k, fold), only=only)
         return answer(served, results, k, started, "search", query, tag, fold)
 
     async def read_upload(file: UploadFile) -> bytes:

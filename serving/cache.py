@@ -17,13 +17,15 @@ class VectorCache:
         self._items: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    def get_or_compute(self, key: Hashable, compute: Callable[[], np.ndarray]
+                       ) -> tuple[np.ndarray, bool]:
+        """The value, and whether it came from the cache."""
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
                 self.hits += 1
-                return found
+                return found, True
             self.misses += 1
         value = compute()  # outside the lock: two misses of one key both compute, harmlessly
         with self._lock:
@@ -31,7 +33,7 @@ class VectorCache:
             self._items.move_to_end(key)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
-        return value
+        return value, False
 
     def __len__(self) -> int:
         return len(self._items)
