@@ -293,3 +293,25 @@ def test_fold_near_duplicates_groups_under_the_best_ranked_copy():
     assert fold_near_duplicates(hashes, 3) == [[0, 1, 4], [2, 5], [3]]
     assert fold_near_duplicates(hashes, 0) == [[0], [1], [2], [3], [4], [5]]
     assert fold_near_duplicates([], 8) == []
+
+
+def test_new_hashes_checked_against_old_give_the_full_grouping():
+    """Incremental grouping: pairs touching the new hashes, merged with the old groups,
+    equal the groups of all hashes at once."""
+    from vsearch_pipeline.core.hashing import group_edges
+
+    rng = np.random.default_rng(7)
+    hashes = rng.integers(0, 2**63, 5000, dtype=np.uint64)
+    hashes[100:150] = hashes[:50] ^ np.uint64(0b101)
+    hashes[4900:4950] = hashes[25:75] ^ np.uint64(0b11 << 40)  # new images joining old groups
+    hashes[4950:4960] = hashes[4960:4970] ^ np.uint64(1)  # new-new pairs
+    old = slice(0, 4800)
+    new = np.zeros(len(hashes), dtype=bool)
+    new[4800:] = True
+    old_labels = np.full(len(hashes), -1)
+    old_labels[old] = group_labels(4800, near_duplicate_pairs(hashes[old], 6))
+    touching = near_duplicate_pairs(hashes, 6, touching=new)
+    assert len(touching) and all(new[i] or new[j] for i, j, _ in touching)
+    merged = group_labels(len(hashes), np.concatenate([touching[:, :2], group_edges(old_labels)]))
+    full = group_labels(len(hashes), near_duplicate_pairs(hashes, 6))
+    assert np.array_equal(merged, full)

@@ -35,7 +35,23 @@ def test_metric_table_columns(db: MetricsDB) -> None:
     with db.connect() as con:
         columns = [r[0] for r in con.execute("DESCRIBE index_metrics").fetchall()]
     assert columns == ["run_id", "asset", "partition", "recorded_at", "model", "index_type",
-                       "index_version", "params", "metric", "value"]
+                       "index_version", "params", "mode", "metric", "value"]
+
+
+def test_a_file_from_an_older_version_gains_the_new_columns(tmp_path) -> None:
+    import duckdb
+
+    path = str(tmp_path / "old.duckdb")
+    with duckdb.connect(path) as con:
+        con.execute("CREATE TABLE index_metrics (run_id VARCHAR, asset VARCHAR, partition VARCHAR, "
+                    "recorded_at TIMESTAMP, model VARCHAR, index_type VARCHAR, "
+                    "index_version VARCHAR, params VARCHAR, metric VARCHAR, value DOUBLE)")
+        con.execute("INSERT INTO index_metrics (run_id, metric, value) VALUES ('old', 'x', 1)")
+    old = MetricsDB(path)
+    old.record_metrics("index", RUN, {"mode": "incremental"}, {"vectors": 3})
+    with old.connect(read_only=True) as con:
+        rows = con.execute("SELECT run_id, mode, metric FROM index_metrics ORDER BY run_id").fetchall()
+    assert rows == [("old", None, "x"), (RUN["run_id"], "incremental", "vectors")]
 
 
 def test_record_metrics_writes_one_row_per_figure(db: MetricsDB) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import Definitions, define_asset_job
+from dagster import Definitions
 
-from vsearch_pipeline.assets import ALL_ASSETS, COLLECTION_ASSETS, PER_BATCH_ASSETS
+from vsearch_pipeline.assets import ALL_ASSETS
+from vsearch_pipeline.automation import JOBS, make_automation
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     CurationDatabase,
@@ -20,15 +21,6 @@ from vsearch_pipeline.resources import (
     PipelineSettings,
 )
 from vsearch_pipeline.settings import Settings, home_dir, load_settings
-
-process_batch_job = define_asset_job(
-    "process_batch", selection=PER_BATCH_ASSETS,
-    description="Manifest, subset, embeddings and hashes of one ingest batch.",
-)
-refresh_collection_job = define_asset_job(
-    "refresh_collection", selection=COLLECTION_ASSETS,
-    description="Near-duplicate groups, FAISS index, clusters and evaluation of the collection.",
-)
 
 
 def build_resources(home: Path, settings: Settings) -> dict:
@@ -48,9 +40,12 @@ def build_resources(home: Path, settings: Settings) -> dict:
 
 
 def make_definitions(home: Path, settings: Settings) -> Definitions:
+    sensors, schedules = make_automation(settings)
     return Definitions(
         assets=ALL_ASSETS,
-        jobs=[process_batch_job, refresh_collection_job],
+        jobs=JOBS,
+        sensors=sensors,
+        schedules=schedules,
         resources=build_resources(home, settings),
     )
 

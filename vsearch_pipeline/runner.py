@@ -3,17 +3,16 @@ and the two jobs (per batch, then the collection) executed in process."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from dagster import DagsterInstance
 
 from vsearch_pipeline.assets.common import ingest_batches
-from vsearch_pipeline.core.layout import BATCHES, batch_path, manifest_path
+from vsearch_pipeline.core.batches import batch_key, record_batch, stored_batches, unbatched
+from vsearch_pipeline.core.layout import manifest_path
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions
@@ -38,29 +37,18 @@ def open_instance(home: Path) -> DagsterInstance:
     return DagsterInstance.from_config(str(folder))
 
 
-def _stored_batches(store: ArtifactStore) -> dict[str, dict]:
-    return {Path(p).stem: store.read_json(p) for p in store.list(BATCHES, ".json")}
-
-
 def register_new_batch(instance: DagsterInstance, store: ArtifactStore,
                        objects: list[SourceObject], source_uri: str) -> str | None:
     """Record the objects not seen in any earlier batch as a new batch; return its key.
 
-    An object is new when its URI or its version (ETag, or size and mtime) is new. The batch's
-    file list is frozen when the batch is created, so its manifest is the same however often it
-    is computed.
+    An object is new when its URI or its version (ETag, or size and mtime) is new.
     """
-    batches = _stored_batches(store)
-    known = {(o["uri"], o["version"]) for b in batches.values() for o in b["objects"]}
-    new = [o for o in objects if (o.uri, o.version) not in known]
+    batches = stored_batches(store)
+    new = unbatched(objects, batches)
     sync_partitions(instance, batches)
     if not new:
         return None
-    key = f"b{len(batches) + 1:05d}"
-    store.write_json(batch_path(key), {
-        "key": key, "source": source_uri, "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "objects": [asdict(o) for o in new],
-    })
+    key = record_batch(store, batch_key(len(batches) + 1), new, source_uri, "command line")
     instance.add_dynamic_partitions(ingest_batches.name, [key])
     return key
 

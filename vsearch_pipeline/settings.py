@@ -77,6 +77,7 @@ class IndexSettings(Section):
     opq: bool = False
     min_recall: float = Field(0.9, ge=0.0, le=1.0)
     recall_queries: int = Field(1000, ge=1)
+    rebuild_growth_ratio: float = Field(0.25, gt=0.0)
 
     def params(self) -> IndexParams:
         return IndexParams(self.index_type, self.M, self.efConstruction, self.efSearch,
@@ -91,9 +92,10 @@ class ClusterSettings(Section):
     min_samples: int | None = Field(None, ge=1)
     n_clusters: int | None = Field(None, ge=2)
     seed: int = 0
+    drift_tolerance: float = Field(0.1, gt=0.0)
 
     def params(self) -> ClusterParams:
-        return ClusterParams(**self.model_dump())
+        return ClusterParams(**self.model_dump(exclude={"drift_tolerance"}))
 
 
 class EvaluationSettings(Section):
@@ -117,6 +119,44 @@ class ServingSettings(Section):
     fold_duplicates: bool = True
     query_cache_size: int = Field(1024, ge=0)
     search_log_flush_s: float = Field(1.0, gt=0)
+    api_keys_file: str | None = None  # hashed API keys for write endpoints (POST /ingest)
+
+
+class AutomationSettings(Section):
+    """The sensor that turns new files into batches, and the schedules (see README)."""
+
+    enabled: bool = True  # sensors and schedules start running with the Dagster daemon
+    sensor_interval_s: int = Field(30, ge=1)
+    sensor_lookback_s: float = Field(600.0, ge=0.0)
+    max_batch_files: int = Field(10_000, ge=1)
+    recluster_cron: str = "0 2 * * *"
+    index_rebuild_cron: str = "0 3 * * 0"
+    timezone: str = "UTC"
+
+    @field_validator("recluster_cron", "index_rebuild_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from dagster._utils.schedules import is_valid_cron_string
+
+        if not is_valid_cron_string(value):
+            raise ValueError(f"not a cron expression: {value!r} (five fields, e.g. '0 2 * * *')")
+        return value
+
+
+class ExecutionSettings(Section):
+    """Where the steps of a run execute (see docs/scale-out.md)."""
+
+    executor: str = "multiprocess"  # in_process | multiprocess | dask
+    max_concurrent: int | None = Field(None, ge=1)
+    dask_address: str | None = None  # scheduler of an existing Dask cluster, e.g. tcp://host:8786
+
+    @field_validator("executor")
+    @classmethod
+    def _known_executor(cls, executor: str) -> str:
+        allowed = ("in_process", "multiprocess", "dask")
+        if executor not in allowed:
+            raise ValueError(f"execution.executor must be one of {', '.join(allowed)}, got {executor!r}")
+        return executor
 
 
 class Settings(Section):
@@ -130,6 +170,8 @@ class Settings(Section):
     clusters: ClusterSettings = ClusterSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     serving: ServingSettings = ServingSettings()
+    automation: AutomationSettings = AutomationSettings()
+    execution: ExecutionSettings = ExecutionSettings()
 
     def check(self) -> Settings:
         """The checks that need more than a type: run them before any work starts."""

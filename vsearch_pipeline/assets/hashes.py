@@ -20,8 +20,9 @@ from vsearch_pipeline.assets.common import (
 )
 from vsearch_pipeline.assets.manifest import raw_image_manifest
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
-from vsearch_pipeline.core.hashing import group_labels, near_duplicate_pairs, phash64
+from vsearch_pipeline.core.hashing import group_edges, group_labels, near_duplicate_pairs, phash64
 from vsearch_pipeline.core.layout import image_locations, load_manifests, manifest_path
+from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import insert_rows
 from vsearch_pipeline.resources import (
     ArtifactStorage,
@@ -93,16 +94,28 @@ def near_duplicate_groups(
     """Groups of near-duplicate images: pHashes within `hamming_threshold` bits, chained.
 
     Pairs are found by multi-index hashing (the pigeonhole principle over hash chunks), never by
-    comparing every pair. Groups replace the previous ones in the DuckDB table
+    comparing every pair. When an earlier grouping with the same threshold exists, only the new
+    hashes are checked against all the others (`mode: incremental`) and merged into the earlier
+    groups; the result equals a full grouping. Groups replace the previous ones in the DuckDB table
     `near_duplicate_groups`, and `duplicates/<version>.parquet` holds every hashed image with its
     pHash and group (-1 for none): what the search service folds results and browses groups by.
     """
     threshold = settings.near_duplicates.hamming_threshold
     with metrics_db.db.connect() as con:
         ids, hashes = _all_hashes(con)
+    previous = _previous_groups(storage.store, threshold)
     start = time.perf_counter()
-    pairs = near_duplicate_pairs(hashes, threshold)
-    labels = group_labels(len(ids), pairs)
+    if previous is None:
+        mode, is_new = "full", np.ones(len(ids), dtype=bool)
+        pairs = near_duplicate_pairs(hashes, threshold)
+        edges = pairs[:, :2]
+    else:
+        mode = "incremental"
+        is_new = np.array([i not in previous for i in ids], dtype=bool)
+        pairs = near_duplicate_pairs(hashes, threshold, touching=is_new)
+        old_labels = np.array([previous.get(i, -1) for i in ids], dtype=np.int64)
+        edges = np.concatenate([pairs[:, :2], group_edges(old_labels)])
+    labels = group_labels(len(ids), edges)
     seconds = time.perf_counter() - start
     grouped = np.flatnonzero(labels >= 0)
     with metrics_db.db.transaction() as con:
@@ -113,19 +126,33 @@ def near_duplicate_groups(
     path = f"duplicates/{artifact_version(context)}.parquet"
     storage.store.write_parquet(path, pa.table({
         "id": pa.array(ids, pa.string()), "phash": pa.array(hashes, pa.uint64()),
-        "group": pa.array(labels, pa.int64())}))
-    figures = {"images": len(ids), "pairs": len(pairs), "groups": len(sizes),
+        "group": pa.array(labels, pa.int64())},
+        metadata={"vsearch.hamming_threshold": str(threshold)}))
+    figures = {"images": len(ids), "checked_now": int(is_new.sum()), "new_pairs": len(pairs),
+               "groups": len(sizes),
                "images_in_groups": len(grouped),
                "largest_group": int(sizes.max()) if len(sizes) else 0,
                "seconds": round(seconds, 3)}
     metrics_db.db.record_metrics("hash", run_keys(context),
                                  {"hamming_threshold": str(threshold)}, figures)
     return MaterializeResult(metadata={
-        **figures, "hamming_threshold": threshold,
+        **figures, "mode": mode, "hamming_threshold": threshold,
         "largest_groups": markdown_table(_group_rows(storage, ids, labels, sizes)),
         "storage_root": storage.root, "artifact": path, "path": storage.store.uri(path),
         "code_version": code_version(),
     })
+
+
+def _previous_groups(store: ArtifactStore, threshold: int) -> dict[str, int] | None:
+    """Id -> group of the latest groups artifact made with this threshold, or None."""
+    for path in reversed(store.list("duplicates", ".parquet")):
+        table = store.read_parquet(path)
+        made_with = (table.schema.metadata or {}).get(b"vsearch.hamming_threshold")
+        if made_with is None or int(made_with) != threshold:
+            return None
+        return dict(zip(table.column("id").to_pylist(), table.column("group").to_pylist(),
+                        strict=True))
+    return None
 
 
 def _all_hashes(con) -> tuple[list[str], np.ndarray]:

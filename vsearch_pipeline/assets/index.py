@@ -2,13 +2,17 @@
 
 
 import time
+from dataclasses import dataclass
 
+import faiss
+import numpy as np
 import pyarrow as pa
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    Config,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -16,23 +20,34 @@ from dagster import (
 
 from vsearch_pipeline.assets.common import artifact_version, code_version, run_keys
 from vsearch_pipeline.assets.embeddings import embeddings
+from vsearch_pipeline.core.embed import table_vectors
 from vsearch_pipeline.core.index import (
+    IndexParams,
     build_index,
+    deserialize,
     factory_string,
     recall_at_k,
     resolve_params,
     serialize,
+    set_search_params,
 )
+from vsearch_pipeline.core.index_plan import FULL, plan_build
 from vsearch_pipeline.core.layout import (
+    embeddings_dir,
     image_locations,
     index_dir,
+    latest_index_build,
+    live_ids,
     load_embeddings,
     load_labels,
     load_manifests,
+    manifest_path,
 )
+from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     EmbeddingModelResource,
+    ImageSource,
     MetricsDatabase,
     PipelineSettings,
 )
@@ -40,13 +55,34 @@ from vsearch_pipeline.resources import (
 RECALL_K = 10
 
 
+class IndexBuildConfig(Config):
+    full_rebuild: bool = False
+    """Train from scratch even when the new vectors could be added (the rebuild schedule sets it)."""
+
+
+@dataclass
+class BuiltIndex:
+    index: faiss.Index
+    id_map: pa.Table
+    params: IndexParams
+    recall: float
+    recall_version: str  # the build whose vectors the recall was measured on
+    trained_count: int
+    trained_version: str
+    added: int
+    removed: int
+    model_version: str
+
+
 @asset(
-    deps=[embeddings], code_version="2", group_name="index",
+    deps=[embeddings], code_version="3", group_name="index",
     check_specs=[AssetCheckSpec("recall_above_bound", asset="faiss_index",
                                 description="Recall@10 against exact search >= index.min_recall.")],
 )
 def faiss_index(
     context: AssetExecutionContext,
+    config: IndexBuildConfig,
+    source: ImageSource,
     storage: ArtifactStorage,
     model: EmbeddingModelResource,
     metrics_db: MetricsDatabase,
@@ -54,58 +90,149 @@ def faiss_index(
 ) -> MaterializeResult:
     """A FAISS index (flat, hnsw, ivf-flat or ivf-pq) of the model's vectors, inner-product metric.
 
-    Written as `index.faiss` beside `ids.parquet` (position -> id, URI, path) and `build.json`
-    (the resolved parameters). Recall@10 against exact search on a sample of the indexed
-    vectors is measured at build time; below `index.min_recall` the check fails.
+    Each materialization is a new version folder: `index.faiss`, `ids.parquet` (position -> id,
+    URI, path, predicted classes) and `build.json` (resolved parameters, mode, figures). When
+    only new shards arrived, the previous version is loaded and the new vectors are added
+    (`mode: incremental`); a full build (`mode: full`) trains from scratch on what the source
+    still holds, on schedule, on request, or once the collection grew past
+    `index.rebuild_growth_ratio` since the last training. Recall@10 against exact search is
+    measured at each full build; below `index.min_recall` the check fails.
     """
     store = storage.store
-    config = settings.index
-    ids, vectors, model_version = load_embeddings(store, model.spec.key)
-    params = resolve_params(config.params(), len(ids), vectors.shape[1])
-    start = time.perf_counter()
-    index = build_index(vectors, params)
-    build_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    recall = recall_at_k(index, vectors, RECALL_K, config.recall_queries)
-    recall_seconds = time.perf_counter() - start
-
+    model_key = model.spec.key
+    shards = store.list(embeddings_dir(model_key), ".parquet")
+    if not shards:
+        raise ValueError(f"no embeddings for model {model_key!r} yet")
+    previous = latest_index_build(store, model_key)
+    new = _new_rows(store, previous, shards)
+    requested = settings.index.params().as_dict()
+    model_version = (new.column("model_version")[0].as_py() if len(new)
+                     else (previous or {}).get("model_version", ""))
+    plan = plan_build(previous, requested, model_version, len(new),
+                      settings.index.rebuild_growth_ratio, config.full_rebuild)
+    context.log.info(f"index build: {plan.mode} ({plan.reason})")
     version = artifact_version(context)
-    folder = index_dir(model.spec.key, version)
-    store.write_parquet(f"{folder}/ids.parquet",
-                        _id_map(store, ids, load_labels(store, model.spec.key)))
-    build = {"version": version, "model": model.name, "model_key": model.spec.key,
-             "model_version": model_version, "pretrained": model.pretrained,
-             "dimension": int(vectors.shape[1]), "count": len(ids),
-             "factory": factory_string(params, vectors.shape[1]), "params": params.as_dict(),
-             "recall_at_10": recall, "code_version": code_version()}
-    store.write_json(f"{folder}/build.json", build)
-    store.write_bytes(f"{folder}/index.faiss", serialize(index))
+    start = time.perf_counter()
+    if plan.mode == FULL:
+        built = _full_build(store, model_key, settings, source.list(), version)
+    else:
+        built = _add_new(store, previous, new)
+    seconds = time.perf_counter() - start
 
-    figures = {"vectors": len(ids), "recall_at_10": round(recall, 4),
-               "build_seconds": round(build_seconds, 3), "recall_seconds": round(recall_seconds, 3)}
+    folder = index_dir(model_key, version)
+    count = int(built.index.ntotal)
+    build = {"version": version, "model": model.name, "model_key": model_key,
+             "model_version": built.model_version, "pretrained": model.pretrained,
+             "dimension": int(built.index.d), "count": count,
+             "factory": factory_string(built.params, built.index.d),
+             "params": built.params.as_dict(), "requested_params": requested,
+             "mode": plan.mode, "reason": plan.reason,
+             "base_version": previous["version"] if previous and plan.mode != FULL else None,
+             "added": built.added, "removed": built.removed, "shards": shards,
+             "trained_count": built.trained_count, "trained_version": built.trained_version,
+             "recall_at_10": built.recall, "recall_measured_on": built.recall_version,
+             "build_seconds": round(seconds, 3), "code_version": code_version()}
+    store.write_parquet(f"{folder}/ids.parquet", built.id_map)
+    store.write_bytes(f"{folder}/index.faiss", serialize(built.index))
+    store.write_json(f"{folder}/build.json", build)  # last: a version folder is whole once it has this
+
+    figures = {"vectors": count, "added": built.added, "removed": built.removed,
+               "recall_at_10": round(built.recall, 4), "build_seconds": round(seconds, 3)}
     metrics_db.db.record_metrics(
         "index", run_keys(context),
-        {"model": model.spec.key, "index_type": params.index_type, "index_version": version,
-         "params": params.as_dict()}, figures)
+        {"model": model_key, "index_type": built.params.index_type, "index_version": version,
+         "params": built.params.as_dict(), "mode": plan.mode}, figures)
     return MaterializeResult(
-        metadata={**figures, "index_type": params.index_type, "factory": build["factory"],
-                  "params": MetadataValue.json(params.as_dict()), "dimension": build["dimension"],
-                  "model": model.name, "model_key": model.spec.key,
-                  "model_version": model_version, "version": version,
+        metadata={**figures, "mode": plan.mode, "reason": plan.reason,
+                  "base_version": build["base_version"] or "",
+                  "trained_count": built.trained_count, "trained_version": built.trained_version,
+                  "recall_measured_on": built.recall_version,
+                  "index_type": built.params.index_type, "factory": build["factory"],
+                  "params": MetadataValue.json(built.params.as_dict()),
+                  "dimension": build["dimension"], "model": model.name, "model_key": model_key,
+                  "model_version": built.model_version, "version": version,
                   "storage_root": storage.root, "index_dir": folder,
                   "path": store.uri(f"{folder}/index.faiss"), "code_version": code_version()},
         check_results=[AssetCheckResult(
-            check_name="recall_above_bound", passed=recall >= config.min_recall,
+            check_name="recall_above_bound", passed=built.recall >= settings.index.min_recall,
             severity=AssetCheckSeverity.ERROR,
-            metadata={"recall_at_10": recall, "min_recall": config.min_recall})],
+            metadata={"recall_at_10": built.recall, "min_recall": settings.index.min_recall,
+                      "measured_on": built.recall_version})],
     )
 
 
-def _id_map(store, ids: list[str], labels: dict[str, tuple[list[str], list[float]]]) -> pa.Table:
+def _full_build(store: ArtifactStore, model_key: str, settings: PipelineSettings,
+                listing: list, version: str) -> BuiltIndex:
+    """Train and fill from every shard, keeping only images the source still holds."""
+    config = settings.index
+    manifest = load_manifests(store)
+    ids, vectors, model_version = load_embeddings(store, model_key)
+    live = live_ids(manifest, listing)
+    keep = np.array([i in live for i in ids], dtype=bool)
+    removed = int((~keep).sum())
+    ids = [i for i, k in zip(ids, keep, strict=True) if k]
+    vectors = vectors[keep]
+    if not ids:
+        raise ValueError("none of the embedded images is in the source any more")
+    params = resolve_params(config.params(), len(ids), vectors.shape[1])
+    index = build_index(vectors, params)
+    recall = recall_at_k(index, vectors, RECALL_K, config.recall_queries)
+    id_map = _id_map(ids, image_locations(manifest), load_labels(store, model_key))
+    return BuiltIndex(index, id_map, params, recall, version, len(ids), version, len(ids),
+                      removed, model_version)
+
+
+def _add_new(store: ArtifactStore, previous: dict, new: pa.Table) -> BuiltIndex:
+    """The previous version's index with the new rows appended (positions continue)."""
+    folder = index_dir(previous["model_key"], previous["version"])
+    index = deserialize(store.read_bytes(f"{folder}/index.faiss"))
+    params = IndexParams(**previous["params"])
+    if len(new):
+        index.add(np.ascontiguousarray(table_vectors(new), dtype=np.float32))
+    set_search_params(index, params)
+    old_map = store.read_parquet(f"{folder}/ids.parquet")
+    partitions = sorted({p for p in new.column("partition").to_pylist()})
+    where = image_locations(pa.concat_tables([store.read_parquet(manifest_path(p))
+                                              for p in partitions])) if partitions else {}
+    labels = {i: (names or [], probs or []) for i, names, probs in zip(
+        *(new.column(c).to_pylist() for c in ("id", "labels", "label_probs")), strict=True)}
+    added_map = _id_map(new.column("id").to_pylist(), where, labels, first=len(old_map))
+    return BuiltIndex(index, pa.concat_tables([old_map, added_map.cast(old_map.schema)]), params,
+                      float(previous["recall_at_10"]),
+                      previous.get("recall_measured_on") or previous["version"],
+                      int(previous["trained_count"]), previous["trained_version"], len(new), 0,
+                      previous["model_version"])
+
+
+def _new_rows(store: ArtifactStore, previous: dict | None, shards: list[str]) -> pa.Table:
+    """Rows of the shards the previous build did not include, minus ids it already holds
+    (each id once, first shard wins), with a `partition` column."""
+    columns = ["id", "vector", "model_version", "labels", "label_probs"]
+    if previous is None or "shards" not in previous:
+        return pa.table({c: pa.array([], pa.string()) for c in ["id", "model_version"]})
+    done = set(previous["shards"])
+    folder = index_dir(previous["model_key"], previous["version"])
+    seen = set(store.read_parquet(f"{folder}/ids.parquet", columns=["id"]).column("id").to_pylist())
+    parts = []
+    for shard in shards:
+        if shard in done:
+            continue
+        table = store.read_parquet(shard, columns=columns)
+        keep = [i for i, image_id in enumerate(table.column("id").to_pylist())
+                if image_id not in seen and not seen.add(image_id)]
+        table = table.take(pa.array(keep, pa.int64()))
+        key = shard.rsplit("/", 1)[-1].removesuffix(".parquet")
+        parts.append(table.append_column("partition", pa.array([key] * len(table), pa.string())))
+    if not parts:
+        return pa.table({c: pa.array([], pa.string()) for c in ["id", "model_version"]})
+    return pa.concat_tables(parts)
+
+
+def _id_map(ids: list[str], where: dict[str, tuple[str, str]],
+            labels: dict[str, tuple[list[str], list[float]]], first: int = 0) -> pa.Table:
     """Position in the index -> id, with the URI and path of the image's first file and its
     predicted classes (what text search reads when the model has no text tower)."""
-    where = image_locations(load_manifests(store))
-    return pa.table({"position": pa.array(range(len(ids)), pa.int64()),
+    return pa.table({"position": pa.array(range(first, first + len(ids)), pa.int64()),
                      "id": pa.array(ids, pa.string()),
                      "uri": pa.array([where.get(i, ("", ""))[0] for i in ids], pa.string()),
                      "path": pa.array([where.get(i, ("", ""))[1] for i in ids], pa.string()),

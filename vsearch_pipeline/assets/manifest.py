@@ -12,9 +12,9 @@ from vsearch_pipeline.assets.common import (
     progress_logger,
     run_keys,
 )
-from vsearch_pipeline.core.layout import batch_path, manifest_path
+from vsearch_pipeline.core.batches import batch_objects
+from vsearch_pipeline.core.layout import manifest_path
 from vsearch_pipeline.core.manifest import build_manifest, status_counts
-from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     ImageSource,
@@ -46,7 +46,7 @@ def raw_image_manifest(
         reused = True
         seconds = 0.0
     else:
-        objects = [SourceObject(**o) for o in store.read_json(batch_path(key))["objects"]]
+        objects = batch_objects(store, key)
         start = time.perf_counter()
         table = build_manifest(objects, source.read, settings.manifest.max_pixels,
                                settings.manifest.read_workers,

@@ -178,9 +178,7 @@ def _unidentified(data: bytes) -> ImageError:
     known = _sniff_unsupported(head)
     if known:
         return ImageError("unsupported_format", f"{known} files are not supported")
-    damaged = next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
-    if damaged is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        damaged = "WEBP"
+    damaged = sniff_image_format(head)
     if damaged:
         return ImageError(
             "corrupt",
@@ -188,6 +186,23 @@ def _unidentified(data: bytes) -> ImageError:
             "(truncated or damaged header)",
         )
     return ImageError("not_image", "not an image: no image format could be identified")
+
+
+SNIFF_BYTES = 32  # enough leading bytes for sniff_image_format
+
+
+def sniff_image_format(head: bytes) -> str | None:
+    """The raster format the leading bytes announce (JPEG, PNG, GIF, TIFF, WEBP, BMP), or None.
+
+    Decides by content, not by name: what the sensor, the downloader and uploads use to tell an
+    image from anything else before reading it whole.
+    """
+    found = next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
+    if found is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if found is None and head[:2] == b"BM" and len(head) >= 14:
+        return "BMP"
+    return found
 
 
 def _sniff_unsupported(head: bytes) -> str | None:

@@ -155,14 +155,20 @@ def _owned_by_combo(xor: np.ndarray, combo: tuple[int, ...], masks: list[int]) -
 
 
 def _combo_pairs(
-    hashes: np.ndarray, combo: tuple[int, ...], masks: list[int], threshold: int
+    hashes: np.ndarray, combo: tuple[int, ...], masks: list[int], threshold: int,
+    touching: np.ndarray | None = None,
 ) -> Iterator[np.ndarray]:
-    """Verified ``(i, j, d)`` blocks owned by ``combo`` (pairs agreeing on its chunks)."""
+    """Verified ``(i, j, d)`` blocks owned by ``combo`` (pairs agreeing on its chunks); with
+    ``touching``, only pairs with at least one item where it is True are verified."""
     key_mask = np.uint64(sum(masks[c] for c in combo))
     keys = hashes & key_mask
     order = np.argsort(keys)
     sorted_hashes = hashes[order]
+    sorted_touching = touching[order] if touching is not None else None
     for left, right in _pair_blocks(_bucket_partner_counts(keys[order]), PAIR_BLOCK):
+        if sorted_touching is not None:
+            wanted = sorted_touching[left] | sorted_touching[right]
+            left, right = left[wanted], right[wanted]
         xor = sorted_hashes[left] ^ sorted_hashes[right]
         dist = _popcount64(xor)
         hit = np.flatnonzero(dist <= threshold)
@@ -171,7 +177,8 @@ def _combo_pairs(
         yield np.stack([np.minimum(a, b), np.maximum(a, b), dist[hit]], axis=1).astype(np.int64)
 
 
-def mih_pairs(hashes: np.ndarray, threshold: int, agreement: int) -> np.ndarray:
+def mih_pairs(hashes: np.ndarray, threshold: int, agreement: int,
+              touching: np.ndarray | None = None) -> np.ndarray:
     """``near_duplicate_pairs`` with an explicit number ``agreement`` of shared chunks."""
     threshold = check_threshold(threshold)
     if not 1 <= agreement <= HASH_BITS - threshold:
@@ -181,7 +188,7 @@ def mih_pairs(hashes: np.ndarray, threshold: int, agreement: int) -> np.ndarray:
     parts = [
         block
         for combo in combinations(range(len(masks)), agreement)
-        for block in _combo_pairs(hashes, combo, masks, threshold)
+        for block in _combo_pairs(hashes, combo, masks, threshold, touching)
     ]
     pairs = np.concatenate(parts) if parts else np.empty((0, 3), dtype=np.int64)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
@@ -194,7 +201,8 @@ def _as_hash_vector(hashes: np.ndarray) -> np.ndarray:
     return hashes.astype(np.uint64, copy=False)
 
 
-def near_duplicate_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
+def near_duplicate_pairs(hashes: np.ndarray, threshold: int,
+                         touching: np.ndarray | None = None) -> np.ndarray:
     """All pairs ``(i, j, distance)`` with ``i < j`` and Hamming distance ``<= threshold``.
 
     Returns an ``int64`` array of shape ``(P, 3)`` sorted by ``(i, j)``; identical hashes are
@@ -206,10 +214,17 @@ def near_duplicate_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
     items in the same bucket are verified with popcount, in blocks of ``PAIR_BLOCK``
     candidates. A pair is kept only for its first agreeing subset, so no deduplication pass
     is needed. Never builds an ``n x n`` matrix; cost grows with the squared bucket sizes.
+
+    ``touching`` (a boolean mask) restricts the result to pairs with at least one marked item:
+    new hashes checked against all existing ones, without verifying old pairs again.
     """
     threshold = check_threshold(threshold)
     hashes = _as_hash_vector(hashes)
-    return mih_pairs(hashes, threshold, choose_agreement(hashes.size, threshold))
+    if touching is not None:
+        touching = np.asarray(touching, dtype=bool)
+        if touching.shape != hashes.shape:
+            raise ValueError(f"touching must have shape {hashes.shape}, got {touching.shape}")
+    return mih_pairs(hashes, threshold, choose_agreement(hashes.size, threshold), touching)
 
 
 def group_labels(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -236,6 +251,18 @@ def group_labels(n: int, pairs: np.ndarray) -> np.ndarray:
     rank[np.argsort(first)] = np.arange(first.size)
     labels[members] = rank[inverse]
     return labels
+
+
+def group_edges(labels: np.ndarray) -> np.ndarray:
+    """Pairs ``(first member, member)`` that rebuild the groups of ``labels`` (-1 = none)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    members = np.flatnonzero(labels >= 0)
+    if not members.size:
+        return np.empty((0, 2), dtype=np.int64)
+    _, first = np.unique(labels[members], return_index=True)
+    leader_of = dict(zip(labels[members[first]].tolist(), members[first].tolist(), strict=True))
+    leaders = np.array([leader_of[g] for g in labels[members].tolist()], dtype=np.int64)
+    return np.stack([leaders, members], axis=1)
 
 
 def fold_near_duplicates(hashes: Sequence[int | None], threshold: int) -> list[list[int]]:

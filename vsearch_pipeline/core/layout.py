@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from vsearch_pipeline.core.embed import table_vectors
 from vsearch_pipeline.core.grounding import ResolvedGrounding, parse_grounding, resolve_grounding
+from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
 
 BATCHES = "batches"
@@ -44,6 +45,14 @@ def index_dir(model_key: str, version: str) -> str:
     return f"index/{model_key}/{version}"
 
 
+def latest_index_build(store: ArtifactStore, model_key: str) -> dict | None:
+    """The build record (build.json) of the newest complete index version of a model."""
+    for folder in reversed(store.list_folders(f"index/{model_key}")):
+        if store.exists(f"{folder}/build.json"):
+            return store.read_json(f"{folder}/build.json")
+    return None
+
+
 def manifest_partitions(store: ArtifactStore) -> list[str]:
     return [Path(p).stem for p in store.list(MANIFESTS, ".parquet")]
 
@@ -67,6 +76,15 @@ def image_locations(manifest: pa.Table) -> dict[str, tuple[str, str]]:
         if image_id is not None:
             where.setdefault(image_id, (uri, path))
     return where
+
+
+def live_ids(manifest: pa.Table, listing: Sequence[SourceObject]) -> set[str]:
+    """Ids of usable files that the source still holds in the version the manifest read:
+    a deleted file's image, or the old version of an overwritten one, is not live."""
+    present = {(o.uri, o.version) for o in listing}
+    columns = (manifest.column(c).to_pylist() for c in ("id", "uri", "version", "status"))
+    return {i for i, uri, version, status in zip(*columns, strict=True)
+            if status == "ok" and (uri, version) in present}
 
 
 def reference_lookup(manifest: pa.Table) -> dict[str, str]:

@@ -16,6 +16,7 @@ class SourceObject:
     path: str  # relative to the source root, with forward slashes
     size: int
     version: str
+    modified: float = 0.0  # seconds since the epoch: local mtime, or S3 LastModified
 
 
 def _version(info: dict) -> str:
@@ -25,6 +26,13 @@ def _version(info: dict) -> str:
     return f"{info.get('size', 0)}-{info.get('mtime', info.get('LastModified', ''))}"
 
 
+def _modified(info: dict) -> float:
+    if info.get("mtime") is not None:
+        return float(info["mtime"])
+    stamp = info.get("LastModified")
+    return stamp.timestamp() if hasattr(stamp, "timestamp") else 0.0
+
+
 def _is_hidden(path: str) -> bool:
     return any(part.startswith(".") for part in path.split("/"))
 
@@ -32,7 +40,7 @@ def _is_hidden(path: str) -> bool:
 def list_source(uri: str, endpoint_url: str | None = None) -> list[SourceObject]:
     """Every file under the source, recursively, sorted by path. Hidden files are skipped."""
     fs, root = filesystem(uri, endpoint_url)
-    fs.invalidate_cache(root)  # objects may have been added by another client since last time
+    fs.invalidate_cache()  # objects may have been added by another client since last time
     if not fs.exists(root):
         raise FileNotFoundError(f"source {uri!r} does not exist")
     found = fs.find(root, detail=True)
@@ -45,10 +53,21 @@ def list_source(uri: str, endpoint_url: str | None = None) -> list[SourceObject]
         if _is_hidden(rel):
             continue
         size = int(info.get("size") or 0)
-        objects.append(SourceObject(prefix + full, rel, size, _version(info)))
+        objects.append(SourceObject(prefix + full, rel, size, _version(info), _modified(info)))
     return sorted(objects, key=lambda o: o.path)
 
 
 def read_object(uri: str, endpoint_url: str | None = None) -> bytes:
     fs, path = filesystem(uri, endpoint_url)
-    return fs.cat_file(path)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        # s3fs sizes a file from its cached folder listing, which misses files added since
+        fs.invalidate_cache(posixpath.dirname(path))
+        return fs.cat_file(path)
+
+
+def read_head(uri: str, size: int, endpoint_url: str | None = None) -> bytes:
+    """The first `size` bytes of a file (one ranged GET on S3): enough to sniff its format."""
+    fs, path = filesystem(uri, endpoint_url)
+    return fs.cat_file(path, start=0, end=size)

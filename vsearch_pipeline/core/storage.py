@@ -61,12 +61,20 @@ class ArtifactStore:
 
     def list(self, relpath: str, suffix: str = "") -> list[str]:
         """Relative paths of the files directly under a folder, sorted."""
+        names = self._entries(relpath, "file")
+        return sorted(posixpath.join(relpath, n) for n in names if n.endswith(suffix))
+
+    def list_folders(self, relpath: str) -> list[str]:
+        """Relative paths of the folders directly under a folder, sorted."""
+        return sorted(posixpath.join(relpath, n) for n in self._entries(relpath, "directory"))
+
+    def _entries(self, relpath: str, kind: str) -> list[str]:
         folder = self.path(relpath)
+        self.fs.invalidate_cache(folder)  # another process may have written since
         if not self.fs.exists(folder):
             return []
         entries = self.fs.ls(folder, detail=True)
-        names = [posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == "file"]
-        return sorted(posixpath.join(relpath, n) for n in names if n.endswith(suffix))
+        return [posixpath.basename(e["name"].rstrip("/")) for e in entries if e["type"] == kind]
 
     def write_bytes(self, relpath: str, data: bytes) -> str:
         path = self.path(relpath)

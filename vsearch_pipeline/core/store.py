@@ -23,7 +23,7 @@ METRIC_KINDS: dict[str, tuple[str, ...]] = {
     "subset": ("fraction", "seed"),
     "embedding": ("model", "model_version", "precision"),
     "hash": ("hamming_threshold",),
-    "index": ("model", "index_type", "index_version", "params"),
+    "index": ("model", "index_type", "index_version", "params", "mode"),
     "cluster": ("model", "method", "reduce", "params", "grounding_set"),
     "retrieval": ("model", "index_type", "index_version", "grounding_set"),
 }
@@ -95,6 +95,8 @@ class MetricsDB:
         con.execute(SCHEMA)
         for kind, columns in METRIC_KINDS.items():
             con.execute(_metric_table_sql(kind, columns))
+            for column in columns:  # a file made by an older version lacks the newer columns
+                con.execute(f"ALTER TABLE {kind}_metrics ADD COLUMN IF NOT EXISTS {column} VARCHAR")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -126,15 +128,18 @@ class MetricsDB:
              float(value)]
             for name, value in metrics.items()
         ]
+        names = ("run_id", "asset", "partition", "recorded_at", *columns, "metric", "value")
         with self.transaction() as con:
-            insert_rows(con, f"{kind}_metrics", rows)
+            insert_rows(con, f"{kind}_metrics", rows, names)
 
 
-def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple | list]) -> None:
-    """Insert rows (DuckDB's executemany refuses an empty list)."""
+def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple | list],
+                columns: tuple[str, ...] | None = None) -> None:
+    """Insert rows, by column name when given (DuckDB's executemany refuses an empty list)."""
     if rows:
         placeholders = ", ".join(["?"] * len(rows[0]))
-        con.executemany(f"INSERT INTO {table} VALUES ({placeholders})", rows)
+        names = f" ({', '.join(columns)})" if columns else ""
+        con.executemany(f"INSERT INTO {table}{names} VALUES ({placeholders})", rows)
 
 
 def _as_text(value: object) -> str | None:

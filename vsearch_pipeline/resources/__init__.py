@@ -11,7 +11,7 @@ from pydantic import PrivateAttr
 
 from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel, load_model
-from vsearch_pipeline.core.sources import SourceObject, list_source, read_object
+from vsearch_pipeline.core.sources import SourceObject, list_source, read_head, read_object
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import CurationDB, MetricsDB
 from vsearch_pipeline.settings import (
@@ -37,6 +37,9 @@ class ImageSource(ConfigurableResource):
 
     def read(self, uri: str) -> bytes:
         return read_object(uri, self.endpoint_url)
+
+    def read_head(self, uri: str, size: int) -> bytes:
+        return read_head(uri, size, self.endpoint_url)
 
 
 class ArtifactStorage(ConfigurableResource):
