@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -31,7 +32,9 @@ from prometheus_client import (
 )
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
+from starlette.concurrency import run_in_threadpool
 
+from serving.auth import api_key_guard
 from serving.cache import VectorCache
 from serving.holder import (
     IndexHolder,
@@ -43,14 +46,16 @@ from serving.search_log import SearchLog
 from serving.tag_index import TagIndex
 from vsearch_pipeline.catalog import metadata_value
 from vsearch_pipeline.core.cluster import suggest_name
-from vsearch_pipeline.core.decode import ImageError, decode_rgb
+from vsearch_pipeline.core.decode import SNIFF_BYTES, ImageError, decode_rgb, sniff_image_format
 from vsearch_pipeline.core.hashing import fold_near_duplicates
+from vsearch_pipeline.core.image_sink import ImageSink
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.search import parse_bbox
 from vsearch_pipeline.settings import ServingSettings, Settings
 
+log = logging.getLogger("vsearch.serving")
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
                "WEBP": "image/webp", "BMP": "image/bmp", "GIF": "image/gif",
@@ -129,7 +134,7 @@ def fold_results(results: list[dict], views, enabled: bool) -> list[dict]:
 
 
 def create_app(holder: IndexHolder, settings: ServingSettings, curation: CurationDB,
-               source_endpoint_url: str | None = None) -> FastAPI:
+               source_endpoint_url: str | None = None, *, source_uri: str | None = None) -> FastAPI:
     metrics = ServiceMetrics()
     search_log = SearchLog(curation, settings.search_log_flush_s)
     query_vectors = VectorCache(settings.query_cache_size)
@@ -356,6 +361,48 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return {"model": model.name, "model_version": model.version, "dimension": model.dim,
                 "embeddings": entries}
 
+    require_api_key = api_key_guard(settings.api_keys_file)
+
+    @app.post("/ingest", dependencies=[Depends(require_api_key)])
+    async def ingest(files: Annotated[list[UploadFile], File(description="One or more images")],
+                     request: Request) -> dict:
+        """Add uploaded images to the collection (needs an API key): each is written into the
+        source's `ingest/` folder under its content-addressed name, where the sensor picks it up
+        as part of a new batch. Each file gets its id, or an `error` with the reason; 400 when
+        none is usable."""
+        if not source_uri:
+            raise HTTPException(503, "no source is configured (source.uri), so there is nowhere "
+                                     "to put uploads")
+        if len(files) > settings.max_embed_files:
+            raise HTTPException(413, f"{len(files)} files; at most {settings.max_embed_files} "
+                                     "per request")
+        sink = ImageSink(source_uri, source_endpoint_url, prefix="ingest")
+        entries = [await ingest_one(sink, upload) for upload in files]
+        if all("error" in e for e in entries):
+            raise HTTPException(400, "; ".join(f"{e['filename']}: {e['error']}" for e in entries))
+        log.info("ingest by key %r: %s", request.state.api_key_name,
+                 ", ".join(f"{e['filename']} -> {e.get('id', e.get('status'))}" for e in entries))
+        return {"files": entries, "stored": sum(e.get("existed") is False for e in entries),
+                "existed": sum(e.get("existed") is True for e in entries),
+                "refused": sum("error" in e for e in entries)}
+
+    async def ingest_one(sink: ImageSink, upload: UploadFile) -> dict:
+        """One uploaded file: size first (before reading it), then its bytes decide, then write."""
+        name, limit = upload.filename, settings.max_upload_bytes
+        if upload.size is not None and upload.size > limit:
+            return {"filename": name, "status": "too_large", "error": f"over {limit} bytes"}
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            return {"filename": name, "status": "too_large", "error": f"over {limit} bytes"}
+        fmt = sniff_image_format(data[:SNIFF_BYTES])
+        if fmt is None:
+            status = "empty" if not data else "not_image"
+            return {"filename": name, "status": status,
+                    "error": "empty file" if not data else "not an image: no known image format"}
+        stored = await run_in_threadpool(sink.put, data, fmt)
+        return {"filename": name, "id": stored.id, "uri": stored.uri, "path": stored.path,
+                "format": stored.format, "bytes": stored.bytes, "existed": stored.existed}
+
     @app.post("/click")
     def click(request: ClickRequest) -> dict:
         """Record that a person opened a result of a search (`query_id` from its answer)."""
@@ -529,4 +576,5 @@ def app_for_home(home: Path, settings: Settings) -> FastAPI:
     holder = IndexHolder(instance_metadata_source(instance), store_for,
                          settings.source.endpoint_url, instance_views_source(instance))
     curation = CurationDB(str(home / "curation.duckdb"))
-    return create_app(holder, settings.serving, curation, settings.source.endpoint_url)
+    return create_app(holder, settings.serving, curation, settings.source.endpoint_url,
+                      source_uri=settings.source.uri)

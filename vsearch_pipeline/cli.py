@@ -220,3 +220,82 @@ def _report(home: Path, summary: dict) -> None:
             "'duplicate_pair_recall') ORDER BY grounding_set, metric").fetchall()
     for grounding_set, metric, value in rows:
         click.echo(f"  {grounding_set:<20} {metric:<24} {value}")
+
+
+@main.command()
+@home_option
+@click.argument("url_list", type=click.File("r", encoding="utf-8"))
+@click.option("--to", "target", required=True,
+              help="Where the images go: a folder or s3://bucket/prefix (the collection's source, "
+                   "or a folder under it, so the sensor picks them up).")
+@click.option("--endpoint-url", help="S3-compatible endpoint for an s3:// target.")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="URLs fetched at the same time.")
+@click.option("--retries", default=3, show_default=True, type=click.IntRange(0, 20),
+              help="Tries after the first, with exponential backoff, for connection errors, "
+                   "timeouts, 429 and 5xx (never for other 4xx).")
+@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Seconds one attempt may take, from request to last byte.")
+@click.option("--max-bytes", default=50_000_000, show_default=True, type=click.IntRange(1),
+              help="Larger bodies are cut off and recorded as too_large.")
+@click.option("--manifest", "manifest_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON-lines record of every URL [default: <home>/downloads/<hash of --to>.jsonl].")
+def download(home: Path | None, url_list, target: str, endpoint_url: str | None, concurrency: int,
+             retries: int, timeout: float, max_bytes: int, manifest_path: Path | None) -> None:
+    """Fetch the images listed in URL_LIST (one URL per line, '#' comments; '-' for stdin) into
+    --to, named by content (<sha256[:16]>.<ext>) so the same image lands once.
+
+    Every URL's outcome is appended to the manifest as it finishes; run the same command again
+    after an interruption and it skips the URLs already done. Exits non-zero only when not one
+    image could be fetched, or on bad arguments.
+    """
+    from vsearch_pipeline.core.download import DownloadOptions, default_manifest, format_summary
+    from vsearch_pipeline.core.download import download as fetch_all
+
+    options = DownloadOptions(concurrency=concurrency, retries=retries, timeout=timeout,
+                              max_bytes=max_bytes)
+    manifest_path = manifest_path or default_manifest(home_dir(home), target)
+    _say(f"downloading into {target}; manifest {manifest_path}")
+    try:
+        summary = fetch_all(url_list, target, manifest_path, options, endpoint_url, say=_say)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: finished URLs are in {manifest_path}; run the same command "
+                   "again to go on", err=True)
+        sys.exit(130)
+    for line in format_summary(summary):
+        click.echo(line)
+    sys.exit(1 if summary.nothing_fetched else 0)
+
+
+@main.group("api-key")
+def api_key() -> None:
+    """API keys for the search service's write endpoints (POST /ingest)."""
+
+
+@api_key.command("create")
+@home_option
+@click.argument("name")
+@click.option("--keys-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The keys file [default: $VSEARCH_API_KEYS_FILE, else the home's "
+                   "serving.api_keys_file, else <home>/api-keys].")
+def api_key_create(home: Path | None, name: str, keys_file: Path | None) -> None:
+    """Make a new key called NAME: its SHA-256 is appended to the keys file (never the key) and
+    the key is printed once. Revoke it by deleting its line."""
+    from serving.auth import create_key, keys_file_path
+
+    home = home_dir(home)
+    try:
+        setting = load_settings(home).serving.api_keys_file
+    except ValueError:  # a broken vsearch.yaml must not stop a key being made with --keys-file
+        setting = None
+    configured = keys_file_path(setting)
+    keys_file = keys_file or configured or home / "api-keys"
+    try:
+        key = create_key(keys_file, name)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
+    click.echo(f"key {name!r} added to {keys_file}; keep it now, it is not stored anywhere:", err=True)
+    if configured is None or configured.resolve() != keys_file.resolve():
+        click.echo(f"(the service reads the keys file named by serving.api_keys_file or "
+                   f"VSEARCH_API_KEYS_FILE: point one of them at {keys_file})", err=True)
+    click.echo(key)

@@ -1,0 +1,152 @@
+"""API keys for the service's write endpoints (``POST /ingest``, and later others).
+
+Keys are stored hashed, never as themselves: a keys file holds one ``name:sha256hex`` line per
+key (``#`` starts a comment), so a leaked keys file grants nothing. A request presents its key as
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; its SHA-256 is compared with every
+stored hash by :func:`hmac.compare_digest`, so the comparison time says nothing about how close a
+guess was. With no keys configured the write endpoints are off (403) rather than open.
+
+The file comes from ``VSEARCH_API_KEYS_FILE`` or else the ``serving.api_keys_file`` setting; it is
+read again when it changes, so a key added with ``vsearch api-key create`` (or a line deleted to
+revoke one) takes effect without a restart. Keys are never logged; names are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+KEYS_ENV = "VSEARCH_API_KEYS_FILE"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_HASH_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+log = logging.getLogger("vsearch.serving.auth")
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex of a key: what the keys file stores instead of the key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def keys_file_path(setting: str | None) -> Path | None:
+    """The keys file in use: the environment variable wins over the setting; None when neither."""
+    chosen = os.environ.get(KEYS_ENV) or setting
+    return Path(chosen).expanduser() if chosen else None
+
+
+def parse_keys(text: str, source: str = "keys file") -> dict[str, str]:
+    """name -> SHA-256 hex from the text of a keys file. A malformed line is skipped with a
+    warning naming its line number only (it may hold a key pasted by mistake)."""
+    keys: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, digest = line.partition(":")
+        digest = digest.strip().lower()
+        if not NAME_PATTERN.match(name.strip()) or not _HASH_PATTERN.match(digest):
+            log.warning("%s line %d is not name:sha256hex; skipped", source, number)
+            continue
+        keys[name.strip()] = digest
+    return keys
+
+
+def create_key(keys_file: Path, name: str) -> str:
+    """Make a new random key, append `name:sha256` to the keys file (created with mode 0600) and
+    return the key: the only time it exists outside the caller's hands."""
+    if not NAME_PATTERN.match(name):
+        raise ValueError(f"a key name is letters, digits, '.', '_', '@' or '-' (at most 64), "
+                         f"got {name!r}")
+    existing = parse_keys(keys_file.read_text()) if keys_file.exists() else {}
+    if name in existing:
+        raise ValueError(f"{keys_file} already has a key named {name!r}: pick another name, or "
+                         "delete its line to revoke it first")
+    key = secrets.token_urlsafe(32)
+    keys_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(keys_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        if f.tell() > 0 and not keys_file.read_bytes().endswith(b"\n"):
+            f.write("\n")
+        f.write(f"{name}:{hash_key(key)}\n")
+    return key
+
+
+class ApiKeys:
+    """The keys of a keys file, read again whenever the file changes."""
+
+    def __init__(self, setting: str | None) -> None:
+        self.setting = setting
+        self._lock = threading.Lock()
+        self._seen: tuple[str, int, int] | None = None  # (path, mtime_ns, size) last read
+        self._keys: dict[str, str] = {}
+
+    def current(self) -> dict[str, str] | None:
+        """name -> hash, or None when no keys file is configured (or it does not exist)."""
+        path = keys_file_path(self.setting)
+        if path is None:
+            return None
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        seen = (str(path), stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if seen != self._seen:
+                self._keys = parse_keys(path.read_text(encoding="utf-8"), str(path))
+                self._seen = seen
+            return self._keys
+
+    def name_of(self, key: str) -> str | None:
+        """The name of the key, or None. Every stored hash is compared, in constant time each."""
+        keys = self.current() or {}
+        digest = hash_key(key)
+        found = None
+        for name, stored in keys.items():
+            if hmac.compare_digest(digest, stored):
+                found = name
+        return found
+
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
+
+
+def api_key_guard(setting: str | None) -> Callable[..., str]:
+    """A FastAPI dependency that lets a request through only with a valid API key; the key's name
+    is its value and ``request.state.api_key_name``. Use it on any endpoint that writes:
+    ``@app.post(..., dependencies=[Depends(guard)])``.
+
+    401 (with ``WWW-Authenticate: Bearer``) for a missing or unknown key; 403 while no keys file
+    is configured, so write endpoints are off rather than open by default.
+    """
+    keys = ApiKeys(setting)
+
+    def require_api_key(
+        request: Request,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        header_key: Annotated[str | None, Depends(_header)],
+    ) -> str:
+        if not keys.current():
+            raise HTTPException(403, "this endpoint is disabled until an API keys file is "
+                                     f"configured (serving.api_keys_file or {KEYS_ENV}; create a "
+                                     "key with `vsearch api-key create NAME`)")
+        presented = [k for k in (bearer.credentials if bearer else None, header_key) if k]
+        name = next((n for n in map(keys.name_of, presented) if n), None)
+        if name is None:
+            raise HTTPException(401, "a valid API key is needed: 'Authorization: Bearer <key>' or "
+                                     "'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
+        request.state.api_key_name = name
+        return name
+
+    return require_api_key
