@@ -144,7 +144,9 @@ def test_s3_sensor_turns_new_objects_into_one_partition_and_the_index_grows(
     again = collection.tick()
     assert not again.run_requests and again.skip_message
 
-    collection.run("process_batch", "b00001")
+    batch_run = collection.run("process_batch", "b00001")
+    request = _index_after_batch_request(collection, batch_run)
+    assert request.run_key == f"after-{batch_run.run_id}" and request.job_name in (None, "update_index")
     collection.run("update_index")
     build, ids = _index(collection)
     assert build["count"] == 50 and build["mode"] == "full"
@@ -212,6 +214,24 @@ def test_s3_sensor_turns_new_objects_into_one_partition_and_the_index_grows(
     # pHashes of later batches were checked against the earlier ones, incrementally
     groups = collection.materializations("near_duplicate_groups")
     assert {m.metadata["mode"].value for m in groups} == {"full", "incremental"}
+
+    # the nightly recluster compares its figures with the previous run's
+    checks = [e for run in (collection.run("recluster"), collection.run("recluster"))
+              for e in run.get_asset_check_evaluations()]
+    assert [c.metadata["compared_with_previous"].value for c in checks] == [False, True]
+    assert all(c.passed for c in checks)  # same images, same settings: no drift
+
+
+def _index_after_batch_request(collection: Collection, batch_run):
+    """What the run-status sensor asks for when a batch run succeeds."""
+    from dagster import DagsterEventType, build_run_status_sensor_context
+
+    success = next(e for e in batch_run.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
+    sensor = collection.defs.resolve_sensor_def("index_after_batch")
+    context = build_run_status_sensor_context(
+        sensor_name=sensor.name, dagster_event=success, dagster_instance=collection.instance,
+        dagster_run=batch_run.dagster_run)
+    return sensor(context)
 
 
 def test_folder_sensor_takes_files_that_share_a_timestamp(tmp_path):

@@ -66,3 +66,16 @@ def test_the_plan_adds_until_the_collection_outgrows_its_training():
     assert plan_build(previous, params, "m2", 1, 0.25, False).mode == FULL
     assert plan_build(previous, {**params, "nlist": 64}, "m1", 1, 0.25, False).mode == FULL
     assert plan_build(previous, params, "m1", 1, 0.25, True).reason.startswith("full rebuild requested")
+
+
+def test_cluster_drift_is_absolute_for_shares_and_relative_for_counts():
+    from vsearch_pipeline.core.drift import drifted
+
+    previous = {"n_clusters": 100, "noise_share": 0.20, "silhouette": 0.10, "gone": 1.0}
+    steady = {"n_clusters": 105, "noise_share": 0.25, "silhouette": float("nan")}
+    assert not any(r["drifted"] for r in drifted(previous, steady, 0.1))
+    assert [r["metric"] for r in drifted(previous, steady, 0.1)] == ["n_clusters", "noise_share"]
+    jump = {"n_clusters": 40, "noise_share": 0.45, "silhouette": 0.12}
+    assert {r["metric"] for r in drifted(previous, jump, 0.1) if r["drifted"]} == {
+        "n_clusters", "noise_share"}
+    assert drifted({}, jump, 0.1) == []
