@@ -138,3 +138,22 @@ def test_unknown_kind_raises(db: MetricsDB) -> None:
 def test_record_metrics_with_no_figures_is_a_no_op(db: MetricsDB) -> None:
     db.record_metrics("manifest", RUN, {}, {})
     assert _rows(db, "SELECT count(*) FROM manifest_metrics") == [(0,)]
+
+
+def test_queued_metrics_are_filed_once_even_when_filed_twice(tmp_path) -> None:
+    """Per-partition steps (maybe on other machines) queue their figures in artifact storage;
+    the collection step files them into DuckDB, and a record filed twice counts once."""
+    from vsearch_pipeline.core.metrics_queue import QUEUE, file_queued_metrics, queue_metrics
+    from vsearch_pipeline.core.storage import ArtifactStore
+
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    db = MetricsDB(str(tmp_path / "m.duckdb"))
+    run = {"run_id": "r1", "asset": "embeddings", "partition": "b00001"}
+    path = queue_metrics(store, "embedding", run, {"model": "m"}, {"images": 5, "seconds": 1.5})
+    copy = store.read_bytes(path)
+    assert file_queued_metrics(store, db) == 1 and store.list(QUEUE) == []
+    store.write_bytes(path, copy)  # the same record again (a step filed it concurrently)
+    assert file_queued_metrics(store, db) == 1
+    assert _rows(db, "SELECT partition, model, metric, value FROM embedding_metrics "
+                     "ORDER BY metric") == [("b00001", "m", "images", 5.0),
+                                            ("b00001", "m", "seconds", 1.5)]

@@ -30,12 +30,12 @@ from vsearch_pipeline.core.embed import (
     vector_problems,
 )
 from vsearch_pipeline.core.layout import embeddings_dir, embeddings_path, subset_path
+from vsearch_pipeline.core.metrics_queue import queue_metrics
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     EmbeddingModelResource,
     ImageSource,
-    MetricsDatabase,
 )
 
 CHECKS = [
@@ -68,7 +68,6 @@ def embeddings(
     source: ImageSource,
     storage: ArtifactStorage,
     model: EmbeddingModelResource,
-    metrics_db: MetricsDatabase,
 ) -> MaterializeResult:
     """L2-normalised float32 vectors of the batch's subset, one Parquet shard per batch and model,
     with each image's top predicted ImageNet classes where the model has a classifier head.
@@ -110,8 +109,8 @@ def embeddings(
                "failed": len(failed), "seconds": round(seconds, 3),
                "images_per_second": round(embedded / seconds, 2) if embedded else 0.0}
     version = table.column("model_version")[0].as_py() if len(table) else ""
-    metrics_db.db.record_metrics(
-        "embedding", run_keys(context),
+    queue_metrics(
+        store, "embedding", run_keys(context),
         {"model": model.spec.key, "model_version": version, "precision": model.precision}, figures,
     )
     return MaterializeResult(

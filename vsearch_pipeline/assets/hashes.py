@@ -21,7 +21,8 @@ from vsearch_pipeline.assets.common import (
 from vsearch_pipeline.assets.manifest import raw_image_manifest
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.hashing import group_edges, group_labels, near_duplicate_pairs, phash64
-from vsearch_pipeline.core.layout import image_locations, load_manifests, manifest_path
+from vsearch_pipeline.core.layout import HASHES, hashes_path, image_locations, load_manifests, manifest_path
+from vsearch_pipeline.core.metrics_queue import file_queued_metrics, queue_metrics
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import insert_rows
 from vsearch_pipeline.resources import (
@@ -41,27 +42,26 @@ def _phash_file(read: Callable[[str], bytes], uri: str) -> int | None:
         return None
 
 
-@asset(partitions_def=ingest_batches, deps=[raw_image_manifest], code_version="1",
+@asset(partitions_def=ingest_batches, deps=[raw_image_manifest], code_version="2",
        group_name="dedup")
 def perceptual_hashes(
     context: AssetExecutionContext,
     source: ImageSource,
     storage: ArtifactStorage,
-    metrics_db: MetricsDatabase,
 ) -> MaterializeResult:
-    """64-bit pHash of every usable image of the batch, in the DuckDB table `perceptual_hashes`.
+    """64-bit pHash of every usable image of the batch, in `hashes/<batch>.parquet` (id, phash).
 
-    Hashes depend on the bytes alone, so an id hashed in any batch is not hashed again.
+    Hashes depend on the bytes alone, so an id that another batch's file already holds is not
+    hashed again. The hashes live in artifact storage, where workers on any machine can write
+    them; `near_duplicate_groups` loads them into the DuckDB table `perceptual_hashes`.
     """
+    store = storage.store
     key = context.partition_key
-    manifest = storage.store.read_parquet(manifest_path(key))
+    manifest = store.read_parquet(manifest_path(key))
     usable = manifest.filter(pc.equal(manifest.column("status"), "ok"))
     first = dict(zip(usable.column("id").to_pylist(), usable.column("uri").to_pylist(),
                      strict=True))
-    with metrics_db.db.connect(read_only=False) as con:
-        known = dict(con.execute(
-            "SELECT id, phash FROM perceptual_hashes WHERE id IN (SELECT unnest(?))",
-            [list(first)]).fetchall())
+    known = _hashes_elsewhere(store, key, set(first))
     todo = [i for i in first if i not in known]
     start = time.perf_counter()
     report = progress_logger(context, "pHash")
@@ -72,16 +72,47 @@ def perceptual_hashes(
             computed[image_id] = value
             report(n + 1, len(todo))
     seconds = time.perf_counter() - start
-    rows = [(i, key, v) for i, v in {**known, **computed}.items() if v is not None]
-    with metrics_db.db.transaction() as con:
-        con.execute("DELETE FROM perceptual_hashes WHERE partition = ?", [key])
-        insert_rows(con, "perceptual_hashes", rows)
+    hashed = {i: v for i, v in {**known, **computed}.items() if v is not None}
+    store.write_parquet(hashes_path(key), pa.table({
+        "id": pa.array(list(hashed), pa.string()),
+        "phash": pa.array(list(hashed.values()), pa.uint64())}))
     failed = sum(v is None for v in computed.values())
-    figures = {"hashed": len(rows), "hashed_now": len(computed) - failed,
+    figures = {"hashed": len(hashed), "hashed_now": len(computed) - failed,
                "from_cache": len(known), "failed": failed, "seconds": round(seconds, 3)}
-    metrics_db.db.record_metrics("hash", run_keys(context), {}, figures)
+    queue_metrics(store, "hash", run_keys(context), {}, figures)
     return MaterializeResult(metadata={**figures, "hash": "phash (imagehash, 64 bits)",
+                                       "path": store.uri(hashes_path(key)),
                                        "code_version": code_version()})
+
+
+def _hashes_elsewhere(store: ArtifactStore, key: str, wanted: set[str]) -> dict[str, int]:
+    """pHashes of the wanted ids that other batches' hash files already hold."""
+    found: dict[str, int] = {}
+    for path in store.list(HASHES, ".parquet"):
+        if path == hashes_path(key) or not wanted:
+            continue
+        table = store.read_parquet(path)
+        for image_id, value in zip(*(table.column(c).to_pylist() for c in ("id", "phash")),
+                                   strict=True):
+            if image_id in wanted:
+                found[image_id] = value
+                wanted.discard(image_id)
+    return found
+
+
+def load_hashes(store: ArtifactStore, db) -> None:
+    """Refill the DuckDB table `perceptual_hashes` from every batch's hash file."""
+    tables = []
+    for path in store.list(HASHES, ".parquet"):
+        table = store.read_parquet(path)
+        partition = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+        tables.append(table.append_column("partition", pa.array([partition] * len(table))))
+    with db.transaction() as con:
+        con.execute("DELETE FROM perceptual_hashes")
+        if tables:
+            con.register("hash_files", pa.concat_tables(tables))
+            con.execute("INSERT INTO perceptual_hashes SELECT id, partition, phash FROM hash_files")
+            con.unregister("hash_files")
 
 
 @asset(deps=[perceptual_hashes], code_version="2", group_name="dedup")
@@ -101,6 +132,8 @@ def near_duplicate_groups(
     pHash and group (-1 for none): what the search service folds results and browses groups by.
     """
     threshold = settings.near_duplicates.hamming_threshold
+    file_queued_metrics(storage.store, metrics_db.db)
+    load_hashes(storage.store, metrics_db.db)
     with metrics_db.db.connect() as con:
         ids, hashes = _all_hashes(con)
     previous = _previous_groups(storage.store, threshold)

@@ -15,10 +15,10 @@ from vsearch_pipeline.assets.common import (
 from vsearch_pipeline.core.batches import batch_objects
 from vsearch_pipeline.core.layout import manifest_path
 from vsearch_pipeline.core.manifest import build_manifest, status_counts
+from vsearch_pipeline.core.metrics_queue import queue_metrics
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     ImageSource,
-    MetricsDatabase,
     PipelineSettings,
 )
 
@@ -28,7 +28,6 @@ def raw_image_manifest(
     context: AssetExecutionContext,
     source: ImageSource,
     storage: ArtifactStorage,
-    metrics_db: MetricsDatabase,
     settings: PipelineSettings,
 ) -> MaterializeResult:
     """Every file of one ingest batch: content id, URI, bytes, SHA-256, size, format and status.
@@ -56,8 +55,8 @@ def raw_image_manifest(
         reused = False
     counts = status_counts(table)
     bad = [r for r in table.to_pylist() if r["status"] != "ok"]
-    metrics_db.db.record_metrics(
-        "manifest", run_keys(context), {},
+    queue_metrics(
+        store, "manifest", run_keys(context), {},
         {"files": len(table), "seconds": seconds, **{f"status_{k}": v for k, v in counts.items()}},
     )
     return MaterializeResult(metadata={

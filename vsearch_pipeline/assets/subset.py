@@ -11,8 +11,9 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from vsearch_pipeline.assets.common import code_version, ingest_batches, run_keys
 from vsearch_pipeline.assets.manifest import raw_image_manifest
 from vsearch_pipeline.core.layout import manifest_path, subset_path
+from vsearch_pipeline.core.metrics_queue import queue_metrics
 from vsearch_pipeline.core.sampling import forced_mask, select_subset, unmatched_force_include
-from vsearch_pipeline.resources import ArtifactStorage, MetricsDatabase, PipelineSettings
+from vsearch_pipeline.resources import ArtifactStorage, PipelineSettings
 
 
 @asset(partitions_def=ingest_batches, deps=[raw_image_manifest], code_version="1",
@@ -20,7 +21,6 @@ from vsearch_pipeline.resources import ArtifactStorage, MetricsDatabase, Pipelin
 def sampled_subset(
     context: AssetExecutionContext,
     storage: ArtifactStorage,
-    metrics_db: MetricsDatabase,
     settings: PipelineSettings,
 ) -> MaterializeResult:
     """The usable images of the batch chosen by `fraction` and `seed`, plus `force_include`.
@@ -46,7 +46,7 @@ def sampled_subset(
     if unmatched:
         context.log.warning(f"force_include entries not in this batch: {unmatched[:20]}")
     figures = {"usable": len(usable), "chosen": int(chosen.sum()), "forced": int(forced.sum())}
-    metrics_db.db.record_metrics("subset", run_keys(context),
+    queue_metrics(store, "subset", run_keys(context),
                                  {"fraction": str(config.fraction), "seed": str(config.seed)},
                                  figures)
     return MaterializeResult(metadata={

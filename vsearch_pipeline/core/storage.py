@@ -6,6 +6,7 @@ name and renamed into place; an S3 PUT is atomic by itself.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -93,6 +94,10 @@ class ArtifactStore:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return self.uri(relpath)
+
+    def delete(self, relpath: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(relpath))
 
     def read_bytes(self, relpath: str) -> bytes:
         return self.fs.cat_file(self.path(relpath))

@@ -115,13 +115,16 @@ class MetricsDB:
         run: Mapping[str, str | None],
         keys: Mapping[str, object],
         metrics: Mapping[str, float],
+        recorded_at: dt.datetime | None = None,
+        replace: bool = False,
     ) -> None:
-        """Append one row per figure. `run` holds run_id, asset and partition."""
+        """Append one row per figure. `run` holds run_id, asset and partition; with `replace`,
+        the rows of that run, asset and partition go first (a record filed twice counts once)."""
         columns = METRIC_KINDS[kind]
         unknown = set(keys) - set(columns)
         if unknown:
             raise ValueError(f"{kind}_metrics has no columns {sorted(unknown)}")
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        now = recorded_at or dt.datetime.now(dt.UTC).replace(tzinfo=None)
         key_values = [_as_text(keys.get(c)) for c in columns]
         rows = [
             [run["run_id"], run["asset"], run.get("partition"), now, *key_values, name,
@@ -130,6 +133,10 @@ class MetricsDB:
         ]
         names = ("run_id", "asset", "partition", "recorded_at", *columns, "metric", "value")
         with self.transaction() as con:
+            if replace:
+                con.execute(f"DELETE FROM {kind}_metrics WHERE run_id = ? AND asset = ? "
+                            "AND partition IS NOT DISTINCT FROM ?",
+                            [run["run_id"], run["asset"], run.get("partition")])
             insert_rows(con, f"{kind}_metrics", rows, names)
 
 
