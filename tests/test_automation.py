@@ -293,3 +293,35 @@ def test_schedules_request_a_full_rebuild_and_a_nightly_recluster(tmp_path):
     job = defs.resolve_job_def("recluster")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "clusters", "curation_grounding", "evaluation"}
+
+
+def test_ivf_full_build_goes_shard_by_shard_and_drops_deleted_files(tmp_path):
+    """An IVF index is trained on a sample and filled shard by shard; a full rebuild leaves out
+    a file deleted from the source, and its recall is measured without loading every vector."""
+    from collections import Counter
+
+    from vsearch_pipeline.core.demo import build_demo_corpus
+    from vsearch_pipeline.runner import run_pipeline
+
+    images, _ = build_demo_corpus(tmp_path / "demo")
+    home = tmp_path / "home"
+    settings = load_settings(home, {"source": {"uri": str(images)},
+                                    "index": {"index_type": "ivf-flat", "nprobe": 64},
+                                    "clusters": {"min_cluster_size": 3}})
+    assert run_pipeline(home, settings, say=print)["success"]
+    store = ArtifactStore(str(home / "artifacts"))
+    first = latest_index_build(store, "efficientnet-lite0")
+    assert first["mode"] == "full" and first["params"]["index_type"] == "ivf-flat"
+    assert first["recall_at_10"] == 1.0  # every list probed
+
+    manifest = store.read_parquet("manifest/b00001.parquet").to_pylist()
+    copies = Counter(r["id"] for r in manifest if r["status"] == "ok")
+    unique = next(r for r in manifest if r["status"] == "ok" and copies[r["id"]] == 1)
+    (images / unique["path"]).unlink()
+    defs = make_definitions(home, settings)
+    assert defs.resolve_job_def("update_index").execute_in_process(
+        instance=open_instance(home), run_config=FULL_REBUILD).success
+    rebuilt = latest_index_build(store, "efficientnet-lite0")
+    ids = store.read_parquet(f"index/efficientnet-lite0/{rebuilt['version']}/ids.parquet")
+    assert rebuilt["removed"] == 1 and rebuilt["count"] == first["count"] - 1
+    assert unique["id"] not in ids.column("id").to_pylist()

@@ -43,6 +43,13 @@ from vsearch_pipeline.core.layout import (
     load_manifests,
     manifest_path,
 )
+from vsearch_pipeline.core.metrics_queue import file_queued_metrics
+from vsearch_pipeline.core.sharded_index import (
+    SHARDED_TYPES,
+    build_ivf_by_shards,
+    recall_by_shards,
+    sharded_params,
+)
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.resources import (
     ArtifactStorage,
@@ -99,6 +106,7 @@ def faiss_index(
     measured at each full build; below `index.min_recall` the check fails.
     """
     store = storage.store
+    file_queued_metrics(store, metrics_db.db)
     model_key = model.spec.key
     shards = store.list(embeddings_dir(model_key), ".parquet")
     if not shards:
@@ -163,11 +171,14 @@ def faiss_index(
 
 def _full_build(store: ArtifactStore, model_key: str, settings: PipelineSettings,
                 listing: list, version: str) -> BuiltIndex:
-    """Train and fill from every shard, keeping only images the source still holds."""
+    """Train and fill from every shard, keeping only images the source still holds. IVF types
+    are trained on a sample and filled shard by shard, never holding every vector at once."""
     config = settings.index
     manifest = load_manifests(store)
-    ids, vectors, model_version = load_embeddings(store, model_key)
     live = live_ids(manifest, listing)
+    if config.index_type in SHARDED_TYPES:
+        return _full_build_by_shards(store, model_key, config, manifest, live, version)
+    ids, vectors, model_version = load_embeddings(store, model_key)
     keep = np.array([i in live for i in ids], dtype=bool)
     removed = int((~keep).sum())
     ids = [i for i, k in zip(ids, keep, strict=True) if k]
@@ -180,6 +191,22 @@ def _full_build(store: ArtifactStore, model_key: str, settings: PipelineSettings
     id_map = _id_map(ids, image_locations(manifest), load_labels(store, model_key))
     return BuiltIndex(index, id_map, params, recall, version, len(ids), version, len(ids),
                       removed, model_version)
+
+
+def _full_build_by_shards(store: ArtifactStore, model_key: str, config, manifest: pa.Table,
+                          live: set[str], version: str) -> BuiltIndex:
+    shards = store.list(embeddings_dir(model_key), ".parquet")
+    embedded = {i for s in shards for i in store.read_parquet(s, columns=["id"]).column("id").to_pylist()}
+    gone = embedded - live
+    index, ids = build_ivf_by_shards(store, shards, config.params(), exclude=gone)
+    params = sharded_params(store, shards, config.params())
+    recall = recall_by_shards(index, ids, store, shards, RECALL_K, config.recall_queries,
+                              exclude=gone)
+    model_version = store.read_parquet(shards[-1], columns=["model_version"]).column(
+        "model_version")[0].as_py()
+    id_map = _id_map(ids, image_locations(manifest), load_labels(store, model_key))
+    return BuiltIndex(index, id_map, params, recall, version, len(ids), version, len(ids),
+                      len(gone), model_version)
 
 
 def _add_new(store: ArtifactStore, previous: dict, new: pa.Table) -> BuiltIndex:

@@ -19,6 +19,7 @@ from vsearch_pipeline.core.storage import ArtifactStore
 BATCHES = "batches"
 MANIFESTS = "manifest"
 SUBSETS = "subset"
+HASHES = "hashes"
 
 
 def batch_path(key: str) -> str:
@@ -31,6 +32,10 @@ def manifest_path(key: str) -> str:
 
 def subset_path(key: str) -> str:
     return f"{SUBSETS}/{key}.parquet"
+
+
+def hashes_path(key: str) -> str:
+    return f"{HASHES}/{key}.parquet"
 
 
 def embeddings_dir(model_key: str) -> str:
@@ -126,9 +131,9 @@ def load_labels(store: ArtifactStore, model_key: str
     where the model has a classifier head."""
     labels: dict[str, tuple[list[str], list[float]]] = {}
     for shard in store.list(embeddings_dir(model_key), ".parquet"):
-        table = store.read_parquet(shard)
-        if "labels" not in table.column_names:  # a shard written before labels were kept
+        if "labels" not in store.read_parquet_schema(shard).names:  # written before labels were kept
             continue
+        table = store.read_parquet(shard, columns=["id", "labels", "label_probs"])
         columns = (table.column(c).to_pylist() for c in ("id", "labels", "label_probs"))
         for image_id, names, probs in zip(*columns, strict=True):
             if names:
