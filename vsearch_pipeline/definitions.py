@@ -12,6 +12,7 @@ from dagster import Definitions
 
 from vsearch_pipeline.assets import ALL_ASSETS
 from vsearch_pipeline.automation import JOBS, make_automation
+from vsearch_pipeline.execution import executor_for
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     CurationDatabase,
@@ -47,6 +48,7 @@ def make_definitions(home: Path, settings: Settings) -> Definitions:
         sensors=sensors,
         schedules=schedules,
         resources=build_resources(home, settings),
+        executor=executor_for(settings.execution),
     )
 
 
