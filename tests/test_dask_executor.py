@@ -88,6 +88,19 @@ def test_executor_for_each_setting():
     assert isinstance(made, RunScopedDaskExecutor) and made.address == "tcp://scheduler:8786"
 
 
+def test_only_the_per_batch_job_goes_to_the_cluster(tmp_path):
+    """The collection jobs write the DuckDB file beside the instance: they stay local."""
+    from vsearch_pipeline.definitions import make_definitions
+
+    settings = load_settings(tmp_path, {"source": {"uri": str(tmp_path)}, "execution": {
+        "executor": "dask", "dask_address": "tcp://scheduler:8786"}})
+    defs = make_definitions(tmp_path, settings)
+    executors = {j: defs.resolve_job_def(j).executor_def.name
+                 for j in ("process_batch", "update_index", "recluster", "refresh_collection")}
+    assert executors == {"process_batch": "dask", "update_index": "multiprocess",
+                         "recluster": "multiprocess", "refresh_collection": "multiprocess"}
+
+
 def test_executor_settings_are_checked():
     with pytest.raises(ValueError, match="execution.dask_address"):
         executor_for(ExecutionSettings(executor="dask"))

@@ -22,6 +22,7 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     define_asset_job,
+    multiprocess_executor,
     run_status_sensor,
     sensor,
 )
@@ -43,18 +44,20 @@ process_batch_job = define_asset_job(
     description="Manifest, subset, embeddings and hashes of one ingest batch.",
 )
 refresh_collection_job = define_asset_job(
-    "refresh_collection", selection=COLLECTION_ASSETS,
+    "refresh_collection", executor_def=multiprocess_executor, selection=COLLECTION_ASSETS,
     description="Near-duplicate groups, FAISS index, clusters and evaluation of the collection.",
 )
 update_index_job = define_asset_job(
-    "update_index", selection=[near_duplicate_groups, faiss_index],
+    "update_index", executor_def=multiprocess_executor, selection=[near_duplicate_groups, faiss_index],
     description="New vectors into the index, new pHashes against the old ones (a full rebuild "
                 "when the index asks for one or the run config sets faiss_index.full_rebuild).",
 )
 recluster_job = define_asset_job(
-    "recluster", selection=[clusters, curation_grounding, evaluation],
+    "recluster", executor_def=multiprocess_executor, selection=[clusters, curation_grounding, evaluation],
     description="Clusters of the whole collection, the curation grounding sets and the evaluation.",
 )
+# The collection jobs write the DuckDB file beside the instance, so they run on this machine
+# whatever `execution.executor` says; only the per-batch work goes to a cluster.
 JOBS = [process_batch_job, refresh_collection_job, update_index_job, recluster_job]
 FULL_REBUILD = RunConfig(ops={"faiss_index": IndexBuildConfig(full_rebuild=True)})
 
