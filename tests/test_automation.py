@@ -325,3 +325,34 @@ def test_ivf_full_build_goes_shard_by_shard_and_drops_deleted_files(tmp_path):
     ids = store.read_parquet(f"index/efficientnet-lite0/{rebuilt['version']}/ids.parquet")
     assert rebuilt["removed"] == 1 and rebuilt["count"] == first["count"] - 1
     assert unique["id"] not in ids.column("id").to_pylist()
+
+
+def test_a_second_model_materializes_side_by_side(tmp_path):
+    """Re-embedding every partition with another model keeps the first model's embeddings and
+    index, and the evaluation tables hold both, to compare them by query."""
+    import duckdb
+
+    from vsearch_pipeline.core.demo import build_demo_corpus
+    from vsearch_pipeline.runner import run_pipeline
+
+    images, grounding = build_demo_corpus(tmp_path / "demo")
+    home = tmp_path / "home"
+    base = {"source": {"uri": str(images)}, "index": {"index_type": "flat"},
+            "clusters": {"min_cluster_size": 3}, "evaluation": {"grounding_sets": [str(grounding)]}}
+    assert run_pipeline(home, load_settings(home, base), say=print)["success"]
+    other = load_settings(home, {**base, "model": {"name": "open_clip:ViT-B-32",
+                                                   "pretrained": "random"}})
+    summary = run_pipeline(home, other, say=print)
+    assert summary["success"] and summary["new_batch"] is None  # same batch, another model
+
+    store = ArtifactStore(str(home / "artifacts"))
+    keys = ["efficientnet-lite0", "open_clip-ViT-B-32-random"]
+    for key in keys:
+        shard = store.read_parquet(f"embeddings/{key}/b00001.parquet")
+        assert len(shard) == 102 and latest_index_build(store, key)["count"] == 102
+    with duckdb.connect(str(home / "vsearch.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            "SELECT model, max(value) FROM retrieval_metrics WHERE grounding_set = 'grounding' "
+            "AND metric = 'precision@1' GROUP BY model ORDER BY model").fetchall()
+    assert [m for m, _ in rows] == keys
+    assert rows[0][1] > rows[1][1]  # trained weights beat random ones
