@@ -72,12 +72,11 @@ def find_new_batches(context: SensorEvaluationContext, source: ImageSource,
     store = storage.store
     cursor = SourceCursor.from_json(context.cursor)
     candidates, cursor = new_objects(source.list(), cursor, automation.sensor_lookback_s)
-    images, skipped = split_images(candidates, source.read_head)
+    batches = stored_batches(store)
+    images, skipped = split_images(unbatched(candidates, batches), source.read_head)
     for obj, why in skipped:
         context.log.info(f"skipped {obj.path}: {why}")
     cursor = cursor.forget(o.uri for o, why in skipped if why.startswith("could not read"))
-    batches = stored_batches(store)
-    images = unbatched(images, batches)
     keys = []
     for chunk in chunked(images, automation.max_batch_files):
         keys.append(record_batch(store, batch_key(len(batches) + len(keys) + 1), chunk,
