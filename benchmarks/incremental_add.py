@@ -50,9 +50,10 @@ def main() -> None:
     figures: dict[str, float] = {}
 
     def tick(cursor: str | None):
-        result = sensor.evaluate_tick(build_sensor_context(
-            instance_ref=instance.get_ref(), cursor=cursor, sensor_name=sensor.name,
-            definitions=defs, resources=defs.resources))
+        with build_sensor_context(instance_ref=instance.get_ref(), cursor=cursor,
+                                  sensor_name=sensor.name, definitions=defs,
+                                  resources=defs.resources) as context:
+            result = sensor.evaluate_tick(context)
         for request in result.dynamic_partitions_requests or []:
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         return result

@@ -83,10 +83,12 @@ class Collection:
         """One evaluation of the sensor with Dagster's sensor testing context, as the daemon
         would run it: its partition requests are applied and its cursor kept."""
         sensor = self.defs.resolve_sensor_def("s3_new_objects")
-        context = build_sensor_context(instance_ref=self.instance.get_ref(), cursor=self.cursor,
-                                       sensor_name=sensor.name, definitions=self.defs,
-                                       resources=self.defs.resources)
-        result = sensor.evaluate_tick(context)
+        # as a context manager: the instance it opens from the ref is closed again (an instance
+        # left open keeps Dagster's current defs-state storage pointing at it after it is gone)
+        with build_sensor_context(instance_ref=self.instance.get_ref(), cursor=self.cursor,
+                                  sensor_name=sensor.name, definitions=self.defs,
+                                  resources=self.defs.resources) as context:
+            result = sensor.evaluate_tick(context)
         for request in result.dynamic_partitions_requests or []:
             self.instance.add_dynamic_partitions(request.partitions_def_name,
                                                  list(request.partition_keys))
@@ -256,16 +258,18 @@ def test_folder_sensor_takes_files_that_share_a_timestamp(tmp_path):
     sensor = defs.resolve_sensor_def("folder_new_files")
     write("a.png", (255, 0, 0), 1_800_000_000)
     write("b.png", (0, 255, 0), 1_800_000_000)
-    cursor = sensor.evaluate_tick(build_sensor_context(
-        instance_ref=instance.get_ref(), sensor_name=sensor.name, definitions=defs,
-        resources=defs.resources)).cursor
+    def tick(cursor: str | None):
+        with build_sensor_context(instance_ref=instance.get_ref(), cursor=cursor,
+                                  sensor_name=sensor.name, definitions=defs,
+                                  resources=defs.resources) as context:
+            return sensor.evaluate_tick(context)
+
+    cursor = tick(None).cursor
     instance.add_dynamic_partitions(ingest_batches.name, ["b00001"])
     write("c.png", (0, 0, 255), 1_800_000_000)  # same second as the files already taken
     write("d.txt", (9, 9, 9), 1_800_000_000)  # a PNG by content
     (folder / "e.png").write_text("not an image")
-    result = sensor.evaluate_tick(build_sensor_context(
-        instance_ref=instance.get_ref(), cursor=cursor, sensor_name=sensor.name, definitions=defs,
-        resources=defs.resources))
+    result = tick(cursor)
     assert [r.partition_key for r in result.run_requests] == ["b00002"]
     store = ArtifactStore(str(home / "artifacts"))
     assert sorted(o["path"] for o in store.read_json("batches/b00002.json")["objects"]) == [
