@@ -1,6 +1,7 @@
 """Shared fixtures: where the real test photos are (../shared/data or VSEARCH_TEST_DATA)."""
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,30 @@ def shared_data() -> Path:
 def cases() -> Path:
     """The imagededup test images: edited copies, odd formats, a corrupt file."""
     return _folder("dedup_cases")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A real S3 server on 127.0.0.1 (moto in server mode, as s3fs's own tests use), one per
+    test module, stopped afterwards. Use with `s3_credentials`."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch):
+    """Dummy credentials: s3fs and boto3 insist on some, moto accepts any."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

@@ -4,14 +4,12 @@ partition, their vectors are added to the index without embedding anything twice
 incremental index answers exactly as a full rebuild does."""
 
 import json
-import socket
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
 from dagster import DagsterInstance, build_schedule_context, build_sensor_context
-from moto.server import ThreadedMotoServer
 
 from vsearch_pipeline.assets.common import ingest_batches
 from vsearch_pipeline.automation import FULL_REBUILD
@@ -23,32 +21,10 @@ from vsearch_pipeline.definitions import make_definitions
 from vsearch_pipeline.runner import open_instance
 from vsearch_pipeline.settings import load_settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("s3_credentials")]
 BUCKET = "collection"
 PREFIX = "incoming"
 CLASSES = ["accordion", "airplanes", "anchor", "ant", "barrel", "bass", "beaver"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def s3_credentials(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
 def _photos(shared_data: Path, count: int, skip: int = 0) -> list[Path]:

@@ -8,7 +8,6 @@ and each run is launched in a process of its own, as Dagster's run launcher does
 """
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ import numpy as np
 import pytest
 from dagster import DagsterInstance
 from distributed import Client, LocalCluster, get_task_stream
-from moto.server import ThreadedMotoServer
 
 from vsearch_pipeline.assets.common import ingest_batches
 from vsearch_pipeline.core.embed import table_vectors
@@ -106,21 +104,6 @@ def test_executor_settings_are_checked():
         executor_for(ExecutionSettings(executor="dask"))
     with pytest.raises(ValueError, match="execution.executor must be one of"):
         load_settings(Path("/nonexistent"), {"execution": {"executor": "celery"}})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture

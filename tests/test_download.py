@@ -5,7 +5,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ from pathlib import Path
 import boto3
 import pytest
 from click.testing import CliRunner
-from moto.server import ThreadedMotoServer
+from conftest import free_port
 from PIL import Image
 
 from vsearch_pipeline.cli import main
@@ -335,25 +334,7 @@ def test_interrupted_by_sigkill_then_resumed(site, tmp_path):
     assert {o.path for o in list_source(str(target))} == {content_name(d, "PNG")[1] for d in images.values()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-def test_download_into_s3(site, tmp_path, s3_endpoint):
+def test_download_into_s3(site, tmp_path, s3_endpoint, s3_credentials):
     urls = _serve_everything(site)
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     client.create_bucket(Bucket="photos")
@@ -404,7 +385,7 @@ def test_cli_help_and_a_real_run(site, tmp_path):
 
 
 def test_connection_refused_is_retried_then_failed(tmp_path):
-    url = f"http://127.0.0.1:{_free_port()}/nothing-listens.jpg"
+    url = f"http://127.0.0.1:{free_port()}/nothing-listens.jpg"
     summary = download([url], str(tmp_path / "out"), tmp_path / "m.jsonl", _options(retries=2))
     record = _records(tmp_path / "m.jsonl")[url]
     assert record["status"] == "failed" and record["attempts"] == 3 and record["error"]

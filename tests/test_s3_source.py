@@ -1,13 +1,11 @@
 """The graph over images in a bucket on a real S3 server (moto in server mode) on 127.0.0.1,
 read through s3fs, with the artifacts written to the same S3 server."""
 
-import socket
 from pathlib import Path
 
 import boto3
 import duckdb
 import pytest
-from moto.server import ThreadedMotoServer
 
 from vsearch_pipeline.catalog import latest_index_metadata
 from vsearch_pipeline.core.demo import build_demo_corpus
@@ -16,30 +14,8 @@ from vsearch_pipeline.runner import open_instance, run_pipeline
 from vsearch_pipeline.search import Searcher
 from vsearch_pipeline.settings import load_settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("s3_credentials")]
 BUCKET = "photos"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture(autouse=True)
-def s3_credentials(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
 
 def _upload(endpoint: str, folder: Path, prefix: str) -> int:

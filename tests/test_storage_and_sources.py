@@ -91,7 +91,7 @@ def test_failing_rename_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(OSError, match="disk went away"):
         store.write_bytes("d/f.bin", b"new")
     assert len(calls) == 1 and calls[0][1] == str(tmp_path / "d" / "f.bin")
-    assert calls[0][0].startswith(str(tmp_path / "d" / "f.bin") + ".tmp-")
+    assert calls[0][0].startswith(str(tmp_path / "d" / ".f.bin.part-"))  # hidden from listings
     assert store.read_bytes("d/f.bin") == b"old"
     assert _all_files(tmp_path) == ["d/f.bin"]
 

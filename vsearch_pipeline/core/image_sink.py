@@ -14,15 +14,13 @@ files the same way:
 from __future__ import annotations
 
 import hashlib
-import os
 import posixpath
-import uuid
 from dataclasses import dataclass, field
 
 import fsspec
 
 from vsearch_pipeline.core.manifest import image_id
-from vsearch_pipeline.core.storage import filesystem, is_local
+from vsearch_pipeline.core.storage import filesystem, is_local, write_atomically
 
 # The formats `sniff_image_format` names, and the extension a file of each gets.
 EXTENSIONS: dict[str, str] = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "TIFF": "tiff",
@@ -92,23 +90,3 @@ class ImageSink:
 
     def _uri(self, full: str) -> str:
         return full if is_local(self.fs) else f"{self.fs.protocol[0]}://{full}"
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Write a local file under a hidden temporary name beside it, then rename it into place.
-
-    The temporary name starts with a dot, so a source listing running meanwhile skips it, and it
-    is in the same folder, so the rename is atomic (same filesystem).
-    """
-    folder, name = os.path.split(path)
-    os.makedirs(folder or ".", exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.part-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

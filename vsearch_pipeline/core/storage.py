@@ -37,6 +37,26 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in fs.protocol or "local" in fs.protocol
 
 
+def write_atomically(path: str, data: bytes) -> None:
+    """Write a local file under a hidden temporary name beside it, then rename it into place.
+
+    The temporary name starts with a dot, so a source listing running meanwhile skips it, and it
+    is in the same folder, so the rename is atomic (same filesystem).
+    """
+    folder, name = os.path.split(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.part-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 @dataclass
 class ArtifactStore:
     """Where the pipeline's files live: a local folder or an s3:// prefix."""
@@ -82,17 +102,7 @@ class ArtifactStore:
         if not is_local(self.fs):
             self.fs.pipe_file(path, data)
             return self.uri(relpath)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomically(path, data)
         return self.uri(relpath)
 
     def delete(self, relpath: str) -> None:
