@@ -40,7 +40,7 @@ from vsearch_pipeline.settings import HOME_ENV, ExecutionSettings, load_settings
 BUCKET = "scaleout"
 CLASSES = ["accordion", "anchor", "pyramid", "windsor_chair"]  # one ingest batch each
 PER_CLASS = 6
-RUN_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 900  # about 130 s on a quiet 2-core machine; generous for a loaded one
 
 # The run launcher: one process per Dagster run, each executing the job for one partition against
 # the home's instance, with the definitions imported by module. The runs' processes are forked
