@@ -315,3 +315,29 @@ def test_new_hashes_checked_against_old_give_the_full_grouping():
     merged = group_labels(len(hashes), np.concatenate([touching[:, :2], group_edges(old_labels)]))
     full = group_labels(len(hashes), near_duplicate_pairs(hashes, 6))
     assert np.array_equal(merged, full)
+
+
+# --- batched pHash and the NumPy fallback --------------------------------------------------
+
+
+def test_batched_phash_equals_imagehash_bit_for_bit_on_real_photos(cases: Path) -> None:
+    """phash_array (one batched DCT) must equal imagehash.phash on real photos, as decoded by
+    the pipeline (JPEG draft to >= 64 px) and as fully decoded, plus flat and tiny images."""
+    from vsearch_pipeline.core.decode import decode_rgb
+
+    paths = sorted(cases.rglob("*.jpg")) + sorted(cases.rglob("*.png"))
+    images = [open_rgb(p) for p in paths if "corrupt" not in p.name]
+    images += [decode_rgb(p.read_bytes(), min_size=64) for p in paths if "corrupt" not in p.name]
+    images += [Image.new("RGB", (50, 40), (90, 90, 90)), Image.new("RGB", (3, 2), (255, 0, 0))]
+    expected = [int(str(imagehash.phash(img)), 16) for img in images]
+    assert [int(h) for h in phash_array(images)] == expected
+
+
+@pytest.mark.parametrize("threshold", [0, 4, 10])
+def test_numpy_fallback_matches_brute_force(threshold: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where numba is missing the NumPy path runs; it must give the same exact pairs."""
+    monkeypatch.setattr(hashing, "_compiled_kernel", lambda: None)
+    rng = np.random.default_rng(threshold)
+    hashes = np.concatenate([planted_hashes(rng, threshold), with_big_bucket(rng, threshold)])
+    np.testing.assert_array_equal(near_duplicate_pairs(hashes, threshold),
+                                  brute_force_pairs(hashes, threshold))

@@ -9,7 +9,9 @@ scales with the bucket sizes rather than with ``n**2``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from math import comb
 
@@ -26,9 +28,13 @@ MAX_THRESHOLD = 32
 PAIR_BLOCK = 1 << 21
 # Largest number of chunks a pair may be required to share (see choose_agreement).
 MAX_AGREEMENT = 4
-# Relative cost of sorting one item versus verifying one candidate pair (rough, measured).
-_SORT_COST = 4.0
+# Relative cost of bucketing one item versus verifying one candidate pair in the compiled
+# kernel (measured: at n = 1M, threshold 10, k = 3 took 29 s and k = 4 took 53 s).
+_SORT_COST = 40.0
+# Buckets of the compiled kernel's counting sort: at most 2**_KEY_BITS, about n of them.
+_KEY_BITS = 22
 
+_PHASH_SIDE = 32  # imagehash: hash_size 8 x highfreq_factor 4
 _BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
@@ -42,9 +48,39 @@ def phash64(image: Image.Image) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
+def phash_thumbnail(image: Image.Image) -> np.ndarray:
+    """The 32x32 grey ``uint8`` thumbnail pHash transforms, made exactly as imagehash makes it.
+
+    Split from the DCT so that threads can decode and shrink images while the DCT of many
+    thumbnails runs once, batched (``phash_thumbnails``).
+    """
+    return np.asarray(image.convert("L").resize((_PHASH_SIDE, _PHASH_SIDE), Image.LANCZOS))
+
+
+def phash_thumbnails(thumbnails: np.ndarray) -> np.ndarray:
+    """pHash of a stack of ``(N, 32, 32)`` thumbnails as ``uint64``, bit for bit imagehash's.
+
+    The same scipy DCT imagehash applies per image, applied along the axes of the whole stack
+    at once, then the same strict ``> median`` of the 8x8 low frequencies: one NumPy pass
+    instead of N small calls and N ``ImageHash`` objects.
+    """
+    import scipy.fftpack
+
+    stack = np.asarray(thumbnails)
+    if stack.shape[0] == 0:
+        return np.empty(0, dtype=np.uint64)
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(stack, axis=1), axis=2)
+    low = dct[:, :8, :8].reshape(len(stack), HASH_BITS)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+
+
 def phash_array(images: Iterable[Image.Image]) -> np.ndarray:
-    """pHash of each image as a 1-D ``uint64`` array."""
-    return np.fromiter((phash64(image) for image in images), dtype=np.uint64)
+    """pHash of each image as a 1-D ``uint64`` array (batched DCT; equals ``phash64`` each)."""
+    thumbs = [phash_thumbnail(image) for image in images]
+    if not thumbs:
+        return np.empty(0, dtype=np.uint64)
+    return phash_thumbnails(np.stack(thumbs))
 
 
 def hamming_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -185,6 +221,9 @@ def mih_pairs(hashes: np.ndarray, threshold: int, agreement: int,
         raise ValueError(f"agreement must be in 1..{HASH_BITS - threshold}, got {agreement}")
     hashes = _as_hash_vector(hashes)
     masks = chunk_masks(threshold + agreement)
+    kernel = _compiled_kernel()
+    if kernel is not None:
+        return _compiled_mih_pairs(kernel, hashes, masks, threshold, agreement, touching)
     parts = [
         block
         for combo in combinations(range(len(masks)), agreement)
@@ -284,3 +323,35 @@ def fold_near_duplicates(hashes: Sequence[int | None], threshold: int) -> list[l
             leader_groups.append(len(groups))
         groups.append([position])
     return groups
+
+
+def _compiled_kernel():
+    """The numba kernel module, or None where numba is missing (the NumPy path then runs)."""
+    try:
+        from vsearch_pipeline.core import hamming_kernel
+    except ImportError:
+        return None
+    return hamming_kernel
+
+
+def _compiled_mih_pairs(kernel, hashes: np.ndarray, masks: list[int], threshold: int,
+                        agreement: int, touching: np.ndarray | None) -> np.ndarray:
+    """``mih_pairs`` through the compiled kernel, chunk combinations spread over threads."""
+    marked = np.zeros(0, np.bool_) if touching is None else np.ascontiguousarray(touching, np.bool_)
+    hashes = np.ascontiguousarray(hashes)
+    key_bits = int(min(_KEY_BITS, max(1, hashes.size - 1).bit_length()))
+
+    def one(combo: tuple[int, ...]) -> np.ndarray:
+        key_mask = sum(masks[c] for c in combo)
+        others = np.array([masks[c] for c in range(combo[-1]) if c not in combo], np.uint64)
+        shifts = np.array([(masks[c] & -masks[c]).bit_length() - 1 for c in combo], np.int64)
+        widths = np.array([masks[c].bit_count() for c in combo], np.int64)
+        return kernel.combo_pairs(hashes, np.uint64(key_mask), shifts, widths,
+                                  min(key_bits, key_mask.bit_count()), others,
+                                  np.uint64(threshold), marked)
+
+    combos = list(combinations(range(len(masks)), agreement))
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, len(combos))) as pool:
+        parts = list(pool.map(one, combos))
+    pairs = np.concatenate(parts) if parts else np.empty((0, 3), dtype=np.int64)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]

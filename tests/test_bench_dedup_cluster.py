@@ -1,0 +1,42 @@
+"""Smoke runs of the dedup and cluster benchmarks: they finish and write every figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "../shared/data"
+
+
+def run_benchmark(name: str, out: Path) -> dict:
+    subprocess.run([sys.executable, "-m", "benchmarks", name, "--quick", "--json", str(out)],
+                   cwd=ROOT, check=True, timeout=300, capture_output=True)
+    return json.loads(out.read_text())["figures"]
+
+
+@pytest.mark.slow
+def test_dedup_benchmark_reports_both_tools_and_the_scale(tmp_path: Path) -> None:
+    pytest.importorskip("imagededup", reason="install the bench extra: pip install -e .[bench]")
+    if not (DATA / "caltech101" / "Faces").is_dir():
+        pytest.skip("../shared/data/caltech101 is absent")
+    figures = run_benchmark("dedup", tmp_path / "dedup.json")
+    for tool in ("vsearch", "imagededup"):
+        assert {"seconds", "pairs", "precision", "recall"} <= set(figures[tool])
+    assert figures["threshold"] == 10 and figures["speedup"] > 0
+    assert [row["n"] for row in figures["grouping"]] == [100_000, 200_000]
+    assert figures["grouping_all_planted_found"] is True
+
+
+@pytest.mark.slow
+def test_cluster_benchmark_reports_time_and_quality(tmp_path: Path) -> None:
+    figures = run_benchmark("cluster", tmp_path / "cluster.json")
+    assert figures["pipeline"]["n"] == 10_000
+    for key in ("seconds", "n_clusters", "noise_share", "silhouette", "purity", "adjusted_rand", "nmi",
+                "coverage"):
+        assert key in figures["pipeline"] and key in figures["plain_small_n"]
+    assert figures["plain_over_pipeline_time"] > 0
