@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "../shared/data"
 
 
 def run_benchmark(name: str, out: Path) -> dict:
@@ -20,10 +19,8 @@ def run_benchmark(name: str, out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_dedup_benchmark_reports_both_tools_and_the_scale(tmp_path: Path) -> None:
-    pytest.importorskip("imagededup", reason="install the bench extra: pip install -e .[bench]")
-    if not (DATA / "caltech101" / "Faces").is_dir():
-        pytest.skip("../shared/data/caltech101 is absent")
+def test_dedup_benchmark_reports_both_tools_and_the_scale(tmp_path: Path, shared_data: Path) -> None:
+    """The benchmark reads the photos where the tests do (VSEARCH_TEST_DATA or ../shared/data)."""
     figures = run_benchmark("dedup", tmp_path / "dedup.json")
     for tool in ("vsearch", "imagededup"):
         assert {"seconds", "pairs", "precision", "recall"} <= set(figures[tool])
