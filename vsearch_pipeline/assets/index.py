@@ -60,6 +60,7 @@ from vsearch_pipeline.resources import (
 )
 
 RECALL_K = 10
+NO_NEW_ROWS = pa.table({"id": pa.array([], pa.string()), "model_version": pa.array([], pa.string())})
 
 
 class IndexBuildConfig(Config):
@@ -236,7 +237,7 @@ def _new_rows(store: ArtifactStore, previous: dict | None, shards: list[str]) ->
     (each id once, first shard wins), with a `partition` column."""
     columns = ["id", "vector", "model_version", "labels", "label_probs"]
     if previous is None or "shards" not in previous:
-        return pa.table({c: pa.array([], pa.string()) for c in ["id", "model_version"]})
+        return NO_NEW_ROWS
     done = set(previous["shards"])
     folder = index_dir(previous["model_key"], previous["version"])
     seen = set(store.read_parquet(f"{folder}/ids.parquet", columns=["id"]).column("id").to_pylist())
@@ -251,7 +252,7 @@ def _new_rows(store: ArtifactStore, previous: dict | None, shards: list[str]) ->
         key = shard.rsplit("/", 1)[-1].removesuffix(".parquet")
         parts.append(table.append_column("partition", pa.array([key] * len(table), pa.string())))
     if not parts:
-        return pa.table({c: pa.array([], pa.string()) for c in ["id", "model_version"]})
+        return NO_NEW_ROWS
     return pa.concat_tables(parts)
 
 
