@@ -243,3 +243,94 @@ def test_filtered_search_returns_only_allowed_positions(built, clustered, name: 
     _, positions = filtered_search(index, params, query, 5, allowed)
     found = positions[0][positions[0] >= 0]
     assert len(found) >= 1 and set(found) <= set(allowed)
+
+
+# --- re-ranking (IndexRefineFlat), quantized HNSW storage, fast-scan PQ -----------------------
+
+
+def test_refine_returns_the_exact_order_when_every_candidate_is_re_ranked(clustered) -> None:
+    """With k_factor*k candidates covering what the coarse codes confuse, the exact re-ranking
+    gives flat search's order, even over 4-bit PQ codes that alone order poorly."""
+    vectors = clustered[0][:1000]
+    params = resolve_params(IndexParams("ivf-pq", M=16, nbits=4, refine=True, k_factor=50.0,
+                                        nprobe=100), len(vectors), D)
+    index = build_index(vectors, params)
+    assert isinstance(faiss.downcast_index(index), faiss.IndexRefineFlat)
+    scores, positions = search(index, vectors[:50], 5)
+    np.testing.assert_array_equal(positions, exact_neighbours(vectors, vectors[:50], 5))
+    expected = np.take_along_axis(vectors[:50] @ vectors.T, positions, axis=1)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)  # exact scores, not PQ estimates
+
+
+@pytest.mark.parametrize("storage", ["SQ8", "SQfp16"])
+def test_hnsw_with_scalar_quantized_storage(clustered, storage: str) -> None:
+    vectors, _ = clustered
+    params = resolve_params(IndexParams("hnsw", storage=storage, efConstruction=40), N, D)
+    assert factory_string(params, D) == f"HNSW32,{storage}"
+    index = build_index(vectors, params)
+    inner = faiss.downcast_index(index)
+    assert isinstance(inner, faiss.IndexHNSWSQ) and inner.hnsw.efSearch == 128
+    assert recall_at_k(index, vectors, k=10) >= 0.85
+
+
+def test_hnsw_sq8_refine_sets_search_params_through_the_wrapper(clustered) -> None:
+    vectors, _ = clustered
+    params = resolve_params(IndexParams("hnsw", storage="SQ8", refine=True, k_factor=2.0,
+                                        efSearch=64, efConstruction=40), N, D)
+    assert factory_string(params, D) == "HNSW32,SQ8,RFlat"
+    index = build_index(vectors, params)
+    refine = faiss.downcast_index(index)
+    assert refine.k_factor == 2.0 and faiss.downcast_index(refine.base_index).hnsw.efSearch == 64
+    assert recall_at_k(index, vectors, k=10) >= 0.9
+    copy = deserialize(serialize(index))
+    from vsearch_pipeline.core.index import set_search_params
+
+    set_search_params(copy, params)
+    np.testing.assert_array_equal(search(copy, vectors[:20], 10)[1], search(index, vectors[:20], 10)[1])
+
+
+def test_fast_scan_ivf_pq_factory_and_filtered_search(clustered) -> None:
+    from vsearch_pipeline.core.index import filtered_search
+
+    vectors, labels = clustered
+    params = resolve_params(IndexParams("ivf-pq", M=16, nbits=4, fast_scan=True, refine=True), N, D)
+    assert factory_string(params, D) == "IVF76,PQ16x4fs,RFlat"
+    index = build_index(vectors, params)
+    assert recall_at_k(index, vectors, k=10) >= 0.4  # measured 0.52: 16 codes of 4 bits, k_factor 4
+    allowed = np.flatnonzero(labels != labels[0])[:7]
+    _, positions = filtered_search(index, params, vectors[0], 5, allowed)
+    found = positions[0][positions[0] >= 0]
+    assert len(found) >= 1 and set(found) <= set(allowed)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [(IndexParams("hnsw", storage="SQ3"), r"index\.storage must be one of"),
+     (IndexParams("ivf-flat", storage="SQ8"), r"index\.storage applies to index_type hnsw"),
+     (IndexParams("ivf-pq", fast_scan=True), r"index\.fast_scan needs .* nbits 4"),
+     (IndexParams("hnsw", fast_scan=True, nbits=4), r"index\.fast_scan needs index_type ivf-pq"),
+     (IndexParams("flat", refine=True), r"index\.refine re-ranks an approximate index"),
+     (IndexParams("hnsw", refine=True, k_factor=0.5), r"index\.k_factor must be at least 1")],
+)
+def test_invalid_encoding_options_raise(params: IndexParams, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_params(params)
+
+
+def test_fast_scan_needs_an_even_m_after_resolution() -> None:
+    with pytest.raises(ValueError, match=r"index\.fast_scan needs nbits 4 and an even M"):
+        resolve_params(IndexParams("ivf-pq", M=1, nbits=4, fast_scan=True), 10_000, 67)
+
+
+def test_index_settings_validate_the_new_options() -> None:
+    from pydantic import ValidationError
+
+    from vsearch_pipeline.settings import IndexSettings
+
+    settings = IndexSettings(index_type="hnsw", storage="SQ8", refine=True, k_factor=2)
+    assert settings.params() == IndexParams("hnsw", storage="SQ8", refine=True, k_factor=2.0)
+    with pytest.raises(ValidationError, match=r"index\.storage applies to index_type hnsw"):
+        IndexSettings(index_type="ivf-pq", storage="SQ8")
+    with pytest.raises(ValidationError, match="k_factor"):
+        IndexSettings(refine=True, k_factor=0.5)
+    assert IndexSettings().params() == IndexParams()  # defaults unchanged

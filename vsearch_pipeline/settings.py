@@ -13,11 +13,12 @@ from typing import Any
 
 import yaml
 from dagster import Config
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from vsearch_pipeline.core.cluster import ClusterParams
 from vsearch_pipeline.core.cluster import validate_params as validate_cluster_params
 from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
+from vsearch_pipeline.core.engines import validate_engine
 from vsearch_pipeline.core.index import IndexParams
 from vsearch_pipeline.core.index import validate_params as validate_index_params
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
@@ -49,6 +50,13 @@ class ModelSettings(Section):
     batch_size: int = Field(32, ge=1, le=4096)
     device: str = "cpu"
     precision: str = "fp32"
+    engine: str = "auto"  # auto | torch | onnx | openvino: see vsearch_pipeline.core.engines
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> ModelSettings:
+        """An engine that cannot run this model, device or precision fails at load, not mid-run."""
+        validate_engine(self.engine, self.name, self.device, self.precision)
+        return self
 
 
 class ManifestSettings(Section):
@@ -75,13 +83,24 @@ class IndexSettings(Section):
     nprobe: int = Field(16, ge=1)
     nbits: int = Field(8, ge=1, le=16)
     opq: bool = False
+    fast_scan: bool = False
+    storage: str = "Flat"
+    refine: bool = False
+    k_factor: float = Field(4.0, ge=1.0)
     min_recall: float = Field(0.9, ge=0.0, le=1.0)
     recall_queries: int = Field(1000, ge=1)
     rebuild_growth_ratio: float = Field(0.25, gt=0.0)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> IndexSettings:
+        """Combinations FAISS would refuse (or silently ignore) fail when the file is read."""
+        validate_index_params(self.params())
+        return self
+
     def params(self) -> IndexParams:
         return IndexParams(self.index_type, self.M, self.efConstruction, self.efSearch,
-                           self.nlist, self.nprobe, self.nbits, self.opq)
+                           self.nlist, self.nprobe, self.nbits, self.opq, self.fast_scan,
+                           self.storage, self.refine, self.k_factor)
 
 
 class ClusterSettings(Section):

@@ -8,7 +8,15 @@ Index types and their parameters:
   ``nprobe`` (default 16).
 - ``ivf-pq``: ``nlist``, ``nprobe`` as above, ``M`` (PQ sub-quantizers; must divide the
   dimension; default the largest divisor <= 64), ``nbits`` (bits per code, default 8, lowered for
-  small collections that cannot train 2**nbits centroids), ``opq`` (rotate with OPQ first).
+  small collections that cannot train 2**nbits centroids), ``opq`` (rotate with OPQ first),
+  ``fast_scan`` (4-bit codes scanned with SIMD, FAISS's ``PQ{M}x4fs``; needs ``nbits`` 4 and an
+  even ``M``).
+- ``storage`` (hnsw): how the graph's vectors are stored, as the factory names it: ``Flat``
+  (float32), ``SQfp16``, ``SQ8`` or ``SQ4`` (scalar-quantized, 2 to 8 times smaller).
+- ``refine`` (any approximate type): wrap in ``IndexRefineFlat``, which keeps the exact vectors
+  and re-ranks ``k_factor * k`` candidates of the base index by exact inner product. Quantized
+  codes then only have to find the neighbours among the candidates, not order them, which is
+  what lets a compact index reach high recall (see benchmarks/ann.py).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import faiss
 import numpy as np
 
 INDEX_TYPES = ("flat", "hnsw", "ivf-flat", "ivf-pq")
+HNSW_STORAGES = ("Flat", "SQfp16", "SQ8", "SQ4")
 MIN_POINTS_PER_CENTROID = 39
 
 
@@ -33,6 +42,10 @@ class IndexParams:
     nprobe: int = 16
     nbits: int = 8
     opq: bool = False
+    fast_scan: bool = False
+    storage: str = "Flat"
+    refine: bool = False
+    k_factor: float = 4.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +59,22 @@ def validate_params(params: IndexParams) -> None:
             raise ValueError(f"index.{name} must be at least 1")
     if not 1 <= params.nbits <= 16:
         raise ValueError("index.nbits must be in 1..16")
+    _validate_encoding(params)
+
+
+def _validate_encoding(params: IndexParams) -> None:
+    """The options that only mean something for some types are refused elsewhere, so a setting
+    that would be silently ignored is a mistake the user hears about."""
+    if params.storage not in HNSW_STORAGES:
+        raise ValueError(f"index.storage must be one of {HNSW_STORAGES}, got {params.storage!r}")
+    if params.storage != "Flat" and params.index_type != "hnsw":
+        raise ValueError("index.storage applies to index_type hnsw only (ivf-pq stores PQ codes)")
+    if params.fast_scan and (params.index_type != "ivf-pq" or params.nbits != 4):
+        raise ValueError("index.fast_scan needs index_type ivf-pq with nbits 4 (PQ{M}x4fs)")
+    if params.refine and params.index_type == "flat":
+        raise ValueError("index.refine re-ranks an approximate index; flat is already exact")
+    if params.k_factor < 1:
+        raise ValueError("index.k_factor must be at least 1 (candidates per result to re-rank)")
 
 
 def _largest_divisor(d: int, limit: int) -> int:
@@ -67,20 +96,29 @@ def resolve_params(params: IndexParams, n: int, d: int) -> IndexParams:
         if d % m:
             raise ValueError(f"index.M={m} must divide the vector dimension {d}")
         nbits = min(params.nbits, max(1, int(math.log2(max(n, 2) / 4))))
+        if params.fast_scan and (nbits != 4 or m % 2):
+            raise ValueError(f"index.fast_scan needs nbits 4 and an even M; resolved nbits={nbits}, "
+                             f"M={m} (fewer than 64 vectors lower nbits)")
         resolved = replace(resolved, M=m, nbits=nbits)
     return resolved
 
 
 def factory_string(params: IndexParams, d: int) -> str:
     """The faiss.index_factory description of the resolved parameters."""
+    return _base_factory(params) + (",RFlat" if params.refine else "")
+
+
+def _base_factory(params: IndexParams) -> str:
     kind = params.index_type
     if kind == "flat":
         return "Flat"
     if kind == "hnsw":
-        return f"HNSW{params.M},Flat"
+        return f"HNSW{params.M},{params.storage}"
     if kind == "ivf-flat":
         return f"IVF{params.nlist},Flat"
     prefix = f"OPQ{params.M}," if params.opq else ""
+    if params.fast_scan:
+        return f"{prefix}IVF{params.nlist},PQ{params.M}x4fs"
     return f"{prefix}IVF{params.nlist},PQ{params.M}x{params.nbits}np"  # np: skip polysemous training
 
 
@@ -90,7 +128,7 @@ def build_index(vectors: np.ndarray, params: IndexParams, seed: int = 0) -> fais
     d = vectors.shape[1]
     index = faiss.index_factory(d, factory_string(params, d), faiss.METRIC_INNER_PRODUCT)
     if params.index_type == "hnsw":
-        faiss.downcast_index(index).hnsw.efConstruction = params.efConstruction
+        faiss.downcast_index(base_index(index)).hnsw.efConstruction = params.efConstruction
     if not index.is_trained:
         index.train(_training_sample(vectors, seed))
     index.add(vectors)
@@ -105,11 +143,23 @@ def _training_sample(vectors: np.ndarray, seed: int, limit: int = 200_000) -> np
     return vectors[np.sort(rows)]
 
 
+def base_index(index: faiss.Index) -> faiss.Index:
+    """The index that finds the candidates: under an IndexRefineFlat, its base."""
+    refine = faiss.downcast_index(index)
+    return refine.base_index if isinstance(refine, faiss.IndexRefine) else index
+
+
 def set_search_params(index: faiss.Index, params: IndexParams) -> None:
+    """Search-time parameters live on the index object, not in the file's header alone, so they
+    are set again after every load. ParameterSpace does not see through IndexRefine to an HNSW
+    base, hence the explicit unwrapping."""
+    base = base_index(index)
+    if base is not index:
+        faiss.downcast_index(index).k_factor = params.k_factor
     if params.index_type == "hnsw":
-        faiss.ParameterSpace().set_index_parameter(index, "efSearch", params.efSearch)
+        faiss.downcast_index(base).hnsw.efSearch = params.efSearch
     elif params.index_type in ("ivf-flat", "ivf-pq"):
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", params.nprobe)
+        faiss.ParameterSpace().set_index_parameter(base, "nprobe", params.nprobe)
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,6 +185,9 @@ def filtered_search(index: faiss.Index, params: IndexParams, queries: np.ndarray
     else:
         search_params = faiss.SearchParametersPreTransform(
             index_params=faiss.SearchParametersIVF(sel=selector, nprobe=params.nprobe))
+    if params.refine:  # the base finds candidates among the allowed; refine re-ranks those only
+        search_params = faiss.IndexRefineSearchParameters(k_factor=params.k_factor,
+                                                          base_index_params=search_params)
     k = max(1, min(k, len(allowed)))
     return index.search(queries, k, params=search_params)
 

@@ -85,6 +85,7 @@ class EmbeddingModelResource(ConfigurableResource):
     batch_size: int = 32
     device: str = "cpu"
     precision: str = "fp32"
+    engine: str = "auto"  # torch | onnx | openvino, or auto: the fastest measured for the model
 
     @property
     def spec(self) -> ModelSpec:
@@ -96,7 +97,7 @@ class EmbeddingModelResource(ConfigurableResource):
     def model(self) -> EmbeddingModel:
         """Loaded on first use, once per process."""
         if self._model is None:
-            self._model = load_model(self.spec, self.device, self.precision)
+            self._model = load_model(self.spec, self.device, self.precision, self.engine)
         return self._model
 
 
