@@ -124,3 +124,22 @@ def test_suggested_name_prefers_a_common_tag_then_the_common_label():
     # One tag on one member of ten is not enough to name the cluster.
     assert suggest_name(10, [["odd"]] + [[]] * 9, ["dog"] * 10)[0] == "dog"
     assert suggest_name(2, [[], []], [None, None]) == (None, [])
+
+
+def test_knn_graph_hdbscan_agrees_with_the_hdbscan_library() -> None:
+    """Overlapping clusters of uneven density, with stray points: the pipeline's k-NN-graph
+    HDBSCAN labels them as hdbscan.HDBSCAN does."""
+    import hdbscan
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 16))
+    sizes = rng.integers(20, 120, size=40)
+    points = np.vstack([c + rng.normal(scale=rng.uniform(0.15, 0.5), size=(s, 16))
+                        for c, s in zip(centres, sizes, strict=True)]
+                       + [rng.normal(scale=2.0, size=(60, 16))]).astype(np.float32)
+    ours = cluster_labels(points, ClusterParams(reduce="none", min_cluster_size=8))
+    theirs = hdbscan.HDBSCAN(min_cluster_size=8).fit_predict(points.astype(np.float64))
+    assert len(set(theirs)) > 20
+    assert adjusted_rand_score(theirs, ours) > 0.97
+    assert abs(np.mean(ours == -1) - np.mean(theirs == -1)) < 0.02

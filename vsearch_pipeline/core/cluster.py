@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from vsearch_pipeline.core.knn_hdbscan import knn_hdbscan_labels
+
 CLUSTER_METHODS = ("hdbscan", "kmeans")
 REDUCTIONS = ("none", "pca", "umap")
 
@@ -70,11 +72,7 @@ def cluster_labels(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:
         k = min(params.n_clusters or max(2, round(np.sqrt(n / 2))), n)
         model = KMeans(n_clusters=k, n_init="auto", random_state=params.seed)
         return model.fit_predict(reduced).astype(np.int64)
-    import hdbscan
-
-    model = hdbscan.HDBSCAN(min_cluster_size=params.min_cluster_size,
-                            min_samples=params.min_samples, core_dist_n_jobs=1)
-    return model.fit_predict(reduced.astype(np.float64)).astype(np.int64)
+    return knn_hdbscan_labels(reduced, params.min_cluster_size, params.min_samples)
 
 
 TAG_SHARE_FOR_NAME = 0.3  # a tag names a cluster once this share of its members carry it
