@@ -29,7 +29,7 @@ def _prepare(model: EmbeddingModel, read: Callable[[str], bytes], uri: str) -> t
     Large JPEGs decode at reduced scale (DCT scaling), down to the model's `decode_size` only:
     the speed of a reduced decode without moving the vectors away from a full-size decode."""
     try:
-        image = decode_rgb(read(uri), min_size=model.decode_size or model.image_size)
+        image = decode_rgb(read(uri), min_size=model.decode_min_size)
     except (ImageError, OSError) as err:
         return str(err)
     return model.transform(image)

@@ -89,6 +89,12 @@ class EmbeddingModel:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def decode_min_size(self) -> int:
+        """The shorter side a JPEG is decoded down to (DCT scaling), for the collection and for
+        queries alike, so that a query is embedded exactly as the collection was."""
+        return self.decode_size or self.image_size
+
     def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
         return self.embed_and_label(batch, top=0)[0]
 
