@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 import duckdb
+import pyarrow as pa
 
 METRIC_KINDS: dict[str, tuple[str, ...]] = {
     "manifest": (),
@@ -142,11 +143,23 @@ class MetricsDB:
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple | list],
                 columns: tuple[str, ...] | None = None) -> None:
-    """Insert rows, by column name when given (DuckDB's executemany refuses an empty list)."""
-    if rows:
+    """Insert rows, by column name when given, as one Arrow table: DuckDB's executemany runs one
+    statement per row, which made the search log's writes most of the search service's CPU time
+    (2,000 impressions a second). Columns Arrow cannot type (mixed kinds) go row by row."""
+    if not rows:
+        return
+    names = f" ({', '.join(columns)})" if columns else ""
+    try:
+        batch = pa.table({f"c{i}": pa.array(values) for i, values in enumerate(zip(*rows, strict=True))})
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
         placeholders = ", ".join(["?"] * len(rows[0]))
-        names = f" ({', '.join(columns)})" if columns else ""
         con.executemany(f"INSERT INTO {table}{names} VALUES ({placeholders})", rows)
+        return
+    con.register("_inserted_rows", batch)
+    try:
+        con.execute(f"INSERT INTO {table}{names} SELECT * FROM _inserted_rows")
+    finally:
+        con.unregister("_inserted_rows")
 
 
 def _as_text(value: object) -> str | None:
