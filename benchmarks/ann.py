@@ -74,13 +74,17 @@ def synthetic_seed_vectors(n: int = 9144, d: int = 1280, seed: int = SEED) -> np
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def pca_reduce(vectors: np.ndarray, d: int = DIM) -> tuple[np.ndarray, np.ndarray]:
-    """Project on the top-d principal directions (uncentred, so inner products survive); returns
-    the unit reduced vectors and the per-dimension variance that shapes the generator's noise."""
+def pca_basis(vectors: np.ndarray, d: int = DIM) -> np.ndarray:
+    """The top-d principal directions (uncentred, so inner products survive), one per row."""
     pca = faiss.PCAMatrix(vectors.shape[1], d)
     pca.train(np.ascontiguousarray(vectors, dtype=np.float32))
-    components = faiss.vector_to_array(pca.A).reshape(d, vectors.shape[1])
-    reduced = vectors @ components.T
+    return faiss.vector_to_array(pca.A).reshape(d, vectors.shape[1])
+
+
+def pca_reduce(vectors: np.ndarray, d: int = DIM) -> tuple[np.ndarray, np.ndarray]:
+    """The unit vectors projected on the top-d principal directions, and the per-dimension
+    variance that shapes the generator's noise."""
+    reduced = vectors @ pca_basis(vectors, d).T
     variance = reduced.var(axis=0)
     return reduced / np.linalg.norm(reduced, axis=1, keepdims=True), variance
 
