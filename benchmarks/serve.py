@@ -46,6 +46,7 @@ from benchmarks.ann import (
     pca_basis,
     pca_reduce,
     real_vectors,
+    recall,
     synthetic_seed_vectors,
 )
 from benchmarks.pipeline import caltech_photos
@@ -90,9 +91,13 @@ def fake_ids(n: int) -> list[str]:
     return [f"{v:016x}" for v in rng.integers(0, 2**63, n, dtype=np.int64)]
 
 
+def generated_uris(n: int) -> list[str]:
+    return [f"bench://generated/{i:07d}.jpg" for i in range(n)]
+
+
 def write_manifest(store: ArtifactStore, ids: list[str]) -> None:
     n = len(ids)
-    uris = [f"bench://generated/{i:07d}.jpg" for i in range(n)]
+    uris = generated_uris(n)
     columns = {"id": ids, "uri": uris, "path": [u.removeprefix("bench://") for u in uris],
                "version": ["1"] * n, "bytes": [0] * n, "content_hash": ids, "width": [0] * n,
                "height": [0] * n, "format": ["JPEG"] * n, "status": ["ok"] * n, "reason": [None] * n}
@@ -103,7 +108,7 @@ def write_version(store: ArtifactStore, index: faiss.Index, params: IndexParams,
                   version: str, model, build_s: float, recall: float) -> dict:
     """One index version folder, laid out as the faiss_index asset writes it."""
     folder = index_dir(model.spec.key, version)
-    uris = [f"bench://generated/{i:07d}.jpg" for i in range(len(ids))]
+    uris = generated_uris(len(ids))
     store.write_parquet(f"{folder}/ids.parquet", pa.table({
         "position": pa.array(range(len(ids)), pa.int64()), "id": ids, "uri": uris,
         "path": [u.removeprefix("bench://") for u in uris],
@@ -126,10 +131,6 @@ def report(instance, store: ArtifactStore, build: dict) -> None:
         "version": build["version"], "storage_root": store.root, "index_dir": folder,
         "vectors": build["count"], "index_type": build["params"]["index_type"],
         "params": MetadataValue.json(build["params"]), "model_key": build["model_key"]}))
-
-
-def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
 
 
 def prepare_home(home: Path, n: int) -> dict:
@@ -156,7 +157,7 @@ def prepare_home(home: Path, n: int) -> dict:
     recall_by_ef = {}
     for ef in RECALL_EF_SEARCH:
         set_search_params(hnsw, replace(HNSW, efSearch=ef))
-        recall_by_ef[ef] = round(recall_at_10(hnsw.search(queries, 10)[1], truth), 4)
+        recall_by_ef[ef] = round(recall(hnsw.search(queries, 10)[1], truth), 4)
     set_search_params(hnsw, HNSW)
     hnsw_recall = recall_by_ef[HNSW.efSearch]
     print(f"# {factory_string(HNSW, hnsw.d)} efConstruction {HNSW.efConstruction}: built in "
