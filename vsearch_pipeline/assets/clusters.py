@@ -15,7 +15,13 @@ from dagster import (
     asset,
 )
 
-from vsearch_pipeline.assets.common import artifact_version, code_version, markdown_table, run_keys
+from vsearch_pipeline.assets.common import (
+    STORAGE_RETRY,
+    artifact_version,
+    code_version,
+    markdown_table,
+    run_keys,
+)
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.core.cluster import cluster_labels
 from vsearch_pipeline.core.drift import drifted
@@ -34,7 +40,8 @@ DRIFT_CHECK = AssetCheckSpec(
                 "clusters.drift_tolerance since the previous run (a warning, not a failure).")
 
 
-@asset(deps=[embeddings], code_version="1", group_name="cluster", check_specs=[DRIFT_CHECK])
+@asset(deps=[embeddings], code_version="1", group_name="cluster", check_specs=[DRIFT_CHECK],
+       retry_policy=STORAGE_RETRY)
 def clusters(
     context: AssetExecutionContext,
     storage: ArtifactStorage,

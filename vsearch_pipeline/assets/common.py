@@ -10,9 +10,24 @@ from functools import lru_cache
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-from dagster import AssetExecutionContext, DynamicPartitionsDefinition, MetadataValue
+from dagster import (
+    AssetExecutionContext,
+    Backoff,
+    DynamicPartitionsDefinition,
+    Jitter,
+    MetadataValue,
+    RetryPolicy,
+)
 
 ingest_batches = DynamicPartitionsDefinition(name="ingest_batches")
+
+STORAGE_RETRY = RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+"""Every asset reads or writes the source and artifact storage, which may be S3 or a network
+disk: a step that fails is tried again 2, 4 and 8 seconds later (each attempt already retries
+a request for about 10 s inside s3fs and botocore), so an outage of half a minute costs time,
+not the run. Repeating a step is safe: artifacts are written whole under their final names and
+DuckDB writes are transactions, so a failed attempt leaves nothing that the next one reads."""
+
 
 def artifact_version(context: AssetExecutionContext) -> str:
     """Sortable and unique: UTC time of the run plus the start of its id."""

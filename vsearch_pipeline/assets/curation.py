@@ -5,7 +5,7 @@ import os
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from vsearch_pipeline.assets.common import code_version, markdown_table
+from vsearch_pipeline.assets.common import STORAGE_RETRY, code_version, markdown_table
 from vsearch_pipeline.core.grounding import (
     format_grounding,
     grounding_from_ratings,
@@ -20,7 +20,7 @@ def curation_set_path(name: str) -> str:
     return f"grounding/{name}.csv"
 
 
-@asset(code_version="1", group_name="evaluate")
+@asset(code_version="1", group_name="evaluate", retry_policy=STORAGE_RETRY)
 def curation_grounding(
     context: AssetExecutionContext,
     storage: ArtifactStorage,

@@ -16,6 +16,7 @@ from dagster import (
 )
 
 from vsearch_pipeline.assets.common import (
+    STORAGE_RETRY,
     code_version,
     ingest_batches,
     markdown_table,
@@ -62,7 +63,7 @@ def cached_vectors(store: ArtifactStore, model_key: str, wanted: set[str]) -> pa
 
 
 @asset(partitions_def=ingest_batches, deps=[sampled_subset], check_specs=CHECKS,
-       code_version="2", group_name="embed")
+       code_version="2", group_name="embed", retry_policy=STORAGE_RETRY)
 def embeddings(
     context: AssetExecutionContext,
     source: ImageSource,

@@ -6,7 +6,7 @@ import time
 import numpy as np
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from vsearch_pipeline.assets.common import code_version, markdown_table, run_keys
+from vsearch_pipeline.assets.common import STORAGE_RETRY, code_version, markdown_table, run_keys
 from vsearch_pipeline.assets.curation import CURATION_SETS, curation_grounding, curation_set_path
 from vsearch_pipeline.assets.hashes import near_duplicate_groups
 from vsearch_pipeline.assets.index import faiss_index
@@ -29,7 +29,7 @@ from vsearch_pipeline.resources import ArtifactStorage, MetricsDatabase, Pipelin
 
 
 @asset(deps=[faiss_index, near_duplicate_groups, curation_grounding], code_version="2",
-       group_name="evaluate")
+       group_name="evaluate", retry_policy=STORAGE_RETRY)
 def evaluation(
     context: AssetExecutionContext,
     storage: ArtifactStorage,

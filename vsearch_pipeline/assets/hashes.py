@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from vsearch_pipeline.assets.common import (
+    STORAGE_RETRY,
     artifact_version,
     code_version,
     ingest_batches,
@@ -43,7 +44,7 @@ def _phash_file(read: Callable[[str], bytes], uri: str) -> int | None:
 
 
 @asset(partitions_def=ingest_batches, deps=[raw_image_manifest], code_version="2",
-       group_name="dedup")
+       group_name="dedup", retry_policy=STORAGE_RETRY)
 def perceptual_hashes(
     context: AssetExecutionContext,
     source: ImageSource,
@@ -115,7 +116,8 @@ def load_hashes(store: ArtifactStore, db) -> None:
             con.unregister("hash_files")
 
 
-@asset(deps=[perceptual_hashes], code_version="2", group_name="dedup")
+@asset(deps=[perceptual_hashes], code_version="2", group_name="dedup",
+       retry_policy=STORAGE_RETRY)
 def near_duplicate_groups(
     context: AssetExecutionContext,
     storage: ArtifactStorage,

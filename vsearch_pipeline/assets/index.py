@@ -18,7 +18,7 @@ from dagster import (
     asset,
 )
 
-from vsearch_pipeline.assets.common import artifact_version, code_version, run_keys
+from vsearch_pipeline.assets.common import STORAGE_RETRY, artifact_version, code_version, run_keys
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.core.embed import table_vectors
 from vsearch_pipeline.core.index import (
@@ -60,7 +60,10 @@ from vsearch_pipeline.resources import (
 )
 
 RECALL_K = 10
-NO_NEW_ROWS = pa.table({"id": pa.array([], pa.string()), "model_version": pa.array([], pa.string())})
+NO_NEW_ROWS = pa.table({"id": pa.array([], pa.string()), "model_version": pa.array([], pa.string()),
+                        "labels": pa.array([], pa.list_(pa.string())),
+                        "label_probs": pa.array([], pa.list_(pa.float32())),
+                        "partition": pa.array([], pa.string())})  # every column _add_new reads
 
 
 class IndexBuildConfig(Config):
@@ -83,7 +86,7 @@ class BuiltIndex:
 
 
 @asset(
-    deps=[embeddings], code_version="3", group_name="index",
+    deps=[embeddings], code_version="3", group_name="index", retry_policy=STORAGE_RETRY,
     check_specs=[AssetCheckSpec("recall_above_bound", asset="faiss_index",
                                 description="Recall@10 against exact search >= index.min_recall.")],
 )

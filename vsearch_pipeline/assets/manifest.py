@@ -6,6 +6,7 @@ import time
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from vsearch_pipeline.assets.common import (
+    STORAGE_RETRY,
     code_version,
     ingest_batches,
     markdown_table,
@@ -23,7 +24,8 @@ from vsearch_pipeline.resources import (
 )
 
 
-@asset(partitions_def=ingest_batches, code_version="1", group_name="ingest")
+@asset(partitions_def=ingest_batches, code_version="1", group_name="ingest",
+       retry_policy=STORAGE_RETRY)
 def raw_image_manifest(
     context: AssetExecutionContext,
     source: ImageSource,

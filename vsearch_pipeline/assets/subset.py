@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from vsearch_pipeline.assets.common import code_version, ingest_batches, run_keys
+from vsearch_pipeline.assets.common import STORAGE_RETRY, code_version, ingest_batches, run_keys
 from vsearch_pipeline.assets.manifest import raw_image_manifest
 from vsearch_pipeline.core.layout import manifest_path, subset_path
 from vsearch_pipeline.core.metrics_queue import queue_metrics
@@ -17,7 +17,7 @@ from vsearch_pipeline.resources import ArtifactStorage, PipelineSettings
 
 
 @asset(partitions_def=ingest_batches, deps=[raw_image_manifest], code_version="1",
-       group_name="ingest")
+       group_name="ingest", retry_policy=STORAGE_RETRY)
 def sampled_subset(
     context: AssetExecutionContext,
     storage: ArtifactStorage,

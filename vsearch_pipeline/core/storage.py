@@ -41,20 +41,35 @@ def write_atomically(path: str, data: bytes) -> None:
     """Write a local file under a hidden temporary name beside it, then rename it into place.
 
     The temporary name starts with a dot, so a source listing running meanwhile skips it, and it
-    is in the same folder, so the rename is atomic (same filesystem).
+    is in the same folder, so the rename is atomic (same filesystem). The data is on disk before
+    the rename and the rename before this returns (the folder is synced too), so after a crash
+    or power loss the file holds either its old or its new content. A failed write (a full
+    disk) leaves the old file as it was and no temporary file, and its error names the file.
     """
     folder, name = os.path.split(path)
-    os.makedirs(folder or ".", exist_ok=True)
     tmp = os.path.join(folder, f".{name}.part-{uuid.uuid4().hex}")
     try:
+        os.makedirs(folder or ".", exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_folder(folder or ".")
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), path) from err  # "...: '<path>'"
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _sync_folder(folder: str) -> None:
+    """Make a rename in `folder` durable (POSIX needs the folder itself synced for that)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass

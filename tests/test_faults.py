@@ -1,0 +1,491 @@
+"""Faults in the middle of a run: the S3 server stopped and started again, the process killed
+with SIGKILL while writing an embedding shard, the FAISS index and a DuckDB table, and the disk
+full while writing. After each, nothing half-written is read, the old artifacts are intact, and a
+re-run yields exactly what an undisturbed run yields: the same ids, the same vectors (bit for bit),
+the same index answers, hashes, near-duplicate groups and clusters.
+
+The kills run `vsearch materialize` in a subprocess with a test-only `sitecustomize.py` (written
+here, put on PYTHONPATH) that wraps one write and sends SIGKILL to its own process at that moment:
+after half of a temporary file's bytes are written, or inside an open DuckDB transaction. The
+command runs its jobs in process, so the process killed is the one writing. No fault injection
+lives in the production code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import free_port
+from PIL import Image
+
+from vsearch_pipeline.catalog import (
+    CLUSTERS_ASSET,
+    latest_index_metadata,
+    latest_metadata,
+    load_index_artifacts,
+)
+from vsearch_pipeline.core.index import search
+from vsearch_pipeline.core.layout import (
+    embeddings_path,
+    latest_index_build,
+    load_embeddings,
+    load_manifests,
+    manifest_path,
+)
+from vsearch_pipeline.core.model_spec import ModelSpec
+from vsearch_pipeline.core.storage import ArtifactStore
+from vsearch_pipeline.core.store import METRIC_KINDS, MetricsDB
+from vsearch_pipeline.runner import open_instance, run_pipeline
+from vsearch_pipeline.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ("accordion", "airplanes", "camera")
+PER_CLASS = 8
+MODEL_KEY = ModelSpec("efficientnet-lite0").key
+SETTINGS = {"clusters": {"min_cluster_size": 3}}
+K = 5
+OUTAGE_S = 15  # longer than s3fs's own retries of one request (~10 s): a step must be retried
+VSEARCH = str(Path(sys.executable).with_name("vsearch"))
+
+KILL_HOOK = '''
+"""Test-only (tests/test_faults.py): SIGKILL this process at one write, as VSEARCH_FAULT says."""
+import json, os, signal
+
+POINT = os.environ.get("VSEARCH_FAULT", "")
+
+
+def _die(note):
+    with open(os.environ["VSEARCH_FAULT_NOTE"], "w") as f:
+        json.dump(note, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if POINT.startswith("file:"):  # a temporary artifact file whose path holds this text
+    _real_fsync = os.fsync
+
+    def _fsync(fd):
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            name = ""
+        if ".part-" in name and POINT[5:] in name:
+            size = os.fstat(fd).st_size
+            os.ftruncate(fd, size // 2)  # half of the bytes reached the file, then the end
+            _die({"point": POINT, "temporary": name, "bytes_written": size // 2, "bytes": size})
+        return _real_fsync(fd)
+
+    os.fsync = _fsync
+
+if POINT.startswith("duckdb:"):  # inside the transaction that fills this table
+    from vsearch_pipeline.core import store
+
+    _real_insert = store.insert_rows
+
+    def _insert_rows(con, table, rows, columns=None):
+        _real_insert(con, table, rows, columns)
+        if table == POINT[7:]:
+            seen = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            _die({"point": POINT, "rows_inserted": len(rows), "rows_in_transaction": seen})
+
+    store.insert_rows = _insert_rows
+'''
+
+
+# ---------------------------------------------------------------------------- the collection
+
+
+def build_photos(shared: Path, images: Path) -> Path:
+    """3 Caltech classes x 8 photos, plus two edited copies so that near-duplicate groups exist."""
+    for name in CLASSES:
+        (images / name).mkdir(parents=True)
+        for photo in sorted((shared / "caltech101" / name).glob("*.jpg"))[:PER_CLASS]:
+            shutil.copy(photo, images / name / photo.name)
+    (images / "edits").mkdir()
+    accordion = Image.open(images / "accordion" / "image_0001.jpg").convert("RGB")
+    accordion.resize((accordion.width * 3 // 4, accordion.height * 3 // 4)).save(
+        images / "edits" / "accordion_small.jpg", quality=90)
+    Image.open(images / "airplanes" / "image_0001.jpg").convert("RGB").save(
+        images / "edits" / "airplanes_q40.jpg", quality=40)
+    return images
+
+
+def outcome(home: Path, root: str, endpoint: str | None = None) -> dict:
+    """What a run left, as every reader sees it: the manifest, the vectors, the served index's
+    answers for every image as a query, the DuckDB hashes and groups, the cluster labels."""
+    store = ArtifactStore(root, endpoint)
+    manifest = load_manifests(store)
+    ids, vectors, _ = load_embeddings(store, MODEL_KEY)
+    order = np.argsort(ids, kind="stable")
+    instance = open_instance(home)
+    loaded = load_index_artifacts(store, latest_index_metadata(instance))
+    scores, positions = search(loaded.index, vectors[order], K)
+    clusters = store.read_parquet(latest_metadata(instance, CLUSTERS_ASSET)["artifact"].value)
+    with MetricsDB(str(home / "vsearch.duckdb")).connect(read_only=True) as con:
+        hashes = con.execute("SELECT id, partition, phash FROM perceptual_hashes ORDER BY ALL").fetchall()
+        groups = con.execute("SELECT id, group_id FROM near_duplicate_groups ORDER BY ALL").fetchall()
+    return {
+        "manifest": sorted(zip(*(manifest.column(c).to_pylist()
+                                 for c in ("path", "id", "content_hash", "status")), strict=True)),
+        "ids": [ids[i] for i in order],
+        "vectors": vectors[order],
+        "index_ids": sorted(loaded.ids),
+        "answers": [[loaded.ids[p] for p in row] for row in positions],
+        "scores": scores,
+        "hashes": hashes,
+        "groups": groups,
+        "clusters": sorted(zip(clusters.column("id").to_pylist(), clusters.column("label").to_pylist(),
+                               strict=True)),
+    }
+
+
+def assert_same_result(got: dict, reference: dict) -> int:
+    """The run equals the undisturbed one; returns how many values were compared."""
+    assert got["manifest"] == reference["manifest"]
+    assert got["ids"] == reference["ids"] and len(set(got["ids"])) == len(got["ids"])
+    assert np.array_equal(got["vectors"], reference["vectors"])  # bit for bit
+    assert got["index_ids"] == reference["index_ids"]
+    assert got["answers"] == reference["answers"]
+    np.testing.assert_allclose(got["scores"], reference["scores"], rtol=0, atol=1e-6)
+    assert got["hashes"] == reference["hashes"]
+    assert got["groups"] == reference["groups"]
+    assert got["clusters"] == reference["clusters"]
+    return (len(got["manifest"]) + got["vectors"].size + len(got["index_ids"])
+            + sum(map(len, got["answers"])) + len(got["hashes"]) + len(got["groups"])
+            + len(got["clusters"]))
+
+
+def no_duplicates(home: Path, store: ArtifactStore) -> None:
+    """One batch, one manifest and one shard, each id once; no metric filed twice."""
+    assert store.list("batches", ".json") == ["batches/b00001.json"]
+    assert store.list("manifest", ".parquet") == [manifest_path("b00001")]
+    shard = store.read_parquet(embeddings_path(MODEL_KEY, "b00001"), columns=["id"]).column("id")
+    assert len(set(shard.to_pylist())) == len(shard)
+    with MetricsDB(str(home / "vsearch.duckdb")).connect(read_only=True) as con:
+        for kind in METRIC_KINDS:
+            twice = con.execute(f"SELECT run_id, asset, partition, metric FROM {kind}_metrics "
+                                "GROUP BY ALL HAVING count(*) > 1").fetchall()
+            assert not twice, (kind, twice)
+
+
+def temporary_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob(".*.part-*"))
+
+
+def materialize_args(home: Path, config: dict, folder: Path) -> list[str]:
+    path = folder / f"{home.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [VSEARCH, "materialize", "--home", str(home), "--config", str(path)]
+
+
+def killed_run(home: Path, config: dict, point: str, folder: Path) -> dict:
+    """`vsearch materialize` with the kill hook armed at `point`; returns the hook's note."""
+    hook = folder / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(KILL_HOOK))
+    note = folder / f"note-{point.replace('/', '_').replace(':', '_')}.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(hook), "VSEARCH_FAULT": point,
+           "VSEARCH_FAULT_NOTE": str(note)}
+    done = subprocess.run(materialize_args(home, config, folder), env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, done.stdout[-3000:] + done.stderr[-3000:]
+    found = json.loads(note.read_text())
+    print(f"SIGKILL at {point}: {found}")
+    return found
+
+
+def rerun(home: Path) -> None:
+    summary = run_pipeline(home, load_settings(home), say=lambda _: None)
+    assert summary["success"]
+
+
+# ---------------------------------------------------------------------------- the reference
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    return build_photos(shared_data, tmp_path_factory.mktemp("faults") / "images")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, collection: Path) -> dict:
+    """One undisturbed run of the collection: what every disturbed run must end up equal to."""
+    home = tmp_path_factory.mktemp("reference") / "home"
+    run_pipeline(home, load_settings(home, {**SETTINGS, "source": {"uri": str(collection)}}),
+                 say=lambda _: None)
+    result = outcome(home, str(home / "artifacts"))
+    assert len(result["ids"]) == PER_CLASS * len(CLASSES) + 2
+    assert result["groups"], "the edited copies should form near-duplicate groups"
+    print(f"reference: {len(result['ids'])} images, {len(result['groups'])} images in "
+          f"near-duplicate groups, vectors {result['vectors'].shape}")
+    return result
+
+
+# ---------------------------------------------------------------------------- S3 outage
+
+
+class RestartableS3:
+    """A real moto S3 server on 127.0.0.1 that can be stopped (its port closed: connections are
+    refused) and started again on the same port. Its buckets live in this process's moto backend,
+    so they survive the restart, like a real server's disk."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request
+        self.port = free_port()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.server._server.server_close()  # stop() alone leaves the socket listening
+
+
+def upload(collection: Path, url: str) -> None:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=url)
+    fs.mkdir("photos")
+    fs.mkdir("artifacts")
+    for path in sorted(collection.rglob("*.jpg")):
+        fs.pipe_file(f"photos/set/{path.relative_to(collection).as_posix()}", path.read_bytes())
+
+
+def stop_when_exists(s3: RestartableS3, store: ArtifactStore, relpath: str, run: subprocess.Popen,
+                     timeline: list) -> None:
+    """Stop the server as soon as `relpath` exists (the run is past its first step), keep it
+    down for OUTAGE_S seconds, start it again."""
+    while run.poll() is None and not store.exists(relpath):
+        time.sleep(0.1)
+    if run.poll() is not None:
+        return
+    s3.stop()
+    timeline.append(("stopped", time.monotonic()))
+    time.sleep(OUTAGE_S)
+    s3.start()
+    timeline.append(("started", time.monotonic()))
+
+
+def test_s3_outage_mid_run_is_retried_and_equals_an_undisturbed_run(
+        tmp_path: Path, collection: Path, reference: dict, s3_credentials) -> None:
+    s3 = RestartableS3()
+    s3.start()
+    try:
+        upload(collection, s3.url)
+        home = tmp_path / "home"
+        config = {**SETTINGS,
+                  "source": {"uri": "s3://photos/set", "endpoint_url": s3.url},
+                  "storage": {"root": "s3://artifacts/vsearch", "endpoint_url": s3.url}}
+        store = ArtifactStore("s3://artifacts/vsearch", s3.url)
+        run = subprocess.Popen(materialize_args(home, config, tmp_path),
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        timeline: list = []
+        chaos = threading.Thread(target=stop_when_exists,
+                                 args=(s3, store, manifest_path("b00001"), run, timeline))
+        chaos.start()
+        output, _ = run.communicate(timeout=600)
+        chaos.join()
+        assert [event for event, _ in timeline] == ["stopped", "started"], output[-3000:]
+        assert run.returncode == 0, output[-5000:]
+
+        instance = open_instance(home)
+        retried = retried_steps(instance)
+        assert retried, "the outage should have failed at least one step attempt"
+        no_duplicates(home, store)
+        compared = assert_same_result(outcome(home, "s3://artifacts/vsearch", s3.url), reference)
+        print(f"S3 outage: server down {OUTAGE_S} s after the manifest was written; step retries "
+              f"{len(retried)} ({', '.join(sorted(set(retried)))}); run succeeded without a re-run; "
+              f"{compared} values equal to the undisturbed run")
+    finally:
+        s3.stop()
+
+
+def retried_steps(instance) -> list[str]:
+    from dagster import DagsterEventType
+
+    steps = []
+    for record in instance.get_run_records():
+        events = instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
+        steps += [e.step_key for e in events]
+    return steps
+
+
+def test_an_unreachable_source_fails_the_step_instead_of_marking_files_unreadable(s3_credentials) -> None:
+    """A batch's manifest is never rewritten, so a file recorded `unreadable` during an outage
+    would be lost for good. Timeouts are OSErrors, as a corrupt file's error is: the source
+    resource tells them apart and fails the step (retried) instead."""
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+    from fsspec.exceptions import FSTimeoutError
+
+    from vsearch_pipeline.core.manifest import build_manifest
+    from vsearch_pipeline.core.sources import SourceObject
+    from vsearch_pipeline.resources import UNREACHABLE, ImageSource, SourceUnreachableError
+
+    outages = [ReadTimeoutError(endpoint_url="http://s3"), ConnectTimeoutError(endpoint_url="http://s3"),
+               FSTimeoutError(), EndpointConnectionError(endpoint_url="http://s3")]
+    assert all(isinstance(err, UNREACHABLE) for err in outages)
+    assert isinstance(outages[0], OSError)  # why it matters: readers take OSError as the file's fault
+    assert not any(isinstance(err, UNREACHABLE) for err in (FileNotFoundError(), PermissionError()))
+
+    nobody = f"http://127.0.0.1:{free_port()}"  # a closed port: every connection refused
+    source = ImageSource(uri="s3://photos/set", endpoint_url=nobody)
+    photo = SourceObject("s3://photos/set/a.jpg", "a.jpg", 1000, "etag")
+    with pytest.raises(SourceUnreachableError, match="did not answer for s3://photos/set/a.jpg"):
+        build_manifest([photo], source.read)
+    print(f"unreachable source: {len(outages)} kinds of outage error told from a bad file; "
+          "the manifest step fails (and is retried) instead of recording the file unreadable")
+
+
+# ---------------------------------------------------------------------------- SIGKILL
+
+
+def test_sigkill_while_writing_never_leaves_a_half_written_artifact(
+        tmp_path: Path, collection: Path, reference: dict) -> None:
+    home = tmp_path / "home"
+    artifacts = home / "artifacts"
+    store = ArtifactStore(str(artifacts))
+    config = {**SETTINGS, "source": {"uri": str(collection)}}
+    kills = 0
+
+    # 1. the embedding shard, half written
+    note = killed_run(home, config, "file:/embeddings/", tmp_path)
+    kills += 1
+    partial = Path(note["temporary"])
+    assert partial.exists() and partial.stat().st_size == note["bytes_written"] < note["bytes"]
+    with pytest.raises(Exception):  # noqa: B017 - proof that the half file is not a Parquet file
+        pq.read_table(partial)
+    assert not store.exists(embeddings_path(MODEL_KEY, "b00001"))
+    assert store.exists(manifest_path("b00001"))  # the steps before it finished
+    with pytest.raises(ValueError, match="no embeddings"):  # readers see no shard, not half of one
+        load_embeddings(store, MODEL_KEY)
+
+    # 2. the FAISS index, half written (the run before it is re-done, shard included)
+    note = killed_run(home, config, "file:index.faiss", tmp_path)
+    kills += 1
+    version = Path(note["temporary"]).parent
+    assert sorted(p.name for p in version.iterdir() if not p.name.startswith(".")) == ["ids.parquet"]
+    assert latest_index_build(store, MODEL_KEY) is None  # a version without build.json is no version
+    with pytest.raises(LookupError):  # and the service finds no index to load
+        latest_index_metadata(open_instance(home))
+    ids, vectors, _ = load_embeddings(store, MODEL_KEY)
+    order = np.argsort(ids, kind="stable")
+    assert np.array_equal(vectors[order], reference["vectors"])
+
+    rerun(home)
+    compared = assert_same_result(outcome(home, str(artifacts)), reference)
+
+    # 3. DuckDB, inside the transaction that replaces the near-duplicate groups
+    db = MetricsDB(str(home / "vsearch.duckdb"))
+    with db.connect(read_only=True) as con:
+        before = con.execute("SELECT * FROM near_duplicate_groups ORDER BY ALL").fetchall()
+        hashes_before = con.execute("SELECT count(*) FROM perceptual_hashes").fetchone()[0]
+    note = killed_run(home, config, "duckdb:near_duplicate_groups", tmp_path)
+    kills += 1
+    assert note["rows_in_transaction"] == note["rows_inserted"] > 0
+    with duckdb.connect(str(home / "vsearch.duckdb")) as con:  # opens read-write: the log replays
+        after = con.execute("SELECT * FROM near_duplicate_groups ORDER BY ALL").fetchall()
+        hashes_after = con.execute("SELECT count(*) FROM perceptual_hashes").fetchone()[0]
+    assert after == before  # the old groups, same run id: the deletion was rolled back with the rest
+    assert hashes_after == hashes_before
+
+    rerun(home)
+    compared += assert_same_result(outcome(home, str(artifacts)), reference)
+    left = temporary_files(artifacts)
+    assert all(".part-" in p.name for p in left)
+    print(f"SIGKILL: {kills} kills (embedding shard, FAISS index, DuckDB transaction); "
+          f"{len(left)} temporary files left by the kills, never read; {len(before)} group rows "
+          f"intact; after the re-runs {compared} values equal to the undisturbed run")
+
+
+# ---------------------------------------------------------------------------- disk full
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 8 MiB tmpfs, unmounted afterwards."""
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here to make a small tmpfs to fill")
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file taking all but `leave` bytes of the disk's free space."""
+    stat = os.statvfs(disk)
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        f.truncate(0)
+        f.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - leave))
+    return filler
+
+
+def test_disk_full_gives_a_clear_error_keeps_old_artifacts_and_a_rerun_completes(
+        tmp_path: Path, collection: Path, reference: dict, small_disk: Path) -> None:
+    home = tmp_path / "home"
+    root = small_disk / "artifacts"
+    settings = load_settings(home, {**SETTINGS, "source": {"uri": str(collection)},
+                                    "storage": {"root": str(root)}})
+    run_pipeline(home, settings, say=lambda _: None)
+    store = ArtifactStore(str(root))
+    shard = embeddings_path(MODEL_KEY, "b00001")
+    old_shard = store.read_bytes(shard)
+    old_index = latest_index_build(store, MODEL_KEY)
+    files_before = {p: p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+    filler = fill(small_disk, leave=len(old_shard) // 2)  # the shard no longer fits
+    with pytest.raises(Exception) as failure:  # noqa: B017 - what matters is the message
+        run_pipeline(home, settings, say=lambda _: None)
+    message = "\n".join(str(e) for e in _chain(failure.value))
+    assert "No space left on device" in message
+    assert store.path(shard) in message
+
+    assert store.read_bytes(shard) == old_shard  # the old artifacts, untouched and loadable
+    assert latest_index_build(store, MODEL_KEY) == old_index
+    assert_same_result(outcome(home, str(root)), reference)
+    assert all(p.exists() and p.stat().st_size == size for p, size in files_before.items())
+    assert temporary_files(root) == []
+
+    filler.unlink()
+    run_pipeline(home, settings, say=lambda _: None)
+    compared = assert_same_result(outcome(home, str(root)), reference)
+    assert temporary_files(root) == []
+    print(f"disk full: 1 fault (ENOSPC writing {shard}, {len(old_shard)} bytes, "
+          f"{len(old_shard) // 2} free); {len(files_before)} earlier artifacts intact, "
+          f"0 temporary files left; after freeing space {compared} values equal to the "
+          f"undisturbed run")
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
