@@ -25,10 +25,10 @@ from vsearch_pipeline.settings import Settings, home_dir, load_settings
 
 
 def build_resources(home: Path, settings: Settings) -> dict:
-    storage_root = settings.storage.root or str(home / "artifacts")
     return {
         "source": ImageSource(**settings.source.model_dump()),
-        "storage": ArtifactStorage(root=storage_root, endpoint_url=settings.storage.endpoint_url),
+        "storage": ArtifactStorage(root=settings.artifacts_root(home),
+                                   endpoint_url=settings.storage.endpoint_url),
         "metrics_db": MetricsDatabase(path=str(home / "vsearch.duckdb")),
         "curation_db": CurationDatabase(path=str(home / "curation.duckdb")),
         "model": EmbeddingModelResource(**settings.model.model_dump()),

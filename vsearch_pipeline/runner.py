@@ -16,6 +16,7 @@ from vsearch_pipeline.core.layout import manifest_path
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions
+from vsearch_pipeline.preflight import check_before_work
 from vsearch_pipeline.settings import Settings
 
 CONSOLE_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -61,14 +62,16 @@ def sync_partitions(instance: DagsterInstance, batches: dict[str, dict]) -> None
         instance.add_dynamic_partitions(ingest_batches.name, missing)
 
 
-def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = print) -> dict:
-    """Register new files as a batch, process every batch, then refresh the collection assets."""
-    settings.check()
+def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = print,
+                 objects: list[SourceObject] | None = None) -> dict:
+    """Register new files as a batch, process every batch, then refresh the collection assets.
+
+    `objects` is the source's listing when check_before_work already made it."""
+    if objects is None:
+        objects = check_before_work(home, settings)
     instance = open_instance(home)
     defs = make_definitions(home, settings)
-    resources = defs.resources
-    store = resources["storage"].store
-    objects = resources["source"].list()
+    store = defs.resources["storage"].store
     say(f"source {settings.source.uri}: {len(objects)} files")
     new_key = register_new_batch(instance, store, objects, settings.source.uri)
     say(f"new ingest batch {new_key}" if new_key else "no new files since the last batch")

@@ -7,13 +7,15 @@ metrics) and ``dagster/`` (the Dagster instance). Every setting is documented in
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
 
+import annotated_types
 import yaml
 from dagster import Config
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vsearch_pipeline.core.cluster import ClusterParams
 from vsearch_pipeline.core.cluster import validate_params as validate_cluster_params
@@ -26,6 +28,11 @@ from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_
 HOME_ENV = "VSEARCH_HOME"
 DEFAULT_HOME = ".vsearch"
 SETTINGS_FILE = "vsearch.yaml"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used: one line per problem, each naming the setting (e.g.
+    `index.index_type`) and what it may be, so that a run fails before any work starts."""
 
 
 class Section(Config):
@@ -138,7 +145,12 @@ class ServingSettings(Section):
     fold_duplicates: bool = True
     query_cache_size: int = Field(1024, ge=0)
     search_log_flush_s: float = Field(1.0, gt=0)
-    api_keys_file: str | None = None  # hashed API keys for write endpoints (POST /ingest)
+    api_keys_file: str | None = None  # hashed API keys; every endpoint that writes needs one
+    public_reads: bool = True  # false: searches, images, gallery, clusters, metrics need a key too
+    public_clicks: bool = True  # false: POST /click and /feedback need a key too
+    max_upload_pixels: int = Field(40_000_000, ge=1)  # refused from the header, before decoding
+    rate_limit_per_s: float = Field(50.0, ge=0)  # per client (key name, else IP); 0 turns it off
+    rate_limit_burst: int = Field(100, ge=1)
 
 
 class AutomationSettings(Section):
@@ -192,6 +204,10 @@ class Settings(Section):
     automation: AutomationSettings = AutomationSettings()
     execution: ExecutionSettings = ExecutionSettings()
 
+    def artifacts_root(self, home: Path) -> str:
+        """Where the artifacts go: `storage.root`, else the home's artifacts/ folder."""
+        return self.storage.root or str(home / "artifacts")
+
     def check(self) -> Settings:
         """The checks that need more than a type: run them before any work starts."""
         validate_settings(ModelSpec(self.model.name, self.model.pretrained), self.model.device,
@@ -208,17 +224,101 @@ def home_dir(home: str | os.PathLike | None = None) -> Path:
 def load_settings(home: Path, overrides: dict[str, Any] | None = None) -> Settings:
     """The home's vsearch.yaml (if any) with `overrides` merged in, section by section."""
     path = home / SETTINGS_FILE
-    data = yaml.safe_load(path.read_text()) if path.exists() else {}
-    if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{path}: the settings file must be a mapping of sections")
-    merged = _merge(data or {}, overrides or {})
-    return Settings.model_validate(merged)
+    data = read_settings_file(path) if path.exists() else {}
+    merged = _merge(data, overrides or {})
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as err:
+        raise SettingsError("\n".join(describe_error(e) for e in err.errors())) from None
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """A YAML file of settings sections (empty: none), or a SettingsError that says what is wrong."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise SettingsError(f"{path}: not valid YAML{line}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SettingsError(f"{path}: cannot be read: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: the settings file must be a mapping of sections "
+                            f"({', '.join(Settings.model_fields)}), not a {type(data).__name__}")
+    return data
+
+
+def describe_error(error: dict) -> str:
+    """One pydantic error as one line: the setting's dotted name, what it may be, what it got."""
+    loc = [str(part) for part in error["loc"]]
+    name, kind, got = ".".join(loc), error["type"], error.get("input")
+    message = error["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return _unknown_setting(loc)
+    if kind == "value_error":  # our own validators already name the setting
+        return message if message.startswith(loc[0] if loc else "") else f"{name}: {message}"
+    allowed = _allowed_range(_field(loc))
+    if allowed and kind.startswith(("greater_than", "less_than")):
+        return f"{name} must be {allowed}, got {got!r}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{name} must be a mapping of settings ({', '.join(_section(loc).model_fields)}), got {got!r}"
+    return f"{name}: {message[0].lower()}{message[1:]}, got {got!r}"
+
+
+def _section(loc: list[str]) -> type[BaseModel]:
+    """The settings class at `loc` (the file itself for an empty one)."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model
+
+
+def _field(loc: list[str]):
+    if not loc:
+        return None
+    return _section(loc[:-1]).model_fields.get(loc[-1])
+
+
+def _unknown_setting(loc: list[str]) -> str:
+    known = list(_section(loc[:-1]).model_fields)
+    guess = difflib.get_close_matches(loc[-1], known, n=1)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    where = f"section {'.'.join(loc[:-1])!r} takes" if len(loc) > 1 else "the sections are"
+    return f"{'.'.join(loc)}: unknown setting{hint}; {where}: {', '.join(known)}"
+
+
+def _allowed_range(field) -> str | None:
+    """A field's bounds in words: 'in (0, 1]', 'in 0..32', 'at least 1', 'above 0'."""
+    if field is None:
+        return None
+    bounds = {name: getattr(m, name) for m in field.metadata for name in ("gt", "ge", "lt", "le")
+              if isinstance(m, annotated_types.BaseMetadata) and hasattr(m, name)}
+    low = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds["ge"]) if "ge" in bounds else None
+    high = (")", bounds["lt"]) if "lt" in bounds else ("]", bounds["le"]) if "le" in bounds else None
+    if low and high:
+        if field.annotation is int and low[0] == "[" and high[0] == "]":
+            return f"in {low[1]}..{high[1]}"
+        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low:
+        return f"at least {low[1]}" if low[0] == "[" else f"above {low[1]}"
+    if high:
+        return f"at most {high[1]}" if high[0] == "]" else f"below {high[1]}"
+    return None
 
 
 def save_settings(home: Path, settings: Settings) -> Path:
+    from vsearch_pipeline.core.storage import write_atomically  # pyarrow: not for `vsearch --help`
+
     home.mkdir(parents=True, exist_ok=True)
     path = home / SETTINGS_FILE
-    path.write_text(yaml.safe_dump(settings.model_dump(), sort_keys=False))
+    # whole or not at all: a run killed while saving must not leave half a settings file
+    write_atomically(str(path), yaml.safe_dump(settings.model_dump(), sort_keys=False).encode())
     return path
 
 

@@ -18,6 +18,7 @@ something about the worker, not about the file, and must not get a good file dro
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,9 +164,12 @@ def _pillow_errors(max_pixels: int) -> Iterator[None]:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         # Pillow's own global check, or its warning escalated to an error by a filter.
+        declared = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{declared.group(1)} pixels" if declared else "too many pixels"
         raise ImageError(
             "too_large",
-            f"refused before decoding: {err} (limit here: {max_pixels} pixels)",
+            f"the image declares {size}, over the limit of {max_pixels} pixels (possible "
+            "decompression bomb); refused before decoding",
         ) from err
     except Exception as err:
         detail = str(err) or type(err).__name__

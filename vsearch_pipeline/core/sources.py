@@ -1,8 +1,17 @@
-"""Listing and reading the images under a source: a local folder or an s3:// prefix."""
+"""Listing and reading the images under a source: a local folder or an s3:// prefix.
+
+A local folder is listed defensively, because whatever it holds must end in the manifest as usable
+or with its reason, and never hang or crash the listing: a symlink to a file is listed (read
+through the link, versioned by its target); a symlink to a folder is not followed (it could loop,
+or lead out of the collection); a dangling or looping symlink, a folder that cannot be listed and a
+special file (a named pipe, a device) are listed so that reading them fails with the reason.
+"""
 
 from __future__ import annotations
 
+import os
 import posixpath
+import stat
 from dataclasses import dataclass
 
 from vsearch_pipeline.core.storage import filesystem, is_local
@@ -43,10 +52,11 @@ def list_source(uri: str, endpoint_url: str | None = None) -> list[SourceObject]
     fs.invalidate_cache()  # objects may have been added by another client since last time
     if not fs.exists(root):
         raise FileNotFoundError(f"source {uri!r} does not exist")
-    found = fs.find(root, detail=True)
-    prefix = "" if is_local(fs) else f"{fs.protocol[0]}://"
+    if is_local(fs):
+        return sorted(_list_local(root), key=lambda o: o.path)
+    prefix = f"{fs.protocol[0]}://"
     objects = []
-    for full, info in found.items():
+    for full, info in fs.find(root, detail=True).items():
         if info.get("type") == "directory":
             continue
         rel = posixpath.relpath(full, root)
@@ -57,8 +67,52 @@ def list_source(uri: str, endpoint_url: str | None = None) -> list[SourceObject]
     return sorted(objects, key=lambda o: o.path)
 
 
+def _list_local(root: str) -> list[SourceObject]:
+    """Every non-hidden entry under a local folder that is not a folder, plus the folders that
+    could not be listed (no permission): those are entries of their own rather than left out in
+    silence. Symlinked folders are not entered."""
+    objects: list[SourceObject] = []
+
+    def unlisted(err: OSError) -> None:
+        if err.filename is None or os.path.samefile(err.filename, root):
+            raise err
+        objects.append(_local_object(root, os.fspath(err.filename)))
+
+    for folder, dirs, files in os.walk(root, onerror=unlisted):
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and not os.path.islink(os.path.join(folder, d))]
+        objects += [_local_object(root, os.path.join(folder, f)) for f in files
+                    if not f.startswith(".")]
+    return objects
+
+
+def _local_object(root: str, path: str) -> SourceObject:
+    """A local entry, through a symlink to its target's size and time (a changed target is a new
+    version); a dangling or looping link is described by the link itself."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        info = os.lstat(path)
+    rel = posixpath.relpath(path, root)
+    return SourceObject(path, rel, info.st_size, f"{info.st_size}-{info.st_mtime}", info.st_mtime)
+
+
+def _check_regular_file(path: str) -> None:
+    """Refuse what is not a regular file before opening it: reading a named pipe would wait
+    forever, a device could be endless, and a folder here is one whose files could not be
+    listed."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"a folder whose files could not be listed "
+                                f"(check its permissions): {path}")
+    if not stat.S_ISREG(mode):
+        raise OSError(f"not a regular file (a named pipe, socket or device): {path}")
+
+
 def read_object(uri: str, endpoint_url: str | None = None) -> bytes:
     fs, path = filesystem(uri, endpoint_url)
+    if is_local(fs):
+        _check_regular_file(path)
     try:
         return fs.cat_file(path)
     except FileNotFoundError:
@@ -70,4 +124,6 @@ def read_object(uri: str, endpoint_url: str | None = None) -> bytes:
 def read_head(uri: str, size: int, endpoint_url: str | None = None) -> bytes:
     """The first `size` bytes of a file (one ranged GET on S3): enough to sniff its format."""
     fs, path = filesystem(uri, endpoint_url)
+    if is_local(fs):
+        _check_regular_file(path)
     return fs.cat_file(path, start=0, end=size)

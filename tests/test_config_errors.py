@@ -1,0 +1,201 @@
+"""Bad configuration fails before any work starts: `vsearch materialize --config FILE` in a
+subprocess, for every kind of mistake (an unknown model, index type, clustering method, reduction,
+engine or executor; a fraction outside (0, 1]; out-of-range numbers; a typo in a key or a section;
+a file that is not a mapping or not YAML; a missing folder or bucket; a force_include entry that
+names no file). Each exits non-zero (2 for a bad setting, as for a bad argument; 1 for a source
+that does not hold what the settings name) with one line per problem that names the setting and
+what it may be, prints no traceback, and leaves the home as it was: no settings saved, no Dagster
+instance, no artifacts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+VSEARCH = str(Path(sys.executable).parent / "vsearch")
+CHECKED: list[tuple[str, str]] = []  # (case, message): printed at the end of the module
+
+BAD_SETTINGS = {
+    "unknown model": ({"model": {"name": "resnet9000"}},
+                      ["model.name", "'efficientnet-lite0'", "open_clip:"]),
+    "unknown index type": ({"index": {"index_type": "annoy"}},
+                           ["index.index_type", "'flat', 'hnsw', 'ivf-flat', 'ivf-pq'", "'annoy'"]),
+    "unknown clustering method": ({"clusters": {"method": "dbscan"}},
+                                  ["clusters.method", "'hdbscan', 'kmeans'"]),
+    "unknown reduction": ({"clusters": {"reduce": "tsne"}},
+                          ["clusters.reduce", "'none', 'pca', 'umap'"]),
+    "unknown engine": ({"model": {"engine": "tensorrt"}},
+                       ["model.engine", "'auto', 'torch', 'onnx', 'openvino'"]),
+    "unknown executor": ({"execution": {"executor": "spark"}},
+                         ["execution.executor", "in_process, multiprocess, dask"]),
+    "unknown device": ({"model": {"device": "tpu"}}, ["model.device", "cpu"]),
+    "unknown hnsw storage": ({"index": {"storage": "PQ4"}}, ["index.storage", "SQ8"]),
+    "fraction 0": ({"subset": {"fraction": 0}}, ["subset.fraction", "(0.0, 1.0]", "got 0"]),
+    "fraction -0.5": ({"subset": {"fraction": -0.5}}, ["subset.fraction", "(0.0, 1.0]", "-0.5"]),
+    "fraction 1.5": ({"subset": {"fraction": 1.5}}, ["subset.fraction", "(0.0, 1.0]", "1.5"]),
+    "hamming_threshold 99": ({"near_duplicates": {"hamming_threshold": 99}},
+                             ["near_duplicates.hamming_threshold", "0..32", "99"]),
+    "batch_size 0": ({"model": {"batch_size": 0}}, ["model.batch_size", "1..4096"]),
+    "nprobe 0": ({"index": {"nprobe": 0}}, ["index.nprobe", "at least 1"]),
+    "min_cluster_size 1": ({"clusters": {"min_cluster_size": 1}},
+                           ["clusters.min_cluster_size", "at least 2"]),
+    "read_workers 1000": ({"manifest": {"read_workers": 1000}}, ["manifest.read_workers", "1..64"]),
+    "min_recall 2": ({"index": {"min_recall": 2}}, ["index.min_recall", "[0.0, 1.0]"]),
+    "ks [0]": ({"evaluation": {"ks": [0]}}, ["evaluation.ks", "positive integers"]),
+    "a number as text": ({"model": {"batch_size": "lots"}}, ["model.batch_size", "integer", "lots"]),
+    "typo in a key": ({"subset": {"fracton": 0.5}},
+                      ["subset.fracton", "unknown setting", "did you mean 'fraction'",
+                       "fraction, seed, force_include"]),
+    "typo in a section": ({"subst": {"fraction": 0.5}},
+                          ["subst", "unknown setting", "did you mean 'subset'"]),
+    "a section that is not a mapping": ({"subset": 0.5},
+                                        ["subset must be a mapping", "fraction, seed"]),
+    "fast_scan without ivf-pq": ({"index": {"fast_scan": True}}, ["index.fast_scan", "ivf-pq"]),
+}
+NOT_SETTINGS = {
+    "a list, not a mapping": ("- index\n- hnsw\n", ["must be a mapping of sections", "not a list"]),
+    "not YAML": ("index: [hnsw\nsubset: {fraction: 0.5\n", ["not valid YAML", "line "]),
+    "a plain string": ("just some words\n", ["must be a mapping of sections", "not a str"]),
+}
+
+
+def _materialize(home: Path, config: Path, source: str, env: dict | None = None
+                 ) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), "VSEARCH_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([VSEARCH, "materialize", "--source", source, "--config", str(config)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=config.parent)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for photo in sorted((shared_data / "caltech101" / "Leopards").glob("*.jpg"))[:3]:
+        (folder / photo.name).write_bytes(photo.read_bytes())
+    return folder
+
+
+def _assert_refused_before_work(result: subprocess.CompletedProcess, home: Path,
+                                expected: list[str], case: str, code: int = 2) -> None:
+    assert result.returncode == code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    error = result.stderr.split("Error: ", 1)[1]
+    for text in expected:
+        assert text in error, (text, error)
+    assert not (home / "dagster").exists() and not (home / "artifacts").exists()
+    assert not (home / "vsearch.duckdb").exists()
+    CHECKED.append((case, error.strip()))
+
+
+@pytest.mark.parametrize("case", BAD_SETTINGS)
+def test_a_bad_setting_fails_before_any_work_naming_it(case, photos, tmp_path):
+    settings, expected = BAD_SETTINGS[case]
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    home = tmp_path / "home"
+    result = _materialize(home, config, str(photos))
+    _assert_refused_before_work(result, home, expected, case)
+    assert not home.exists()
+    assert len(result.stderr.split("Error: ", 1)[1].strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("case", NOT_SETTINGS)
+def test_a_file_that_is_not_settings_fails_before_any_work(case, photos, tmp_path):
+    text, expected = NOT_SETTINGS[case]
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    home = tmp_path / "home"
+    _assert_refused_before_work(_materialize(home, config, str(photos)), home, expected, case)
+    assert not home.exists()
+
+
+def test_several_problems_give_one_line_each_and_the_home_is_left_as_it_was(photos, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    saved = yaml.safe_dump({"source": {"uri": str(photos)}, "index": {"index_type": "flat"}})
+    (home / "vsearch.yaml").write_text(saved)
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"subset": {"fraction": 2, "sed": 1},
+                                      "index": {"nprobe": 0}, "model": {"batch_size": -1}}))
+    result = _materialize(home, config, str(photos))
+    _assert_refused_before_work(result, home, ["subset.fraction", "subset.sed", "index.nprobe",
+                                               "model.batch_size"], "four problems at once")
+    assert len(result.stderr.split("Error: ", 1)[1].strip().splitlines()) == 4
+    assert (home / "vsearch.yaml").read_text() == saved
+    assert sorted(p.name for p in home.iterdir()) == ["vsearch.yaml"]
+
+
+def test_a_missing_folder_fails_before_any_work(tmp_path):
+    config = tmp_path / "empty.yaml"
+    config.write_text("")
+    home = tmp_path / "home"
+    result = _materialize(home, config, str(tmp_path / "no" / "such" / "folder"))
+    _assert_refused_before_work(result, home, ["source.uri", "does not exist"], "missing folder", 1)
+    assert not home.exists()
+
+
+def test_a_force_include_entry_that_names_no_file_fails_before_any_work(photos, tmp_path):
+    first = sorted(p.name for p in photos.iterdir())[0]
+    config = tmp_path / "force.yaml"
+    config.write_text(yaml.safe_dump({"subset": {"fraction": 0.5, "force_include": [
+        first, "cats/missing.jpg", "0123456789abcdef"]}}))
+    home = tmp_path / "home"
+    result = _materialize(home, config, str(photos))
+    _assert_refused_before_work(result, home, ["subset.force_include", "2 of 3",
+                                               "'cats/missing.jpg'", "'0123456789abcdef'"],
+                                "force_include entries that name no file", 1)
+    assert first not in result.stderr.split("Error: ", 1)[1]
+    assert not home.exists()
+
+
+def test_force_include_matches_a_path_a_uri_or_the_id_of_a_file_not_yet_ingested(photos, tmp_path):
+    """The positive side of the check, in process: nothing is written while it runs."""
+    from vsearch_pipeline.core.manifest import content_hash, image_id
+    from vsearch_pipeline.runner import check_before_work
+    from vsearch_pipeline.settings import load_settings
+
+    files = sorted(photos.iterdir())
+    entries = [files[0].name, str(files[1]), image_id(content_hash(files[2].read_bytes()))]
+    home = tmp_path / "home"
+    settings = load_settings(home, {"source": {"uri": str(photos)},
+                                    "subset": {"force_include": entries}})
+    listing = check_before_work(home, settings)
+    assert [o.path for o in listing] == [f.name for f in files]
+    assert not home.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("s3_credentials")
+def test_missing_bucket_and_missing_key_on_s3_fail_before_any_work(s3_endpoint, tmp_path):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="present")
+    client.put_object(Bucket="present", Key="photos/a.jpg", Body=b"\xff\xd8\xff not much")
+    config = tmp_path / "s3.yaml"
+    config.write_text(yaml.safe_dump({"source": {"endpoint_url": s3_endpoint}}))
+    home = tmp_path / "home"
+    result = _materialize(home, config, "s3://no-such-bucket/photos")
+    _assert_refused_before_work(result, home, ["source.uri", "'s3://no-such-bucket/photos'",
+                                               "does not exist"], "missing S3 bucket", 1)
+    result = _materialize(home, config, "s3://present/nothing-here")
+    _assert_refused_before_work(result, home, ["source.uri", "does not exist"],
+                                "missing S3 prefix", 1)
+    config.write_text(yaml.safe_dump({"source": {"endpoint_url": s3_endpoint},
+                                      "subset": {"force_include": ["photos/b.jpg"]}}))
+    result = _materialize(home, config, "s3://present/photos")
+    _assert_refused_before_work(result, home, ["subset.force_include", "'photos/b.jpg'"],
+                                "force_include missing on S3", 1)
+    assert not home.exists()
+
+
+def test_zz_print_what_was_checked():
+    """The figures: every case tried and the message it got (run with -s)."""
+    print(f"\n{len(CHECKED)} bad configurations refused before any work:")
+    for case, message in CHECKED:
+        print(f"  {case:<42} {message.splitlines()[0][:150]}"
+              + (f"  (+{len(message.splitlines()) - 1} more lines)" if "\n" in message else ""))

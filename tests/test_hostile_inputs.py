@@ -1,0 +1,377 @@
+"""Hostile and odd files in the pipeline: a corpus generated here from Pillow, numpy and real
+photos (truncated and corrupt JPEG/PNG, empty files, text and HTML named .jpg, a decompression
+bomb, a 20,000-pixel-wide image, 16-bit and CMYK TIFF, palette PNG with transparency, animated
+GIF, EXIF-rotated photos, SVG, symlinks that work, dangle and loop, a file and a folder without
+read permission, names with spaces, unicode, quotes, a newline and a leading dash) is run through
+the real `vsearch materialize` in a subprocess. Every file ends in the manifest as usable or with
+its reason, the run succeeds, the usable ones are embedded, hashed and searchable, and the
+process's peak memory stays under a stated bound.
+
+Permissions: the tests run as root, who reads anything. So the materialization runs under
+`setpriv --bounding-set=-dac_override,-dac_read_search` (util-linux): still uid 0, owner of every
+file it writes, but without the capabilities that let root ignore a file's mode, so a file with
+mode 000 is as unreadable to it as to anyone else.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageOps
+
+pytestmark = pytest.mark.slow
+
+VSEARCH = str(Path(sys.executable).parent / "vsearch")
+PEAK_RSS_BOUND_MB = 2500  # the whole materialization: Python, Dagster, torch, ONNX Runtime, decoding
+WIDE = (20_000, 1_500)  # 30 M pixels: under max_pixels, so it must be used, not refused
+BOMB_SIDE = 30_000  # 900 M pixels declared in a 100 kB PNG
+CLASSES = ("Faces_easy", "Leopards", "Motorbikes", "airplanes", "watch")
+PER_CLASS = 4
+DROP_READ_CAPS = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@dataclass(frozen=True)
+class Planted:
+    """One generated file: its kind and the manifest status it must end with."""
+
+    path: str  # relative to the corpus root
+    kind: str
+    statuses: tuple[str, ...]  # acceptable statuses ("ok" or the reason's status)
+
+
+def _photos(shared: Path) -> list[Path]:
+    return [p for name in CLASSES
+            for p in sorted((shared / "caltech101" / name).glob("*.jpg"))[:PER_CLASS + 6]]
+
+
+def _jpeg(image: Image.Image, **kwargs) -> bytes:
+    out = io.BytesIO()
+    image.convert("RGB").save(out, "JPEG", quality=92, **kwargs)
+    return out.getvalue()
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **kwargs)
+    return out.getvalue()
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def bomb_png(side: int) -> bytes:
+    """A valid 1-bit PNG of side x side pixels, all black: ~100 kB on disk, 900 M pixels decoded."""
+    row = b"\x00" + bytes((side + 7) // 8)  # filter byte, then the packed bits
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
+            + _png_chunk(b"IEND", b""))
+
+
+def wide_image() -> Image.Image:
+    """A smooth 20,000-pixel-wide picture (gradients compress well, noise would not)."""
+    x = np.linspace(0, 255, WIDE[0], dtype=np.float32)
+    y = np.linspace(0, 255, WIDE[1], dtype=np.float32)[:, None]
+    rgb = np.stack([np.broadcast_to(x, (WIDE[1], WIDE[0])), np.broadcast_to(y, (WIDE[1], WIDE[0])),
+                    (x[None, :] + y) / 2], axis=-1)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def exif_rotated(upright: Image.Image) -> bytes:
+    """A JPEG whose pixels lie on their side, with EXIF orientation 6 saying how to stand it up."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    data = _jpeg(upright.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes())
+    shown = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert shown.size == upright.size  # the file really does stand up as `upright`
+    return data
+
+
+def _corrupt_middle(data: bytes, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    middle = len(data) // 2
+    garbage = rng.integers(0, 256, 512, dtype=np.uint8).tobytes()
+    return data[:middle] + garbage + data[middle + 512:]
+
+
+def build_hostile_corpus(shared: Path, root: Path) -> list[Planted]:
+    """Write the corpus under `root`; return what was planted and the statuses it may get."""
+    photos = iter(_photos(shared))
+    planted: list[Planted] = []
+
+    def put(path: str, data: bytes, kind: str, *statuses: str) -> Path:
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        planted.append(Planted(path, kind, statuses))
+        return target
+
+    def photo() -> Image.Image:
+        return Image.open(next(photos)).convert("RGB")
+
+    for name in CLASSES:  # normal photos, grouped by class
+        for i in range(PER_CLASS):
+            source = next(photos)
+            put(f"normal/{name}/{i:02d}.jpg", source.read_bytes(), "normal photo", "ok")
+
+    whole_jpeg, whole_png = _jpeg(photo()), _encode(photo(), "PNG")
+    put("broken/truncated.jpg", whole_jpeg[: len(whole_jpeg) // 2], "truncated JPEG", "corrupt")
+    put("broken/truncated.png", whole_png[: len(whole_png) // 2], "truncated PNG", "corrupt")
+    put("broken/header_only.jpg", whole_jpeg[:200], "truncated JPEG", "corrupt")
+    # Garbage inside JPEG entropy data often still decodes (to a smeared picture); either is fine,
+    # as long as the file is used only when it decodes.
+    put("broken/garbage_inside.jpg", _corrupt_middle(whole_jpeg, 1), "corrupt-middle JPEG",
+        "ok", "corrupt")
+    put("broken/garbage_inside.png", _corrupt_middle(whole_png, 2), "corrupt-middle PNG", "corrupt")
+    put("broken/empty.jpg", b"", "zero-byte file", "empty")
+    put("broken/empty.png", b"", "zero-byte file", "empty")
+    put("broken/notes.jpg", b"these are my holiday notes, not a picture\n" * 20,
+        "text named .jpg", "not_image")
+    put("broken/page.jpg", b"<!DOCTYPE html><html><body><img src='x.jpg'></body></html>\n",
+        "HTML named .jpg", "not_image")
+    put("broken/drawing.svg", b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" '
+        b'width="100" height="100"><circle cx="50" cy="50" r="40" fill="red"/></svg>\n',
+        "SVG", "unsupported_format")
+    put("broken/bomb.png", bomb_png(BOMB_SIDE), "decompression bomb", "too_large")
+
+    put("odd/wide.png", _encode(wide_image(), "PNG"), "20,000-pixel-wide image", "ok")
+    put("odd/wide.jpg", _jpeg(wide_image()), "20,000-pixel-wide image", "ok")
+    grey16 = (np.linspace(0, 65535, 300 * 200).reshape(200, 300)).astype(np.uint16)
+    put("odd/grey16.tif", _encode(Image.fromarray(grey16), "TIFF"), "16-bit TIFF", "ok")
+    put("odd/cmyk.tif", _encode(photo().convert("CMYK"), "TIFF"), "CMYK TIFF", "ok")
+    put("odd/cmyk.jpg", _encode(photo().convert("CMYK"), "JPEG"), "CMYK JPEG", "ok")
+    palette = photo().convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    put("odd/palette_transparent.png", _encode(palette, "PNG", transparency=0),
+        "palette PNG with transparency", "ok")
+    frames = [photo().resize((160, 120)) for _ in range(3)]
+    put("odd/animated.gif", _encode(frames[0], "GIF", save_all=True, append_images=frames[1:],
+                                    duration=100, loop=0), "animated GIF", "ok")
+
+    upright = photo()
+    put("exif/upright.jpg", _jpeg(upright), "EXIF reference (upright)", "ok")
+    put("exif/rotated_exif6.jpg", exif_rotated(upright), "EXIF-rotated photo", "ok")
+    put("exif/sideways_no_exif.jpg", _jpeg(upright.transpose(Image.Transpose.ROTATE_90)),
+        "EXIF reference (sideways)", "ok")
+
+    for name in ("my holiday photo.jpg", "café_日本_фото.jpg", "it's \"quoted\".jpg",
+                 "new\nline.jpg", "-rf.jpg", "100% #1?.jpg"):
+        put(f"names/{name}", _jpeg(photo()), "odd file name", "ok")
+
+    target = root / "normal" / CLASSES[0] / "00.jpg"
+    links = root / "links"
+    links.mkdir()
+    (links / "to_photo.jpg").symlink_to(target)
+    planted.append(Planted("links/to_photo.jpg", "symlink to an image", ("ok",)))
+    (links / "dangling.jpg").symlink_to(root / "no" / "such.jpg")
+    planted.append(Planted("links/dangling.jpg", "dangling symlink", ("unreadable",)))
+    (links / "loop_a.jpg").symlink_to(links / "loop_b.jpg")
+    (links / "loop_b.jpg").symlink_to(links / "loop_a.jpg")
+    planted += [Planted(f"links/loop_{x}.jpg", "symlink loop", ("unreadable",)) for x in "ab"]
+    (links / "folder_loop").symlink_to(root, target_is_directory=True)  # a folder holding itself
+
+    os.mkfifo(root / "broken" / "pipe.jpg")  # reading it would wait for a writer forever
+    planted.append(Planted("broken/pipe.jpg", "named pipe named .jpg", ("unreadable",)))
+    put("locked/no_read.jpg", _jpeg(photo()), "file without read permission",
+        "unreadable").chmod(0)
+    (root / "locked_folder").mkdir()
+    (root / "locked_folder" / "inside.jpg").write_bytes(_jpeg(photo()))
+    (root / "locked_folder").chmod(0)  # its files cannot be listed: the folder is the entry
+    planted.append(Planted("locked_folder", "folder without read permission", ("unreadable",)))
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "skipped.jpg").write_bytes(_jpeg(photo()))  # hidden: not collected
+    return planted
+
+
+def _materialize(corpus: Path, home: Path) -> dict:
+    """`vsearch materialize` in a child process (without the capabilities that let root read a
+    mode-000 file); its exit status, output and peak resident memory from wait4."""
+    env = {**os.environ, "VSEARCH_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    command = [VSEARCH, "materialize", "--home", str(home), "--source", str(corpus)]
+    if os.geteuid() == 0:
+        command = DROP_READ_CAPS + command
+    out, err = home.parent / "stdout.txt", home.parent / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        child = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=home.parent)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    return {"returncode": child.returncode, "stdout": out.read_text(), "stderr": err.read_text(),
+            "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict:
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root needs setpriv (util-linux) to make a file unreadable")
+    root = tmp_path_factory.mktemp("hostile")
+    corpus, home = root / "corpus", root / "home"
+    planted = build_hostile_corpus(shared_data, corpus)
+    run = _materialize(corpus, home)
+    manifest = pq.read_table(home / "artifacts" / "manifest" / "b00001.parquet").to_pylist()
+    yield {"corpus": corpus, "home": home, "planted": planted, "run": run,
+           "manifest": {r["path"]: r for r in manifest}}
+    for locked in (corpus / "locked_folder", corpus / "locked" / "no_read.jpg"):
+        locked.chmod(0o700)  # so that the temporary folder can be cleaned up by anyone
+
+
+def _usable(hostile: dict) -> dict[str, str]:
+    """path -> id of every file the manifest calls usable."""
+    return {p: r["id"] for p, r in hostile["manifest"].items() if r["status"] == "ok"}
+
+
+def test_the_run_succeeds_and_no_step_fails(hostile):
+    run = hostile["run"]
+    assert run["returncode"] == 0, run["stderr"][-4000:]
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    instance = DagsterInstance.from_config(str(hostile["home"] / "dagster"))
+    runs = instance.get_run_records()
+    assert len(runs) == 2  # process_batch b00001, then refresh_collection
+    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs)
+    failures = [e for r in runs for e in instance.all_logs(r.dagster_run.run_id)
+                if e.is_dagster_event and e.dagster_event.is_step_failure]
+    assert not failures
+    assert "Traceback" not in run["stderr"]
+
+
+def test_every_file_ends_in_the_manifest_as_usable_or_with_its_reason(hostile):
+    manifest, planted = hostile["manifest"], hostile["planted"]
+    print(f"\n{'file':<36} {'kind':<32} {'status':<18} reason")
+    for p in planted:
+        row = manifest.get(p.path, {})
+        print(f"{p.path!r:<36} {p.kind:<32} {row.get('status', 'MISSING'):<18} "
+              f"{(row.get('reason') or '')[:90]}")
+    assert {p.path for p in planted} == set(manifest)  # nothing missing, nothing extra
+    wrong = {p.path: manifest[p.path]["status"] for p in planted
+             if manifest[p.path]["status"] not in p.statuses}
+    assert not wrong
+    for row in manifest.values():
+        assert (row["status"] == "ok") == (row["reason"] is None)
+        assert row["status"] == "ok" or len(row["reason"]) > 10
+    kinds = Counter(p.kind for p in planted)
+    statuses = Counter(r["status"] for r in manifest.values())
+    hostile_files = len(planted) - kinds["normal photo"]
+    print(f"files: {len(planted)} ({hostile_files} hostile or odd, {kinds['normal photo']} normal "
+          f"photos); by kind: {dict(kinds)}")
+    print(f"manifest statuses: {dict(sorted(statuses.items()))}")
+    assert statuses["ok"] >= kinds["normal photo"] + 10
+    assert set(statuses) >= {"ok", "corrupt", "empty", "not_image", "unsupported_format",
+                             "too_large", "unreadable"}
+
+
+def test_odd_but_valid_images_are_measured_right(hostile):
+    manifest = hostile["manifest"]
+    assert (manifest["odd/wide.png"]["width"], manifest["odd/wide.png"]["height"]) == WIDE
+    assert manifest["odd/wide.jpg"]["format"] == "JPEG"
+    assert manifest["odd/grey16.tif"]["format"] == "TIFF"
+    assert manifest["odd/animated.gif"]["format"] == "GIF"
+    rotated, upright = manifest["exif/rotated_exif6.jpg"], manifest["exif/upright.jpg"]
+    assert (rotated["width"], rotated["height"]) == (upright["width"], upright["height"])
+    assert manifest["links/to_photo.jpg"]["id"] == manifest[f"normal/{CLASSES[0]}/00.jpg"]["id"]
+    assert "decompression bomb" in manifest["broken/bomb.png"]["reason"]
+    assert "Permission denied" in manifest["locked/no_read.jpg"]["reason"]
+    assert "could not be listed" in manifest["locked_folder"]["reason"]
+    assert "named pipe" in manifest["broken/pipe.jpg"]["reason"]
+    assert not any(path.startswith(".hidden") for path in manifest)
+
+
+def _embedded(home: Path) -> dict[str, np.ndarray]:
+    shard = pq.read_table(home / "artifacts" / "embeddings" / "efficientnet-lite0" / "b00001.parquet")
+    return {i: np.asarray(v, dtype=np.float32)
+            for i, v in zip(shard.column("id").to_pylist(), shard.column("vector").to_pylist(),
+                            strict=True)}
+
+
+def test_usable_images_are_embedded_hashed_and_indexed(hostile):
+    usable = set(_usable(hostile).values())
+    vectors = _embedded(hostile["home"])
+    assert set(vectors) == usable
+    assert all(abs(float(np.linalg.norm(v)) - 1.0) < 1e-3 for v in vectors.values())
+    hashes = pq.read_table(hostile["home"] / "artifacts" / "hashes" / "b00001.parquet")
+    assert set(hashes.column("id").to_pylist()) == usable
+    assert None not in hashes.column("phash").to_pylist()
+    index = next((hostile["home"] / "artifacts" / "index" / "efficientnet-lite0").iterdir())
+    assert set(pq.read_table(index / "ids.parquet").column("id").to_pylist()) == usable
+    print(f"\nusable: {len(usable)} distinct images, all embedded, hashed and indexed")
+
+
+def test_every_usable_file_finds_itself_first(hostile):
+    from vsearch_pipeline.catalog import latest_index_metadata
+    from vsearch_pipeline.core.storage import ArtifactStore
+    from vsearch_pipeline.runner import open_instance
+    from vsearch_pipeline.search import Searcher
+
+    home = hostile["home"]
+    searcher = Searcher.from_metadata(ArtifactStore(str(home / "artifacts")),
+                                      latest_index_metadata(open_instance(home)))
+    misses = {}
+    for path, image_id in _usable(hostile).items():
+        top = searcher.by_image((hostile["corpus"] / path).read_bytes(), 1)[0]
+        if top["id"] != image_id and top["score"] < 0.999:
+            misses[path] = top
+    assert not misses
+    print(f"\nsearch by upload: {len(_usable(hostile))} usable files, each found itself first")
+
+
+def test_exif_rotated_photo_is_embedded_upright(hostile):
+    ids = _usable(hostile)
+    vectors = _embedded(hostile["home"])
+    rotated = vectors[ids["exif/rotated_exif6.jpg"]]
+    upright = float(rotated @ vectors[ids["exif/upright.jpg"]])
+    sideways = float(rotated @ vectors[ids["exif/sideways_no_exif.jpg"]])
+    print(f"\nEXIF-rotated vs upright: cosine {upright:.4f}; vs the same pixels without EXIF: "
+          f"{sideways:.4f}")
+    assert upright > 0.97 and upright > sideways + 0.05
+
+
+def test_peak_memory_of_the_run_stays_bounded(hostile):
+    peak = hostile["run"]["peak_rss_mb"]
+    print(f"\npeak resident memory of `vsearch materialize` over the hostile corpus: {peak:.0f} MB "
+          f"(bound {PEAK_RSS_BOUND_MB} MB; the {BOMB_SIDE:,} x {BOMB_SIDE:,} bomb decoded to RGB "
+          f"would take {3 * BOMB_SIDE ** 2 / 1e9:.1f} GB)")
+    assert peak < PEAK_RSS_BOUND_MB
+
+
+@pytest.mark.usefixtures("s3_credentials")
+def test_the_same_files_from_an_s3_bucket_get_the_same_statuses(hostile, s3_endpoint, tmp_path):
+    """The regular files of the corpus (S3 has no links, pipes or permissions per object) as
+    objects of a bucket on a real S3 server, keys with spaces, quotes, unicode, '%', '#' and '?'
+    included (not the newline, which moto refuses): the same status for every file as from the
+    folder."""
+    import boto3
+
+    from vsearch_pipeline.runner import run_pipeline
+    from vsearch_pipeline.settings import load_settings
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="hostile")
+    regular = [p.path for p in hostile["planted"] if p.statuses != ("unreadable",)
+               and not p.path.startswith("links/") and "\n" not in p.path]
+    for path in regular:
+        client.put_object(Bucket="hostile", Key=f"corpus/{path}",
+                          Body=(hostile["corpus"] / path).read_bytes())
+    home = tmp_path / "home"
+    settings = load_settings(home, {"source": {"uri": "s3://hostile/corpus",
+                                               "endpoint_url": s3_endpoint}})
+    assert run_pipeline(home, settings, say=print)["success"]
+    rows = pq.read_table(home / "artifacts" / "manifest" / "b00001.parquet").to_pylist()
+    from_s3 = {r["path"]: (r["status"], r["id"]) for r in rows}
+    from_folder = {p: (hostile["manifest"][p]["status"], hostile["manifest"][p]["id"])
+                   for p in regular}
+    assert from_s3 == from_folder
+    statuses = Counter(status for status, _ in from_s3.values())
+    print(f"\nfrom S3: {len(regular)} objects, statuses {dict(sorted(statuses.items()))}")
+    assert set(_embedded(home)) == {i for status, i in from_s3.values() if status == "ok"}
