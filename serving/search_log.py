@@ -1,9 +1,15 @@
-"""Every result list the service shows, logged for click-through figures without slowing a search.
+"""Every write of the search service to `curation.duckdb`, grouped into few transactions.
 
 A search hands its results to `SearchLog.served` and returns at once; one writer thread stores
 what accumulated in a single DuckDB transaction every `flush_interval_s` (and at shutdown), so
 the disk is touched about once a second however many searches arrive. Clicks and ratings look
 their search up among the recent ones in memory first, then in the database.
+
+Tags, clicks and ratings go through `SearchLog.write`: the change joins the next transaction,
+the writer is woken at once, and the request returns when that transaction has committed, so an
+acknowledged write is stored. Opening the file is most of a write's cost (DuckDB lets one
+process at a time hold it, so no connection is kept open between transactions), and writes
+arriving together share one opening instead of queueing for one each.
 """
 
 from __future__ import annotations
@@ -13,8 +19,15 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+import duckdb
 
 from vsearch_pipeline.core.store import CurationDB
+
+Result = TypeVar("Result")
 
 log = logging.getLogger("vsearch.serving")
 
@@ -24,6 +37,8 @@ class SearchLog:
         self.db = db
         self.flush_interval_s = flush_interval_s
         self._pending: list[dict] = []
+        self._changes: list[tuple[Callable[[duckdb.DuckDBPyConnection], object], Future]] = []
+        self._wake = threading.Event()
         self._recent: OrderedDict[str, tuple[str, dict[str, int]]] = OrderedDict()
         self._recent_size = recent
         self._lock = threading.Lock()
@@ -52,20 +67,42 @@ class SearchLog:
             found = self._recent.get(query_id)
         return found if found is not None else self.db.search_of(query_id)
 
+    def write(self, change: Callable[[duckdb.DuckDBPyConnection], Result]) -> Result:
+        """Run `change(connection)` in the next transaction and return its result once that has
+        committed (or raise what made it fail). The change must not fail on valid input: check
+        the request before, since a change that raises rolls back the others it shares with."""
+        done: Future = Future()
+        with self._lock:
+            self._changes.append((change, done))
+        if self._writer is not None and self._writer.is_alive():
+            self._wake.set()
+        else:
+            self.flush()
+        return done.result()
+
     def flush(self) -> int:
-        """Store what is pending; returns how many result lists were written."""
+        """Store the pending result lists and changes in one transaction; returns how many result
+        lists were written. Result lists that fail are kept for the next flush; the changes'
+        requests get the error."""
         with self._flush_lock:
             with self._lock:
                 batch, self._pending = self._pending, []
-            if not batch:
+                changes, self._changes = self._changes, []
+            if not batch and not changes:
                 return 0
             try:
-                self.db.record_searches(batch)
-            except Exception:  # keep the batch for the next flush rather than lose it
-                log.exception("could not store %d searches; will retry", len(batch))
+                with self.db.transaction() as con:
+                    self.db.insert_searches(con, batch)
+                    results = [change(con) for change, _ in changes]
+            except Exception as err:  # keep the result lists for the next flush rather than lose them
+                log.exception("could not store %d searches and %d changes", len(batch), len(changes))
                 with self._lock:
                     self._pending[:0] = batch
+                for _, done in changes:
+                    done.set_exception(err)
                 return 0
+            for (_, done), result in zip(changes, results, strict=True):
+                done.set_result(result)
             return len(batch)
 
     def start(self) -> None:
@@ -74,10 +111,13 @@ class SearchLog:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._writer is not None:
             self._writer.join()
         self.flush()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
             self.flush()

@@ -1,22 +1,29 @@
 """Every tag of the collection, in memory, so that searches never wait on DuckDB to read them.
 
-The service's own tag writes go to `curation.duckdb` first and then to this copy; a reload every
-few seconds (on the search log's writer thread) picks up what other processes wrote. A search
+The service's own tag writes go to `curation.duckdb` first (through the search log's grouped
+transactions) and then to this copy; a reload every few seconds picks up what other processes
+wrote. A search
 filtered by tag, a gallery page or a text search reads only this copy.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import MappingProxyType
 
-from vsearch_pipeline.core.store import CurationDB, validate_tag
+import duckdb
+
+from vsearch_pipeline.core.store import CurationDB, tag_images, untag_images, validate_tag
+
+Write = Callable[[Callable[[duckdb.DuckDBPyConnection], int]], int]
 
 
 class TagIndex:
-    def __init__(self, db: CurationDB):
+    def __init__(self, db: CurationDB, write: Write):
+        """`db` is read from; `write(change)` runs a change in a committed transaction."""
         self.db = db
+        self.write = write
         self._lock = threading.Lock()
         self._by_tag: dict[str, frozenset[str]] = {}
         self._by_id: dict[str, list[str]] | None = None  # built from _by_tag when first asked
@@ -58,15 +65,14 @@ class TagIndex:
 
     def add(self, ids: Iterable[str], tag: str) -> int:
         """Tag images (stored first, then here); returns how many did not have it yet."""
-        ids = list(ids)
-        added = self.db.add_tag(ids, tag)
-        tag = validate_tag(tag)
+        ids, tag = list(ids), validate_tag(tag)
+        added = self.write(lambda con: tag_images(con, ids, tag))
         self._replace({**self._by_tag, tag: self._by_tag.get(tag, frozenset()) | set(ids)})
         return added
 
     def remove(self, ids: Iterable[str], tag: str) -> int:
         ids = list(ids)
-        removed = self.db.remove_tag(ids, tag)
+        removed = self.write(lambda con: untag_images(con, ids, tag))
         left = self._by_tag.get(tag, frozenset()) - set(ids)
         rest = {t: v for t, v in self._by_tag.items() if t != tag}
         self._replace({**rest, tag: left} if left else rest)

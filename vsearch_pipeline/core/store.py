@@ -208,46 +208,28 @@ def validate_tag(tag: str) -> str:
 
 
 class CurationDB(MetricsDB):
-    """What people add to the collection (tags), in a DuckDB file the search service owns.
+    """What people add to the collection (tags, clicks, ratings) and the service's search log, in
+    a DuckDB file the search service owns.
 
-    It is a separate file from the pipeline's, so the service's writes never wait for a
-    pipeline run; each write is one short transaction, and the pipeline reads it the same way.
+    It is a separate file from the pipeline's, so the service's writes never wait for a pipeline
+    run. The service groups its writes into one short transaction at a time (serving.search_log:
+    the functions below run inside it); the pipeline reads the file the same way.
     """
 
     @staticmethod
     def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(CURATION_SCHEMA)
 
-    def add_tag(self, ids: list[str], tag: str) -> int:
-        """Tag the images; returns how many did not have the tag yet."""
-        tag = validate_tag(tag)
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        with self.transaction() as con:
-            before = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
-            if ids:
-                con.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?, ?)",
-                                [(i, tag, now) for i in dict.fromkeys(ids)])
-            after = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
-        return after - before
-
-    def remove_tag(self, ids: list[str], tag: str) -> int:
-        with self.transaction() as con:
-            before = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
-            con.execute("DELETE FROM tags WHERE tag = ? AND id IN (SELECT unnest(?))",
-                        [tag, list(ids)])
-            after = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
-        return before - after
-
-    def record_searches(self, searches: list[dict]) -> None:
-        """One transaction for many served result lists: each dict has query_id, served_at,
-        endpoint, query, tag, k, index_version, latency_ms and results [(rank, id, score)]."""
+    @staticmethod
+    def insert_searches(con: duckdb.DuckDBPyConnection, searches: list[dict]) -> None:
+        """Many served result lists: each dict has query_id, served_at, endpoint, query, tag, k,
+        index_version, latency_ms and results [(rank, id, score)]."""
         query_rows = [(q["query_id"], q["served_at"], q["endpoint"], q["query"], q.get("tag"),
                        q["k"], q["index_version"], q["latency_ms"]) for q in searches]
         shown = [(q["query_id"], rank, image_id, score)
                  for q in searches for rank, image_id, score in q["results"]]
-        with self.transaction() as con:
-            insert_rows(con, "queries", query_rows)
-            insert_rows(con, "impressions", shown)
+        insert_rows(con, "queries", query_rows)
+        insert_rows(con, "impressions", shown)
 
     def search_of(self, query_id: str) -> tuple[str, dict[str, int]] | None:
         """The query text of a logged search and the rank of each image it showed."""
@@ -258,15 +240,6 @@ class CurationDB(MetricsDB):
             ranks = con.execute("SELECT id, rank FROM impressions WHERE query_id = ?",
                                 [query_id]).fetchall()
         return found[0], dict(ranks)
-
-    def record_click(self, query_id: str, image_id: str, rank: int | None) -> None:
-        with self.transaction() as con:
-            con.execute("INSERT INTO clicks VALUES (?, ?, ?, ?)", [query_id, image_id, rank, _now()])
-
-    def record_feedback(self, query_id: str, query: str, image_id: str, relevant: bool) -> None:
-        with self.transaction() as con:
-            con.execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?)",
-                        [query_id, query, image_id, relevant, _now()])
 
     def latest_ratings(self) -> list[tuple[str, str, bool]]:
         """(query, image id, relevant): the last rating each image got for each query."""
@@ -279,6 +252,36 @@ class CurationDB(MetricsDB):
         """(tag, image id) for every tag."""
         with self.connect() as con:
             return con.execute("SELECT tag, id FROM tags ORDER BY tag, id").fetchall()
+
+
+def tag_images(con: duckdb.DuckDBPyConnection, ids: list[str], tag: str) -> int:
+    """Tag the images (a tag already checked by `validate_tag`); returns how many did not have it."""
+    before = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
+    if ids:
+        now = _now()
+        con.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?, ?)",
+                        [(i, tag, now) for i in dict.fromkeys(ids)])
+    after = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
+    return after - before
+
+
+def untag_images(con: duckdb.DuckDBPyConnection, ids: list[str], tag: str) -> int:
+    """Take the tag off the images; returns how many had it."""
+    before = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
+    con.execute("DELETE FROM tags WHERE tag = ? AND id IN (SELECT unnest(?))", [tag, list(ids)])
+    after = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
+    return before - after
+
+
+def insert_click(con: duckdb.DuckDBPyConnection, query_id: str, image_id: str,
+                 rank: int | None) -> None:
+    con.execute("INSERT INTO clicks VALUES (?, ?, ?, ?)", [query_id, image_id, rank, _now()])
+
+
+def insert_rating(con: duckdb.DuckDBPyConnection, query_id: str, query: str, image_id: str,
+                  relevant: bool) -> None:
+    con.execute("INSERT INTO feedback VALUES (?, ?, ?, ?, ?)",
+                [query_id, query, image_id, relevant, _now()])
 
 
 def _now() -> dt.datetime:
