@@ -137,11 +137,13 @@ def prepare_home(home: Path, n: int) -> dict:
     """The served home, built or (when its record matches) reused; returns the record."""
     record_path = home / "bench-serve.json"
     wanted = {"n": n, "hnsw": HNSW.as_dict(), "seed": SEED, "vectors": os.environ.get(VECTORS_ENV)}
+    serving = {"serving": {"query_cache_size": 0, "rate_limit_per_s": 0}}  # wrk is one client
     if record_path.exists() and json.loads(record_path.read_text()).get("wanted") == wanted:
         print(f"# reusing the served home {home}", flush=True)
+        save_settings(home, load_settings(home, serving))
         return json.loads(record_path.read_text())
     shutil.rmtree(home, ignore_errors=True)
-    save_settings(home, load_settings(home, {"serving": {"query_cache_size": 0}}))
+    save_settings(home, load_settings(home, serving))
     store = ArtifactStore(str(home / "artifacts"))
     model = load_model(ModelSpec(DEFAULT_MODEL))
     start = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import threading
 import time
@@ -19,7 +20,9 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from prometheus_client import (
@@ -30,12 +33,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 from pydantic import Field as PydanticField
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.auth import api_key_guard
+from serving.auth import ApiKeys, api_key_guard
 from serving.cache import VectorCache
 from serving.holder import (
     IndexHolder,
@@ -43,6 +46,7 @@ from serving.holder import (
     instance_metadata_source,
     instance_views_source,
 )
+from serving.limits import RateLimit, TokenBuckets, client_of
 from serving.search_log import SearchLog
 from serving.tag_index import TagIndex
 from vsearch_pipeline.catalog import metadata_value
@@ -52,7 +56,7 @@ from vsearch_pipeline.core.hashing import fold_near_duplicates
 from vsearch_pipeline.core.image_sink import ImageSink
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
-from vsearch_pipeline.core.store import CurationDB
+from vsearch_pipeline.core.store import CurationDB, insert_click, insert_rating
 from vsearch_pipeline.search import parse_bbox
 from vsearch_pipeline.settings import ServingSettings, Settings
 
@@ -61,6 +65,9 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
                "WEBP": "image/webp", "BMP": "image/bmp", "GIF": "image/gif",
                "TIFF": "image/tiff", "PPM": "image/x-portable-anymap"}
+JSON_BODY_LIMIT = 4 * 1024 * 1024  # a request without an upload: 100,000 ids to tag fit
+FORM_OVERHEAD = 64 * 1024  # multipart headers and the small form fields beside an upload
+UPLOAD_REFUSALS = {"empty": 400, "too_large": 413, "not_image": 415, "unsupported_format": 415}
 
 
 class ServiceMetrics:
@@ -124,18 +131,43 @@ class ObservedRequests:
                 self.metrics.errors.labels(endpoint, str(status)).inc()
 
 
+def _unicode_text(value: str) -> str:
+    """JSON can carry lone surrogates (\\ud800), which are no text and cannot be stored."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an answer that echoes a request's input stays
+    renderable whatever the input held (JSON can carry lone surrogates; UTF-8 cannot)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 for a request that does not fit the schema, rendered safely."""
+    return AsciiJSONResponse({"detail": jsonable_encoder(err.errors())}, status_code=422)
+
+
 class TagRequest(BaseModel):
-    ids: list[str] = PydanticField(min_length=1, max_length=100_000)
-    tag: str
+    ids: list[Text] = PydanticField(min_length=1, max_length=100_000)
+    tag: Text
 
 
 class ClusterTagRequest(BaseModel):
-    tag: str | None = PydanticField(None, description="The tag; none accepts the suggested name")
+    tag: Text | None = PydanticField(None, description="The tag; none accepts the suggested name")
 
 
 class ClickRequest(BaseModel):
-    query_id: str = PydanticField(max_length=64)
-    id: str = PydanticField(max_length=64)
+    query_id: Text = PydanticField(max_length=64)
+    id: Text = PydanticField(max_length=64)
 
 
 class FeedbackRequest(ClickRequest):
@@ -169,7 +201,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
     metrics = ServiceMetrics()
     search_log = SearchLog(curation, settings.search_log_flush_s)
     query_vectors = VectorCache(settings.query_cache_size)
-    tag_index = TagIndex(curation)
+    tag_index = TagIndex(curation, search_log.write)
     stop = threading.Event()
 
     def refresh() -> None:
@@ -191,13 +223,23 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         stop.set()
         search_log.close()
 
-    app = FastAPI(title="vsearch", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="vsearch", version="0.1.0", lifespan=lifespan, max_body_size=JSON_BODY_LIMIT,
                   description="Visual search over a collection materialized by the vsearch "
                               "pipeline.")
     app.state.search_log = search_log
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.state.query_vectors = query_vectors
 
-    app.add_middleware(ObservedRequests, metrics=metrics)
+    keys = ApiKeys(settings.api_keys_file)
+    if settings.rate_limit_per_s > 0:
+        app.add_middleware(RateLimit, identify=client_of(keys), buckets=TokenBuckets(
+            settings.rate_limit_per_s, settings.rate_limit_burst))
+    app.add_middleware(ObservedRequests, metrics=metrics)  # outside the limit: 429s are counted
+    writes = [Depends(api_key_guard(keys))]  # every endpoint that writes
+    reads = [] if settings.public_reads else writes
+    clicks = [] if settings.public_clicks else writes
+    one_upload = settings.max_upload_bytes + FORM_OVERHEAD
+    many_uploads = settings.max_embed_files * settings.max_upload_bytes + FORM_OVERHEAD
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     def live() -> ServedIndex:
@@ -270,9 +312,10 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                 "vectors": served.searcher.loaded.index.ntotal if served else 0,
                 "text_search": served.searcher.text_mode if served else None,
                 "clusters": served.views.identity[0] if served else None,
-                "duplicates": served.views.identity[1] if served else None}
+                "duplicates": served.views.identity[1] if served else None,
+                "public_reads": settings.public_reads}  # the page sends its key for images if not
 
-    @app.get("/gallery")
+    @app.get("/gallery", dependencies=reads)
     def gallery(offset: Annotated[int, Query(ge=0)] = 0,
                 limit: Annotated[int, Query(ge=1, le=500)] = 48,
                 tag: str | None = None) -> dict:
@@ -286,7 +329,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return {"total": len(ordered), "offset": offset, "limit": limit,
                 "images": images(served, ordered[offset:offset + limit])}
 
-    @app.get("/similar/{image_id}")
+    @app.get("/similar/{image_id}", dependencies=reads)
     def similar(image_id: str, k: int = 50, tag: str | None = None,
                 fold: bool | None = None) -> dict:
         """The nearest images to one already in the collection (itself left out)."""
@@ -297,7 +340,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             raise HTTPException(404, err.args[0]) from None
         return answer(served, results, k, started, "similar", f"image:{image_id}", tag, fold)
 
-    @app.post("/search")
+    @app.post("/search", dependencies=reads, max_body_size=one_upload)
     async def search(file: Annotated[UploadFile, File(description="The query image")],
                      bbox: Annotated[str | None, Form(description="Crop x1,y1,x2,y2 in pixels")] = None,
                      k: Annotated[int, Form()] = 50,
@@ -320,25 +363,35 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return answer(served, results, k, started, "search", query, tag, fold)
 
     async def read_upload(file: UploadFile) -> bytes:
-        data = await file.read(settings.max_upload_bytes + 1)
-        if len(data) > settings.max_upload_bytes:
-            raise HTTPException(413, f"{file.filename or 'the upload'} is over "
-                                     f"{settings.max_upload_bytes} bytes")
+        """An upload's bytes, refused unless they are an image: the size before reading more
+        than the limit, the format from the bytes, never from the file name or declared type."""
+        name, limit = file.filename or "the upload", settings.max_upload_bytes
+        data = b"" if file.size is not None and file.size > limit else await file.read(limit + 1)
+        if file.size is not None and file.size > limit or len(data) > limit:
+            raise HTTPException(413, f"{name} is over {limit} bytes")
+        if not data:
+            raise HTTPException(400, f"{name} is not a usable image (empty): the file is empty")
+        if sniff_image_format(data[:SNIFF_BYTES]) is None:
+            raise HTTPException(415, f"{name} is not a usable image (not_image): its bytes are not "
+                                     "JPEG, PNG, GIF, TIFF, WEBP or BMP (the file name and the "
+                                     "declared content type are not trusted)")
         return data
 
     def embed_upload(served: ServedIndex, data: bytes, box) -> object:
+        """The upload's vector; its pixel count is checked from the header, before decoding."""
         embed_started = time.perf_counter()
         try:
-            vector = served.searcher.embed_bytes(data, box)
+            vector = served.searcher.embed_bytes(data, box, max_pixels=settings.max_upload_pixels)
         except ImageError as err:
-            raise HTTPException(400, f"the upload is not a usable image ({err.status}): "
-                                     f"{err.reason}") from None
+            raise HTTPException(UPLOAD_REFUSALS.get(err.status, 400),
+                                f"the upload is not a usable image ({err.status}): {err.reason}"
+                                ) from None
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
         metrics.embed_seconds.observe(time.perf_counter() - embed_started)
         return vector
 
-    @app.get("/search/text")
+    @app.get("/search/text", dependencies=reads)
     def search_text(q: Annotated[str, Query(description="What to look for, in words")],
                     k: int = 50, tag: str | None = None, fold: bool | None = None) -> dict:
         """Images matching a text. With a CLIP-family model, its text tower (`mode: clip`);
@@ -359,7 +412,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return answer(served, results, k, started, "search/text", f"text:{text.lower()}", tag, fold,
                       mode=searcher.text_mode)
 
-    @app.post("/embed")
+    @app.post("/embed", dependencies=reads, max_body_size=many_uploads)
     async def embed(files: Annotated[list[UploadFile], File(description="One or more images")]
                     ) -> dict:
         """The configured model's unit vectors of uploaded images, one entry per file (a file
@@ -370,9 +423,8 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                                      "per request")
         entries = []
         for upload in files:
-            data = await read_upload(upload)
             try:
-                vector = embed_upload(served, data, None)
+                vector = embed_upload(served, await read_upload(upload), None)
                 entries.append({"filename": upload.filename, "vector": vector.tolist()})
             except HTTPException as err:
                 entries.append({"filename": upload.filename, "error": err.detail})
@@ -382,9 +434,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return {"model": model.name, "model_version": model.version, "dimension": model.dim,
                 "embeddings": entries}
 
-    require_api_key = api_key_guard(settings.api_keys_file)
-
-    @app.post("/ingest", dependencies=[Depends(require_api_key)])
+    @app.post("/ingest", dependencies=writes, max_body_size=many_uploads)
     async def ingest(files: Annotated[list[UploadFile], File(description="One or more images")],
                      request: Request) -> dict:
         """Add uploaded images to the collection (needs an API key): each is written into the
@@ -424,19 +474,21 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return {"filename": name, "id": stored.id, "uri": stored.uri, "path": stored.path,
                 "format": stored.format, "bytes": stored.bytes, "existed": stored.existed}
 
-    @app.post("/click")
+    @app.post("/click", dependencies=clicks)
     def click(request: ClickRequest) -> dict:
         """Record that a person opened a result of a search (`query_id` from its answer)."""
         _, ranks = shown_in(request)
-        curation.record_click(request.query_id, request.id, ranks[request.id])
+        search_log.write(lambda con: insert_click(con, request.query_id, request.id,
+                                                  ranks[request.id]))
         return {"recorded": True, "rank": ranks[request.id]}
 
-    @app.post("/feedback")
+    @app.post("/feedback", dependencies=clicks)
     def feedback(request: FeedbackRequest) -> dict:
         """Rate a result relevant or not to its search; the pipeline's `curation_grounding`
         asset turns the ratings into a grounding set that the evaluation measures against."""
         query, _ = shown_in(request)
-        curation.record_feedback(request.query_id, query, request.id, request.relevant)
+        search_log.write(lambda con: insert_rating(con, request.query_id, query, request.id,
+                                                   request.relevant))
         return {"recorded": True}
 
     def shown_in(request: ClickRequest) -> tuple[str, dict[str, int]]:
@@ -448,7 +500,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             raise HTTPException(422, f"image {request.id!r} was not among that search's results")
         return query, ranks
 
-    @app.post("/tags")
+    @app.post("/tags", dependencies=writes)
     def add_tags(request: TagRequest) -> dict:
         """Apply a tag to images of the collection."""
         unknown = [i for i in request.ids if i not in live().files]
@@ -460,7 +512,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             raise HTTPException(422, str(err)) from None
         return {"tag": request.tag.strip(), "added": added}
 
-    @app.delete("/tags")
+    @app.delete("/tags", dependencies=writes)
     def remove_tags(request: TagRequest) -> dict:
         """Take a tag off images."""
         removed = tag_index.remove(request.ids, request.tag)
@@ -468,7 +520,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             raise HTTPException(404, f"no image has the tag {request.tag!r}")
         return {"tag": request.tag, "removed": removed}
 
-    @app.get("/tags")
+    @app.get("/tags", dependencies=reads)
     def list_tags() -> dict:
         """Every tag with the number of images that carry it."""
         return {"tags": [{"tag": t, "count": n} for t, n in tag_index.counts().items()]}
@@ -490,7 +542,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             raise HTTPException(404, f"no cluster {label}")
         return served, members
 
-    @app.get("/clusters")
+    @app.get("/clusters", dependencies=reads)
     def clusters(examples: Annotated[int, Query(ge=0, le=24)] = 6) -> dict:
         """Every cluster, largest first, with its suggested name and a few members."""
         served, tags = live(), tag_index.tags_by_id()
@@ -502,7 +554,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return {"clusters": found, "noise": len(served.views.noise),
                 "version": served.views.identity[0]}
 
-    @app.get("/clusters/{label}")
+    @app.get("/clusters/{label}", dependencies=reads)
     def cluster(label: int, offset: Annotated[int, Query(ge=0)] = 0,
                 limit: Annotated[int, Query(ge=1, le=500)] = 48) -> dict:
         """The members of one cluster, a page at a time."""
@@ -511,7 +563,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return {**cluster_summary(served, label, members, tags), "offset": offset, "limit": limit,
                 "images": images(served, members[offset:offset + limit], tags)}
 
-    @app.post("/clusters/{label}/tag")
+    @app.post("/clusters/{label}/tag", dependencies=writes)
     def tag_cluster(label: int, request: ClusterTagRequest) -> dict:
         """Tag every member of a cluster: with the suggested name, or with the tag given."""
         served, members = cluster_members(label)
@@ -525,7 +577,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             raise HTTPException(422, str(err)) from None
         return {"tag": tag.strip(), "added": added, "size": len(members)}
 
-    @app.get("/duplicates")
+    @app.get("/duplicates", dependencies=reads)
     def duplicates(offset: Annotated[int, Query(ge=0)] = 0,
                    limit: Annotated[int, Query(ge=1, le=500)] = 20) -> dict:
         """Near-duplicate groups (by pHash), largest first, a page at a time."""
@@ -543,14 +595,14 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         uri, fmt = found
         return read_object(uri, source_endpoint_url), fmt
 
-    @app.get("/images/{image_id}")
+    @app.get("/images/{image_id}", dependencies=reads)
     def image(image_id: str) -> Response:
         """The original file of an image in the collection (ids only, never paths)."""
         data, fmt = _image_bytes(image_id)
         return Response(data, media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"),
                         headers={"Cache-Control": "public, max-age=86400"})
 
-    @app.get("/images/{image_id}/thumbnail")
+    @app.get("/images/{image_id}/thumbnail", dependencies=reads)
     def thumbnail(image_id: str, size: Annotated[int, Query(ge=16, le=1024)] = 256) -> Response:
         """A JPEG no larger than size x size."""
         data, _ = _image_bytes(image_id)
@@ -561,11 +613,11 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return Response(out.getvalue(), media_type="image/jpeg",
                         headers={"Cache-Control": "public, max-age=86400"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=reads)
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.put("/index/pin")
+    @app.put("/index/pin", dependencies=writes)
     def pin(version: Annotated[str, Query(description="An index version to keep live")]) -> dict:
         """Keep one index version live (roll back); it stays until unpinned."""
         try:
@@ -575,7 +627,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         metrics.index_changed(holder.live)
         return health()
 
-    @app.delete("/index/pin")
+    @app.delete("/index/pin", dependencies=writes)
     def unpin() -> dict:
         """Go back to following the latest materialization."""
         holder.pin(None)
@@ -583,6 +635,9 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return health()
 
     return app
+
+
+PIN_FILE = "serving_pin"  # the pinned index version of a home's service (see serving.holder)
 
 
 def app_for_home(home: Path, settings: Settings) -> FastAPI:
@@ -595,7 +650,8 @@ def app_for_home(home: Path, settings: Settings) -> FastAPI:
         return ArtifactStore(metadata_value(metadata, "storage_root"), settings.storage.endpoint_url)
 
     holder = IndexHolder(instance_metadata_source(instance), store_for,
-                         settings.source.endpoint_url, instance_views_source(instance))
+                         settings.source.endpoint_url, instance_views_source(instance),
+                         pin_file=home / PIN_FILE)
     curation = CurationDB(str(home / "curation.duckdb"))
     return create_app(holder, settings.serving, curation, settings.source.endpoint_url,
                       source_uri=settings.source.uri)

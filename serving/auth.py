@@ -1,4 +1,4 @@
-"""API keys for the service's write endpoints (``POST /ingest``, and later others).
+"""API keys: every endpoint that writes needs one; clicks and reads do where configured.
 
 Keys are stored hashed, never as themselves: a keys file holds one ``name:sha256hex`` line per
 key (``#`` starts a comment), so a leaked keys file grants nothing. A request presents its key as
@@ -122,15 +122,21 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API k
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
 
 
-def api_key_guard(setting: str | None) -> Callable[..., str]:
+def presented_keys(authorization: str | None, x_api_key: str | None) -> list[str]:
+    """The keys a request carries: a Bearer token and an X-API-Key header, either or both."""
+    scheme, _, token = (authorization or "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    return [k for k in (bearer, (x_api_key or "").strip()) if k]
+
+
+def api_key_guard(keys: ApiKeys) -> Callable[..., str]:
     """A FastAPI dependency that lets a request through only with a valid API key; the key's name
-    is its value and ``request.state.api_key_name``. Use it on any endpoint that writes:
-    ``@app.post(..., dependencies=[Depends(guard)])``.
+    is its value and ``request.state.api_key_name``. Put it on every endpoint that writes (and on
+    reads or clicks where they are private): ``@app.post(..., dependencies=[Depends(guard)])``.
 
     401 (with ``WWW-Authenticate: Bearer``) for a missing or unknown key; 403 while no keys file
-    is configured, so write endpoints are off rather than open by default.
+    is configured, so guarded endpoints are off rather than open by default.
     """
-    keys = ApiKeys(setting)
 
     def require_api_key(
         request: Request,
@@ -144,6 +150,9 @@ def api_key_guard(setting: str | None) -> Callable[..., str]:
         presented = [k for k in (bearer.credentials if bearer else None, header_key) if k]
         name = next((n for n in map(keys.name_of, presented) if n), None)
         if name is None:
+            client = request.client.host if request.client else "unknown"
+            log.warning("refused %s %s from %s: %s", request.method, request.url.path, client,
+                        "an unknown API key" if presented else "no API key")
             raise HTTPException(401, "a valid API key is needed: 'Authorization: Bearer <key>' or "
                                      "'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
         request.state.api_key_name = name

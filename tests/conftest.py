@@ -58,3 +58,33 @@ def s3_credentials(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def copy_caltech(shared: Path, images: Path, classes: tuple[str, ...], per_class: int) -> Path:
+    """The first `per_class` photos of each Caltech-101 class into images/<class>/."""
+    import shutil
+
+    for name in classes:
+        (images / name).mkdir(parents=True, exist_ok=True)
+        for photo in sorted((shared / "caltech101" / name).glob("*.jpg"))[:per_class]:
+            shutil.copy(photo, images / name / photo.name)
+    return images
+
+
+def wait_until_served(base: str, alive, timeout_s: float = 180) -> None:
+    """Poll `base`/health until the service answers with a live index; `alive()` says whether the
+    server (thread or process) is still running, so a crash fails at once rather than at the end."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert alive(), "the service stopped while starting"
+        try:
+            if httpx.get(f"{base}/health", timeout=5).json().get("index_version"):
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"the service did not come up within {timeout_s} s"
+        time.sleep(0.2)

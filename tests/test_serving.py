@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from serving.app import app_for_home, create_app
+from serving.auth import create_key
 from serving.holder import IndexHolder
 from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.runner import run_pipeline
@@ -51,19 +52,24 @@ def collection(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, case
     root = tmp_path_factory.mktemp("serving")
     images = build_collection(shared_data, cases, root)
     home = root / "home"
+    keys_file = root / "api-keys"  # the clients below are curators: their key goes with each request
+    auth = {"X-API-Key": create_key(keys_file, "curator")}
     settings = load_settings(home, {"source": {"uri": str(images)},
                                     "index": {"index_type": "hnsw"},
                                     "clusters": {"min_cluster_size": 3},
                                     "serving": {"refresh_interval_s": 3600,
-                                                "search_log_flush_s": 0.2}})
+                                                "search_log_flush_s": 0.2,
+                                                "api_keys_file": str(keys_file),
+                                                "rate_limit_per_s": 0}})
     run_pipeline(home, settings, say=print)
     usable = sum(1 for p in images.rglob("*") if p.is_file()) - 1  # one corrupt JPEG
-    return {"home": home, "images": images, "settings": settings, "usable": usable}
+    return {"home": home, "images": images, "settings": settings, "usable": usable, "auth": auth}
 
 
 @pytest.fixture(scope="module")
 def client(collection: dict):
-    with TestClient(app_for_home(collection["home"], collection["settings"])) as client:
+    with TestClient(app_for_home(collection["home"], collection["settings"]),
+                    headers=collection["auth"]) as client:
         yield client
 
 
@@ -162,7 +168,7 @@ def test_text_search_reads_folder_names_labels_and_tags(client, ids):
 
 
 @pytest.mark.parametrize(("request_args", "status", "message"), [
-    ({"files": {"file": ("x.jpg", b"<html>not an image</html>")}}, 400, "not a usable image"),
+    ({"files": {"file": ("x.jpg", b"<html>not an image</html>")}}, 415, "not a usable image"),
     ({"files": {"file": ("x.jpg", b"")}}, 400, "empty"),
     ({"files": {"file": ("x.jpg", b"\xff\xd8\xff\xe0" + b"\0" * 64)}}, 400, "not a usable image"),
     ({"data": {"k": "0"}}, 422, "k must be between 1 and 1000"),
@@ -310,7 +316,8 @@ def test_metrics_count_requests_and_describe_the_index(client, collection):
 
 def test_tags_apply_filter_persist_and_refuse_bad_input(collection, ids):
     images = collection["images"]
-    with TestClient(app_for_home(collection["home"], collection["settings"])) as client:
+    with TestClient(app_for_home(collection["home"], collection["settings"]),
+                    headers=collection["auth"]) as client:
         drinks = [ids["ukbench/ukbench09268.jpg"], ids["camera/image_0003.jpg"]]
         plane = ids["airplanes/image_0001.jpg"]
         added = client.post("/tags", json={"ids": [*drinks, drinks[0]], "tag": "drinks"}).json()
@@ -332,7 +339,8 @@ def test_tags_apply_filter_persist_and_refuse_bad_input(collection, ids):
         assert client.post("/tags", json={"ids": [], "tag": "x"}).status_code == 422
         injection = "x'); DROP TABLE tags; --"
         assert client.post("/tags", json={"ids": [plane], "tag": injection}).status_code == 200
-    with TestClient(app_for_home(collection["home"], collection["settings"])) as client:
+    with TestClient(app_for_home(collection["home"], collection["settings"]),
+                    headers=collection["auth"]) as client:
         tags = {t["tag"]: t["count"] for t in client.get("/tags").json()["tags"]}
         assert tags == {"drinks": 2, injection: 1}  # survived a restart, and the table too
         removed = client.request("DELETE", "/tags", json={"ids": [drinks[0]], "tag": "drinks"})
@@ -359,7 +367,8 @@ def test_an_index_that_does_not_load_is_refused_and_the_old_one_serves(collectio
 
     holder = IndexHolder(source, lambda m: ArtifactStore(str(collection["home"] / "artifacts")))
     curation = CurationDB(str(collection["home"] / "curation.duckdb"))
-    with TestClient(create_app(holder, collection["settings"].serving, curation)) as client:
+    with TestClient(create_app(holder, collection["settings"].serving, curation),
+                    headers=collection["auth"]) as client:
         before = client.get("/health").json()["index_version"]
         broken["serve"] = True
         assert holder.refresh() is False
@@ -379,7 +388,7 @@ def test_hot_swap_while_tags_clicks_and_ratings_are_written(collection, ids):
     watching = settings.model_copy(update={"serving": settings.serving.model_copy(
         update={"refresh_interval_s": 0.5})})
     query = ids["airplanes/image_0002.jpg"]
-    with TestClient(app_for_home(collection["home"], watching)) as client:
+    with TestClient(app_for_home(collection["home"], watching), headers=collection["auth"]) as client:
         old = client.get("/health").json()["index_version"]
         rated = client.get(f"/similar/{query}", params={"k": 5, "fold": "false"}).json()
         for row in rated["results"]:

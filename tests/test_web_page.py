@@ -12,15 +12,16 @@ import re
 import shutil
 import socket
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from conftest import wait_until_served
 from PIL import Image
 
 from serving.app import app_for_home
+from serving.auth import create_key
 from vsearch_pipeline.runner import run_pipeline
 from vsearch_pipeline.settings import load_settings
 
@@ -35,6 +36,7 @@ LARGE = ("BACKGROUND_Google/image_0013.jpg", "background/image_0013.jpg")  # 128
 DUPLICATE = ("accordion/image_0001.jpg", "accordion/image_0001_small.jpg")
 PAGE_SIZE = 10
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+KEY_STORAGE = "vsearch.apiKey"  # where the page keeps the key for its tab
 TIMEOUT_MS = 30_000  # the first text search loads the sentence model
 
 
@@ -54,12 +56,15 @@ def collection(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         original.resize((original.width * 3 // 4, original.height * 3 // 4)).save(
             images / DUPLICATE[1], quality=92)
     home = root / "home"
+    keys_file = root / "api-keys"
+    key = create_key(keys_file, "web-curator")
     settings = load_settings(home, {"source": {"uri": str(images)},
                                     "index": {"index_type": "flat"},
                                     "clusters": {"min_cluster_size": 3},
-                                    "serving": {"refresh_interval_s": 3600}})
+                                    "serving": {"refresh_interval_s": 3600,
+                                                "api_keys_file": str(keys_file)}})
     run_pipeline(home, settings, say=print)
-    return {"home": home, "images": images, "settings": settings,
+    return {"home": home, "images": images, "settings": settings, "key": key,
             "count": len(CLASSES) * PER_CLASS + 2}
 
 
@@ -72,22 +77,17 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def service(collection: dict):
     """The real service on a free port; yields its base URL."""
+    yield from _serve(collection["home"], collection["settings"])
+
+
+def _serve(home: Path, settings):
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app_for_home(collection["home"], collection["settings"]),
+    server = uvicorn.Server(uvicorn.Config(app_for_home(home, settings),
                                            host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert thread.is_alive(), "the service stopped while starting"
-        try:
-            if httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok":
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the service did not come up within 120 s"
-        time.sleep(0.2)
+    wait_until_served(base, thread.is_alive)
     yield base
     server.should_exit = True
     thread.join(timeout=30)
@@ -183,6 +183,11 @@ def _search_and_wait(page, action, method: str, path: str):
     _expect()(page.locator("#results")).to_have_attribute("data-query-id", response.json()["query_id"])
     _expect()(page.locator("#status")).to_have_attribute("data-kind", "ok")
     return response
+
+
+def _sign_in(page, key: str) -> None:
+    """Store the key as the page does after asking for it."""
+    page.evaluate("([name, key]) => sessionStorage.setItem(name, key)", [KEY_STORAGE, key])
 
 
 def _thumbnails_loaded(page, selector: str) -> bool:
@@ -323,7 +328,7 @@ def test_find_similar_from_a_gallery_card(page):
                      "GET", f"/similar/{first.get_attribute('data-id')}")
 
 
-def test_select_all_tag_and_filter_by_tag(page, api):
+def test_select_all_tag_and_filter_by_tag(page, api, collection):
     expect = _expect()
     page.fill("#k", "5")
     page.fill("#text-query", "pizza")
@@ -334,9 +339,18 @@ def test_select_all_tag_and_filter_by_tag(page, api):
     expect(page.locator("#results .select-box:checked")).to_have_count(5)
     chosen = set(_card_values(page, "#results .result-card", "id"))
     page.fill("#tag-input", "web picked")
-    with page.expect_response(_is("POST", "/tags")) as tagged:
+    # Tagging needs a key: the page asks for one when refused, keeps it for the tab and retries.
+    with page.expect_response(_is("POST", "/tags")) as refused:
         page.click("#tag-selected-button")
+    assert refused.value.status == 401
+    expect(page.locator("#api-key-form")).to_be_visible()
+    page.fill("#api-key-input", collection["key"])
+    with page.expect_response(_is("POST", "/tags")) as tagged:
+        page.click("#api-key-submit")
     assert tagged.value.ok and set(tagged.value.request.post_data_json["ids"]) == chosen
+    assert tagged.value.request.headers["x-api-key"] == collection["key"]
+    assert page.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')") == collection["key"]
+    expect(page.locator("#api-key-form")).to_be_hidden()
     expect(page.locator("#status")).to_contain_text("Tagged 5 images")
     expect(page.locator("#tag-filter option[value='web picked']")).to_have_text("web picked (5)")
 
@@ -393,7 +407,7 @@ def test_clicks_and_feedback_are_recorded(page):
     expect(card.locator(".feedback-down")).to_have_attribute("aria-pressed", "false")
 
 
-def test_clusters_and_duplicates_side_by_side(page, api, tmp_path):
+def test_clusters_and_duplicates_side_by_side(page, api, tmp_path, collection):
     expect = _expect()
     clusters = api.get("/clusters").json()
     duplicates = api.get("/duplicates", params={"limit": 20}).json()
@@ -422,6 +436,7 @@ def test_clusters_and_duplicates_side_by_side(page, api, tmp_path):
 
     if not first["suggested_name"]:
         row.locator(".cluster-name").fill("web cluster")
+    _sign_in(page, collection["key"])
     with page.expect_response(_is("POST", f"/clusters/{first['label']}/tag")) as accepted:
         row.locator(".accept-name").click()
     assert accepted.value.ok
@@ -436,20 +451,21 @@ def test_clusters_and_duplicates_side_by_side(page, api, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "web_page_curation.png"), full_page=True)
 
 
-def test_api_errors_are_shown(page):
+def test_api_errors_are_shown(page, collection):
     expect = _expect()
     with page.expect_response(_is("POST", "/search")) as answer:
         page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain",
                                                     "buffer": b"this is not a picture"}])
-    assert answer.value.status == 400
+    assert answer.value.status == 415  # the bytes decide, not the name or the declared type
     detail = answer.value.json()["detail"]
     assert "not a usable image" in detail
     status = page.locator("#status")
     expect(status).to_have_attribute("data-kind", "error")
-    expect(status).to_have_text(f"Error 400: {detail}")
+    expect(status).to_have_text(f"Error 415: {detail}")
     expect(status).to_be_visible()
 
     # A tag the service refuses: its reason is shown, not swallowed.
+    _sign_in(page, collection["key"])
     page.locator("#gallery .card").first.locator(".select-box").check()
     page.fill("#tag-input", "x" * 120)
     with page.expect_response(_is("POST", "/tags")) as refused:
@@ -457,3 +473,33 @@ def test_api_errors_are_shown(page):
     assert refused.value.status == 422
     expect(status).to_have_text(f"Error 422: {refused.value.json()['detail']}")
     expect(status).to_contain_text("a tag is 1 to 100 printable characters")
+
+
+def test_private_reads_ask_for_the_key_and_still_show_images(browser, collection):
+    """With `public_reads: false` the page asks for the key at once, then shows the gallery with
+    its thumbnails fetched with the key (an <img> cannot send one)."""
+    expect = _expect()
+    settings = collection["settings"]
+    private = settings.model_copy(update={"serving": settings.serving.model_copy(
+        update={"public_reads": False})})
+    serving = _serve(collection["home"], private)
+    base = next(serving)
+    try:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=base)
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.new_page()
+        page.goto(f"/?page_size={PAGE_SIZE}")
+        expect(page.locator("#api-key-form")).to_be_visible()
+        assert httpx.get(f"{base}/gallery").status_code == 401
+        page.fill("#api-key-input", collection["key"])
+        page.click("#api-key-submit")
+        page.wait_for_selector("body[data-ready=true]")
+        expect(page.locator("#gallery .card")).to_have_count(PAGE_SIZE)
+        page.wait_for_function("""() => {
+            const imgs = [...document.querySelectorAll('#gallery img')];
+            return imgs.length > 0 && imgs.every(i => i.src.startsWith('blob:') && i.complete
+                                                      && i.naturalWidth > 0);
+        }""")
+        context.close()
+    finally:
+        next(serving, None)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from vsearch_pipeline.catalog import LoadedIndex, load_index_artifacts
-from vsearch_pipeline.core.decode import decode_rgb
+from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS, decode_rgb
 from vsearch_pipeline.core.index import IndexParams, filtered_search, search
 from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel, load_model
@@ -91,11 +91,12 @@ class Searcher:
     def version(self) -> str:
         return self.loaded.version
 
-    def embed_bytes(self, data: bytes, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    def embed_bytes(self, data: bytes, box: tuple[int, int, int, int] | None = None,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         if box is None:
-            image = decode_rgb(data, min_size=self.model.decode_min_size)
+            image = decode_rgb(data, max_pixels, min_size=self.model.decode_min_size)
         else:
-            image = crop(decode_rgb(data), box)
+            image = crop(decode_rgb(data, max_pixels), box)
         return self.model.embed_images([image])[0]
 
     def by_image(self, data: bytes, k: int, box: tuple[int, int, int, int] | None = None

@@ -22,6 +22,7 @@
     searchSeq: 0,          // drops answers of searches overtaken by a newer one
     selected: new Set(),   // ids of selected cards
     curationLoaded: false,
+    publicReads: true,     // false: images too are fetched with the API key (see setImage)
   };
 
   function clampInt(text, lo, hi, fallback) {
@@ -63,13 +64,69 @@
     return JSON.stringify(detail);
   }
 
-  async function api(path, options = {}) {
-    let response;
+  // Writes need an API key (reads and clicks too where the service keeps them private). The page
+  // asks for one when the service answers 401, keeps it for this tab only (sessionStorage) and
+  // sends it as X-API-Key.
+  const KEY_STORAGE = "vsearch.apiKey";
+  let keyRequest = null;  // the prompt on screen, shared by every request waiting for a key
+
+  function withKey(options) {
+    const key = sessionStorage.getItem(KEY_STORAGE);
+    return key ? { ...options, headers: { ...(options.headers || {}), "X-API-Key": key } } : options;
+  }
+
+  function askForKey(reason) {
+    if (keyRequest) return keyRequest;
+    const form = $("#api-key-form");
+    const input = $("#api-key-input");
+    const cancelButton = $("#api-key-cancel");
+    $("#api-key-reason").textContent = reason;
+    input.value = "";
+    form.hidden = false;
+    input.focus();
+    keyRequest = new Promise((resolve) => {
+      const finish = (key) => {
+        form.hidden = true;
+        form.removeEventListener("submit", submit);
+        cancelButton.removeEventListener("click", cancel);
+        keyRequest = null;
+        resolve(key);
+      };
+      const submit = (event) => {
+        event.preventDefault();
+        const key = input.value.trim();
+        if (!key) return;
+        sessionStorage.setItem(KEY_STORAGE, key);
+        finish(key);
+      };
+      const cancel = () => finish(null);
+      form.addEventListener("submit", submit);
+      cancelButton.addEventListener("click", cancel);
+    });
+    return keyRequest;
+  }
+
+  async function send(path, options) {
     try {
-      response = await fetch(path, options);
+      return await fetch(path, withKey(options));
     } catch (err) {
       throw new Error(`The service did not answer ${path}: ${err.message}`);
     }
+  }
+
+  /** fetch with the stored key; on 401, ask for a key and try once more with it. */
+  async function fetchWithKey(path, options = {}) {
+    const response = await send(path, options);
+    if (response.status !== 401) return response;
+    const hadKey = Boolean(sessionStorage.getItem(KEY_STORAGE));
+    sessionStorage.removeItem(KEY_STORAGE);
+    const key = await askForKey(hadKey ? "That API key was refused: enter a valid one."
+      : "This needs an API key.");
+    return key ? send(path, options) : response;
+  }
+
+  async function api(path, options = {}) {
+    const response = await fetchWithKey(path, options);
     const type = response.headers.get("content-type") || "";
     const body = type.includes("application/json") ? await response.json().catch(() => null)
       : await response.text();
@@ -137,10 +194,25 @@
   }
 
   function thumbnail(image, size = "") {
-    return el("img", {
-      src: image.thumbnail_url || `${image.image_url}/thumbnail`, alt: image.path || image.id,
-      loading: "lazy", decoding: "async", class: `thumb-img ${size}`, draggable: "false",
+    const img = el("img", {
+      alt: image.path || image.id, loading: "lazy", decoding: "async", class: `thumb-img ${size}`,
+      draggable: "false",
     });
+    setImage(img, image.thumbnail_url || `${image.image_url}/thumbnail`);
+    return img;
+  }
+
+  /** An <img> cannot send a key: where reads are private, the image comes through fetch. */
+  function setImage(img, url) {
+    if (state.publicReads) {
+      img.src = url;
+      return;
+    }
+    fetchWithKey(url).then(async (response) => {
+      if (!response.ok) throw new ApiError(response.status, `${url}: ${response.statusText}`);
+      img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
+      img.src = URL.createObjectURL(await response.blob());
+    }).catch(showError);
   }
 
   function tagChips(tags) {
@@ -271,7 +343,7 @@
   // ---- lightbox ----------------------------------------------------------------------------
 
   function openLightbox(image) {
-    $("#lightbox-image").src = image.image_url;
+    setImage($("#lightbox-image"), image.image_url);
     $("#lightbox-image").alt = image.path || image.id;
     $("#lightbox-caption").textContent = image.path || image.id;
     $("#lightbox-open").href = image.image_url;
@@ -737,6 +809,7 @@
   async function start() {
     try {
       const health = await api("/health");
+      state.publicReads = health.public_reads !== false;
       $("#index-version").textContent = health.index_version
         ? `index ${health.index_version}` : "no index loaded";
       setStatus(health.status === "ok" ? "Ready." : `The service has no index: ${

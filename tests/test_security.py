@@ -1,0 +1,567 @@
+"""Security of the search service, tried by breaking it: a real service over a small collection
+the pipeline materialized, hashed API keys on every write (and on reads and clicks where they are
+private), rate limits per client, upload limits in bytes and pixels enforced before decoding,
+formats decided by the bytes, image serving that never leaves the collection (raw requests to a
+real uvicorn, so no client tidies the paths), injection strings that stay text, secrets that never
+reach a log or an answer, and a schemathesis fuzzing pass over the OpenAPI schema.
+
+Every test prints its figures (requests sent, by status); run with -s to see them."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import logging
+import os
+import select
+import shutil
+import socket
+import struct
+import threading
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+import schemathesis
+import uvicorn
+from conftest import copy_caltech, wait_until_served
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from PIL import Image
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+
+from serving.app import app_for_home
+from serving.auth import KEYS_ENV, create_key, hash_key
+from serving.limits import TokenBuckets
+from vsearch_pipeline.runner import run_pipeline
+from vsearch_pipeline.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("accordion", "airplanes", "butterfly")
+PER_CLASS = 5
+SECRET = b"TOP-SECRET-BYTES-next-to-the-collection"
+S3_SECRET = "s3-secret-AbCdEf0123456789-never-logged"
+INJECTIONS = ("x'); DROP TABLE tags; --", "' OR '1'='1", "\"; DELETE FROM queries; --",
+              "a' UNION SELECT tag, id FROM tags --", "%' OR 1=1 --", "Robert'); DROP TABLE clicks;--",
+              "1; ATTACH '/tmp/evil.duckdb' AS evil; --", "ünï'cödé\"`;\\")
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict:
+    """15 Caltech-101 photos, a secret file beside the collection, a keys file with one key."""
+    root = tmp_path_factory.mktemp("security")
+    images = copy_caltech(shared_data, root / "images", CLASSES, PER_CLASS)
+    (root / "secret.txt").write_bytes(SECRET)
+    (root / "home").mkdir()
+    keys_file = root / "keys" / "api-keys"
+    key = create_key(keys_file, "curator")
+    home = root / "home"
+    settings = load_settings(home, {"source": {"uri": str(images)}, "index": {"index_type": "flat"},
+                                    "clusters": {"min_cluster_size": 3},
+                                    "serving": {"refresh_interval_s": 3600, "search_log_flush_s": 0.2,
+                                                "api_keys_file": str(keys_file),
+                                                "rate_limit_per_s": 0}})
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv(KEYS_ENV, raising=False)
+        run_pipeline(home, settings, say=print)
+        yield {"root": root, "home": home, "images": images, "settings": settings, "key": key,
+               "keys_file": keys_file}
+
+
+def _app(collection: dict, **serving):
+    settings = collection["settings"]
+    return app_for_home(collection["home"], settings.model_copy(
+        update={"serving": settings.serving.model_copy(update=serving)}))
+
+
+@pytest.fixture(scope="module")
+def client(collection: dict):
+    with TestClient(_app(collection)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def ids(client, collection) -> dict[str, str]:
+    return {row["path"]: row["id"] for row in client.get(
+        "/gallery", params={"limit": 500}, headers={"X-API-Key": collection["key"]}).json()["images"]}
+
+
+def _png(size: tuple[int, int] = (64, 48)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 90)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height, with almost no data: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
+
+
+def _show(title: str, statuses: Counter) -> None:
+    print(f"\n[{title}] {sum(statuses.values())} requests, by status: {dict(sorted(statuses.items()))}")
+
+
+# ---- keys ------------------------------------------------------------------------------------
+
+def _writes(ids: dict[str, str], label: int, version: str) -> list[tuple[str, str, dict]]:
+    image = next(iter(ids.values()))
+    return [("POST", "/tags", {"json": {"ids": [image], "tag": "sec"}}),
+            ("DELETE", "/tags", {"json": {"ids": [image], "tag": "sec"}}),
+            ("POST", f"/clusters/{label}/tag", {"json": {"tag": "sec-cluster"}}),
+            ("PUT", "/index/pin", {"params": {"version": version}}),
+            ("DELETE", "/index/pin", {}),
+            ("POST", "/ingest", {"files": [("files", ("new.png", _png()))]})]
+
+
+def _bad_credentials(key: str) -> list[dict[str, str]]:
+    return [{}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"X-API-Key": key + "x"},
+            {"X-API-Key": key[:-1]}, {"Authorization": f"Basic {key}"}, {"Authorization": key},
+            {"Authorization": f"Bearer {hash_key(key)}"},  # the stored hash is not a key
+            {"X-API-Key": ""}, {"Authorization": "Bearer "}]
+
+
+def _reads(ids: dict[str, str], label: int) -> list[str]:
+    image = next(iter(ids.values()))
+    return ["/gallery", f"/similar/{image}", "/search/text?q=accordion", "/tags", "/clusters",
+            f"/clusters/{label}", "/duplicates", f"/images/{image}", f"/images/{image}/thumbnail",
+            "/metrics"]
+
+
+def test_every_write_needs_a_valid_key(client, collection, ids):
+    key, statuses = collection["key"], Counter()
+    health = client.get("/health").json()
+    label = client.get("/clusters").json()["clusters"][0]["label"]
+    tags_before = client.get("/tags").json()
+    ingested = collection["images"] / "ingest"
+    for method, path, kwargs in _writes(ids, label, health["index_version"]):
+        for headers in _bad_credentials(key):
+            answer = client.request(method, path, headers=headers, **kwargs)
+            statuses[answer.status_code] += 1
+            assert answer.status_code == 401, (method, path, headers, answer.text)
+            assert answer.headers["www-authenticate"] == "Bearer"
+            assert "a valid API key is needed" in answer.json()["detail"]
+    assert client.get("/tags").json() == tags_before  # nothing was written
+    assert client.get("/health").json()["pinned"] is None
+    assert not ingested.exists() or not any(ingested.rglob("*.png"))
+    refused = sum(statuses.values())
+    for headers in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
+        for method, path, kwargs in _writes(ids, label, health["index_version"]):
+            answer = client.request(method, path, headers=headers, **kwargs)
+            statuses[answer.status_code] += 1
+            assert answer.status_code == 200, (method, path, answer.text)
+    assert len(list(ingested.rglob("*.png"))) == 1  # the same bytes twice: stored once
+    members = client.get(f"/clusters/{label}", params={"limit": 500}).json()["images"]
+    client.request("DELETE", "/tags", headers={"X-API-Key": key},
+                   json={"ids": [m["id"] for m in members], "tag": "sec-cluster"})
+    shutil.rmtree(ingested)
+    for path in _reads(ids, label):  # reads and clicks stay public by default
+        answer = client.get(path)
+        statuses[answer.status_code] += 1
+        assert answer.status_code == 200, (path, answer.text)
+    shown = client.get(f"/similar/{next(iter(ids.values()))}", params={"k": 3}).json()
+    click = client.post("/click", json={"query_id": shown["query_id"], "id": shown["results"][0]["id"]})
+    statuses[click.status_code] += 1
+    assert click.status_code == 200
+    _show(f"writes: {refused} refused without a valid key", statuses)
+
+
+def test_without_a_keys_file_writes_are_off(collection, ids, monkeypatch):
+    monkeypatch.delenv(KEYS_ENV, raising=False)
+    statuses = Counter()
+    with TestClient(_app(collection, api_keys_file=None)) as client:
+        health = client.get("/health").json()
+        label = client.get("/clusters").json()["clusters"][0]["label"]
+        for method, path, kwargs in _writes(ids, label, health["index_version"]):
+            answer = client.request(method, path, headers={"X-API-Key": collection["key"]}, **kwargs)
+            statuses[answer.status_code] += 1
+            assert answer.status_code == 403 and "disabled until an API keys file" in answer.text
+        assert client.get("/gallery").status_code == 200
+    _show("writes with no keys file configured", statuses)
+
+
+def test_private_reads_and_clicks_need_a_key(collection, ids):
+    key, statuses = collection["key"], Counter()
+    with TestClient(_app(collection, public_reads=False, public_clicks=False)) as client:
+        assert client.get("/health").json()["public_reads"] is False
+        label = client.get("/clusters", headers={"X-API-Key": key}).json()["clusters"][0]["label"]
+        photo = (collection["images"] / "accordion").glob("*.jpg").__next__().read_bytes()
+        for path in _reads(ids, label):
+            refused, allowed = client.get(path), client.get(path, headers={"X-API-Key": key})
+            statuses.update([refused.status_code, allowed.status_code])
+            assert refused.status_code == 401 and allowed.status_code == 200, path
+        for path in ("/search", "/embed"):
+            field = "file" if path == "/search" else "files"
+            refused = client.post(path, files={field: ("q.jpg", photo)})
+            allowed = client.post(path, files={field: ("q.jpg", photo)}, headers={"X-API-Key": key})
+            statuses.update([refused.status_code, allowed.status_code])
+            assert refused.status_code == 401 and allowed.status_code == 200, path
+        shown = client.get(f"/similar/{next(iter(ids.values()))}", headers={"X-API-Key": key}).json()
+        for path, extra in (("/click", {}), ("/feedback", {"relevant": True})):
+            body = {"query_id": shown["query_id"], "id": shown["results"][0]["id"], **extra}
+            refused = client.post(path, json=body)
+            allowed = client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
+            statuses.update([refused.status_code, allowed.status_code])
+            assert refused.status_code == 401 and allowed.status_code == 200, path
+        for path in ("/health", "/", "/static/app.js", "/static/style.css", "/openapi.json", "/docs"):
+            answer = client.get(path)
+            statuses[answer.status_code] += 1
+            assert answer.status_code == 200, path  # probes and the page itself stay open
+    _show("private reads and clicks", statuses)
+
+
+# ---- rate limits -----------------------------------------------------------------------------
+
+def test_rate_limit_per_client_answers_429_with_retry_after(collection):
+    key, statuses = collection["key"], Counter()
+    # 10 at once, then one per 100 s: the figures below do not depend on how fast the test runs.
+    with TestClient(_app(collection, rate_limit_per_s=0.01, rate_limit_burst=10)) as client:
+        by_ip = [client.get("/tags") for _ in range(15)]
+        assert [a.status_code for a in by_ip] == [200] * 10 + [429] * 5
+        late = by_ip[-1]
+        assert 1 <= int(late.headers["retry-after"]) <= 100
+        assert "too many requests" in late.json()["detail"]
+        assert client.get("/health").status_code == 200  # probes are never limited
+        wrong_key = client.get("/tags", headers={"X-API-Key": "made-up"})
+        assert wrong_key.status_code == 429  # an unknown key buys no bucket of its own
+        by_key = [client.get("/tags", headers={"X-API-Key": key}) for _ in range(12)]
+        assert [a.status_code for a in by_key] == [200] * 10 + [429] * 2  # its own bucket
+        statuses.update(a.status_code for a in [*by_ip, wrong_key, *by_key])
+        metrics = client.get("/health")
+        assert metrics.status_code == 200
+    _show("rate limit 0.01/s, burst 10, per client", statuses)
+
+
+def test_token_buckets_refill_and_forget_idle_clients():
+    now = [0.0]
+    buckets = TokenBuckets(rate=10, burst=5, max_clients=1000, clock=lambda: now[0])
+    assert [buckets.take("a") for _ in range(5)] == [0.0] * 5
+    assert buckets.take("a") == pytest.approx(0.1)
+    now[0] += 0.25  # two tokens and a half back
+    assert [buckets.take("a") == 0.0 for _ in range(3)] == [True, True, False]
+    for n in range(50_000):  # a flood of distinct clients
+        buckets.take(f"ip:{n}")
+    assert len(buckets) <= 1000
+    now[0] += 1.0  # everyone is full again: nothing to remember
+    buckets.take("b")
+    assert len(buckets) == 1
+    print(f"\n[token buckets] 50,000 clients seen, at most {1000} remembered, 1 after they idled")
+
+
+# ---- uploads ---------------------------------------------------------------------------------
+
+def test_upload_limits_and_formats_are_decided_before_decoding(collection):
+    photo = next((collection["images"] / "airplanes").glob("*.jpg")).read_bytes()
+    statuses = Counter()
+    cases = [  # (file name, bytes, declared type, expected status, words of the reason)
+        ("notes.txt", _png(), "text/plain", 200, None),
+        ("photo.jpg", photo, "application/octet-stream", 200, None),
+        ("photo.jpg", b"<!doctype html><html><body>hi</body></html>", "image/jpeg", 415, "not JPEG, PNG"),
+        ("logo.png", b'<svg xmlns="http://www.w3.org/2000/svg"/>', "image/png", 415, "not JPEG, PNG"),
+        ("scan.jpg", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "image/jpeg", 415, "not JPEG, PNG"),
+        ("empty.jpg", b"", "image/jpeg", 400, "empty"),
+        ("cut.jpg", photo[:400], "image/jpeg", 400, "corrupt"),
+        ("bomb.png", _png_header(100_000, 100_000), "image/png", 413, "refused before decoding"),
+        ("wide.png", _png((1200, 900)), "image/png", 413, "over the limit of 1000000 pixels"),
+        ("big.jpg", b"\xff\xd8\xff" + b"\0" * 150_000, "image/jpeg", 413, "over 100000 bytes"),
+    ]
+    with TestClient(_app(collection, max_upload_bytes=100_000, max_upload_pixels=1_000_000)) as client:
+        for name, data, declared, status, reason in cases:
+            answer = client.post("/search", files={"file": (name, data, declared)}, data={"k": "3"})
+            statuses[answer.status_code] += 1
+            assert answer.status_code == status, (name, answer.text)
+            if reason:
+                assert reason in answer.json()["detail"], (name, answer.text)
+        whole = client.post("/search", files={"file": ("huge.jpg", b"\xff\xd8\xff" + b"\0" * 400_000)})
+        statuses[whole.status_code] += 1
+        assert whole.status_code == 413  # over the body limit: the request is cut off while read
+        embedded = client.post("/embed", files=[("files", ("ok.txt", _png())),
+                                                ("files", ("bad.jpg", b"<html></html>"))]).json()
+        statuses[200] += 1
+        assert "vector" in embedded["embeddings"][0] and "not JPEG" in embedded["embeddings"][1]["error"]
+    _show(f"uploads: {len(cases) + 2} files tried", statuses)
+
+
+@pytest.fixture(scope="module")
+def server(collection: dict):
+    """The real service under uvicorn on 127.0.0.1, its logs going to the root logger (caplog)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        env.setenv("AWS_ACCESS_KEY_ID", "AKIA-test-id")
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        config = uvicorn.Config(_app(collection, max_upload_bytes=100_000), host="127.0.0.1", port=port,
+                                log_config=None, log_level="debug", access_log=True)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="uvicorn-security", daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{port}"
+        wait_until_served(base, thread.is_alive)
+        yield {"base": base, "port": port}
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _raw(port: int, head: bytes, body_chunks=(), timeout: float = 30) -> tuple[int, bytes]:
+    """Send bytes as they are (no client normalizes the path) and read the answer's status and
+    body; the server may answer, and close, before the body is sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in body_chunks:
+                if select.select([sock], [], [], 0)[0]:
+                    break  # it has answered: stop sending
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the server answered and closed: what it said is still there to read
+        answer = b""
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            answer += data
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def _get(port: int, target: bytes) -> tuple[int, bytes]:
+    return _raw(port, b"GET " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+
+
+def test_a_declared_huge_body_is_refused_before_it_is_read(server):
+    head = (b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 10000000000\r\n\r\n")
+    status, body = _raw(server["port"], head)  # not one byte of the 10 GB is sent
+    assert status == 413 and b"Content Too Large" in body
+    sent = 0
+
+    def chunks():  # no length declared: the body is counted as it arrives and cut off
+        nonlocal sent
+        part = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+        yield b"%x\r\n%s\r\n" % (len(part), part)
+        for _ in range(1000):
+            piece = b"\xff" * 65536
+            sent += len(piece)
+            yield b"%x\r\n%s\r\n" % (len(piece), piece)
+    head = head.replace(b"Content-Length: 10000000000", b"Transfer-Encoding: chunked")
+    status, _ = _raw(server["port"], head, chunks())
+    assert status == 413 and sent < 1000 * 65536  # it stopped reading: the rest was never taken
+    print(f"\n[body limits] a 10 GB declaration refused unread; a chunked 64 MB body refused, "
+          f"{sent} bytes taken into socket buffers before it stopped")
+
+
+TRAVERSALS = [b"../secret.txt", b"..%2Fsecret.txt", b"%2e%2e%2fsecret.txt", b"%2E%2E/secret.txt",
+              b"%252e%252e%252fsecret.txt", b"..%252fsecret.txt", b"..\\secret.txt", b"..%5csecret.txt",
+              b"%5c..%5csecret.txt", b"....//secret.txt", b"..%c0%afsecret.txt", b"secret.txt%00.jpg",
+              b"%00", b"..%00/secret.txt", b"%2fetc%2fpasswd", b"file:%2f%2f%2fetc%2fpasswd"]
+
+
+def test_image_serving_cannot_escape_the_collection(server, collection, ids):
+    secret_path = str(collection["root"] / "secret.txt").encode()
+    attempts = [*TRAVERSALS, secret_path.replace(b"/", b"%2f"), secret_path.replace(b"/", b"%252f")]
+    targets = []
+    for attempt in attempts:
+        for route in (b"/images/%s", b"/images/%s/thumbnail", b"/similar/%s", b"/static/%s",
+                      b"/images/../../%s", b"/static/../../%s"):
+            targets.append(route % attempt)
+    targets += [b"/images/" + secret_path, b"/static/" + secret_path, b"/static/../secret.txt",
+                b"/static/%2e%2e/%2e%2e/secret.txt",
+                b"/images/" + next(iter(ids.values())).encode() + b"/../.."]
+    statuses = Counter()
+    for target in targets:
+        status, body = _get(server["port"], target)
+        statuses[status] += 1
+        assert status in (400, 404, 422), (target, status, body[:200])
+        assert SECRET not in body and b"root:" not in body, target
+    image_id = ids["accordion/image_0001.jpg"]
+    status, body = _get(server["port"], b"/images/" + image_id.encode())
+    assert status == 200 and body == (collection["images"] / "accordion" / "image_0001.jpg").read_bytes()
+    _show(f"image serving: {len(targets)} escape attempts, the secret never came back", statuses)
+
+
+# ---- SQL ---------------------------------------------------------------------------------------
+
+def _tables(path: Path) -> dict[str, int]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        names = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                           "WHERE table_type = 'BASE TABLE' ORDER BY 1").fetchall()]
+        return {name: con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in names}
+    finally:
+        con.close()
+
+
+def test_injection_strings_stay_text(collection, ids):
+    key, statuses = collection["key"], Counter()
+    target = ids["butterfly/image_0001.jpg"]
+    auth = {"X-API-Key": key}
+    with TestClient(_app(collection)) as client:
+        client.app.state.search_log.flush()
+        before = _tables(collection["home"] / "curation.duckdb")
+        for text in INJECTIONS:
+            answers = [
+                client.post("/tags", json={"ids": [target], "tag": text}, headers=auth),
+                client.get("/search/text", params={"q": text, "k": 3}),
+                client.get("/search/text", params={"q": "butterfly", "tag": text}),
+                client.get("/gallery", params={"tag": text}),
+                client.get(f"/similar/{target}", params={"tag": text, "k": 3}),
+                client.post("/search", files={"file": ("q.png", _png())}, data={"tag": text, "k": "3"}),
+            ]
+            assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+            assert {r["id"] for r in answers[3].json()["images"]} == {target}
+            refused = [client.get(f"/similar/{httpx.URL(path=text).raw_path.decode()}"),
+                       client.get("/images/x", params={"q": text}),
+                       client.post("/click", json={"query_id": text[:64], "id": text[:64]}),
+                       client.post("/tags", json={"ids": [text], "tag": "x"}, headers=auth),
+                       client.request("DELETE", "/tags", json={"ids": [text], "tag": text}, headers=auth)]
+            assert [a.status_code for a in refused] == [404, 404, 404, 404, 200]
+            statuses.update(a.status_code for a in answers + refused)
+        for body in ({"ids": [target], "tag": "\ud800"}, {"ids": ["\udfff"], "tag": "x"}):  # lone surrogates
+            for method in ("POST", "DELETE"):
+                answer = client.request(method, "/tags", content=json.dumps(body), headers={
+                    **auth, "Content-Type": "application/json"})
+                statuses[answer.status_code] += 1
+                assert answer.status_code == 422 and "surrogate" in answer.text
+        click = client.post("/click", content=json.dumps({"query_id": "\ud800", "id": "x"}),
+                            headers={"Content-Type": "application/json"})
+        statuses[click.status_code] += 1
+        assert click.status_code == 422
+        stored = {t["tag"]: t["count"] for t in client.get("/tags").json()["tags"]}
+        assert {t: stored.get(t) for t in INJECTIONS} == dict.fromkeys(INJECTIONS, 1)
+        client.app.state.search_log.flush()
+        for text in INJECTIONS:  # take them off again, through the same API
+            client.request("DELETE", "/tags", json={"ids": [target], "tag": text}, headers=auth)
+    after = _tables(collection["home"] / "curation.duckdb")
+    assert set(after) == set(before)  # no table dropped, none attached or added
+    assert after["tags"] == before["tags"]
+    assert after["queries"] >= before["queries"] + 3 * len(INJECTIONS)
+    con = duckdb.connect(str(collection["home"] / "curation.duckdb"), read_only=True)
+    try:
+        logged = {r[0] for r in con.execute("SELECT query FROM queries").fetchall()}
+    finally:
+        con.close()
+    assert {f"text:{t.lower()}" for t in INJECTIONS} <= logged  # stored as the text it was
+    _show(f"injection: {len(INJECTIONS)} strings in tags, queries, filters and ids", statuses)
+
+
+BUILT_SQL = {"insert_rows", "_ensure_schema", "record_metrics"}  # from names in code only
+
+
+def test_no_sql_is_built_from_request_text():
+    """The service runs no SQL itself (it goes through vsearch_pipeline.core.store), and in
+    store.py only the functions that build SQL from table and column names written in the code
+    (metric tables, inserts) use anything but a literal statement with `?` parameters."""
+    serving_calls = [node for path in (ROOT / "serving").glob("*.py")
+                     for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Attribute) and node.attr in ("execute", "executemany", "sql")]
+    assert serving_calls == []
+    tree = ast.parse((ROOT / "vsearch_pipeline" / "core" / "store.py").read_text())
+    literal, built, inserts = 0, set(), []
+    for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        for call in (n for n in ast.walk(function) if isinstance(n, ast.Call)):
+            if isinstance(call.func, ast.Attribute) and call.func.attr in ("execute", "executemany"):
+                if isinstance(call.args[0], ast.Constant) or (
+                        isinstance(call.args[0], ast.Name) and call.args[0].id.isupper()):
+                    literal += 1
+                else:
+                    built.add(function.name)
+            if getattr(call.func, "id", None) == "insert_rows" and function.name != "record_metrics":
+                inserts.append(call.args[1])
+    assert literal > 10 and built <= BUILT_SQL, built - BUILT_SQL
+    assert inserts and all(isinstance(table, ast.Constant) for table in inserts)
+    print(f"\n[sql audit] {literal} literal statements in store.py; SQL built only in "
+          f"{sorted(built)}, from names in the code; {len(inserts)} inserts into literal tables; "
+          "no SQL in serving/")
+
+
+# ---- secrets -----------------------------------------------------------------------------------
+
+def test_secrets_never_reach_logs_or_answers(server, collection, ids, caplog):
+    caplog.set_level(logging.DEBUG)
+    key, base = collection["key"], server["base"]
+    image = next(iter(ids.values()))
+    wrong = [key + "x", key[:-1], key.upper(), "Bearer " + key]
+    answers = []
+    with httpx.Client(base_url=base, timeout=60) as http:
+        for bad in wrong:
+            answers.append(http.post("/tags", json={"ids": [image], "tag": "s"}, headers={"X-API-Key": bad}))
+            answers.append(http.post("/tags", json={"ids": [image], "tag": "s"},
+                                     headers={"Authorization": f"Bearer {bad}"}))
+            answers.append(http.put("/index/pin", params={"version": "nope"}, headers={"X-API-Key": bad}))
+        auth = {"X-API-Key": key}
+        answers += [http.post("/tags", json={"ids": [image], "tag": "s"}, headers=auth),
+                    http.request("DELETE", "/tags", json={"ids": [image], "tag": "s"}, headers=auth),
+                    http.put("/index/pin", params={"version": "nope"}, headers={"X-API-Key": key}),
+                    http.post("/tags", content=b"{not json", headers={"X-API-Key": key,
+                                                                      "Content-Type": "application/json"}),
+                    http.post("/ingest", files={"files": ("a.txt", b"hello")}, headers={"X-API-Key": key}),
+                    http.get("/images/nope", headers={"X-API-Key": key}),
+                    http.get("/health"), http.get("/metrics"), http.get("/openapi.json")]
+    statuses = Counter(a.status_code for a in answers)
+    assert statuses[401] == 3 * len(wrong) and statuses[200] >= 5
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == S3_SECRET  # the service had it to hand
+    logs = caplog.text + "".join(str(r.args) for r in caplog.records)
+    assert "refused POST /tags" in logs and "GET /health" in logs  # logs were written
+    for secret in (key, key[:-1], hash_key(key), S3_SECRET):
+        assert secret not in logs
+        for answer in answers:
+            assert secret not in answer.text and secret not in str(answer.headers)
+    _show(f"secrets: {len(caplog.records)} log records and {len(answers)} answers searched", statuses)
+
+
+# ---- fuzzing -----------------------------------------------------------------------------------
+
+FUZZ_EXAMPLES = int(os.environ.get("VSEARCH_FUZZ_EXAMPLES", "30"))
+FUZZED: Counter = Counter()
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(collection):
+    """The service with a valid key in every request, and no rate limit (the fuzzer is fast)."""
+    yield _app(collection), collection["key"]
+    _show(f"schemathesis: up to {FUZZ_EXAMPLES} examples per operation", FUZZED)
+
+
+@pytest.fixture(scope="module")
+def fuzz_schema(fuzz_target):
+    return schemathesis.openapi.from_asgi("/openapi.json", fuzz_target[0])
+
+
+def test_fuzzing_the_openapi_schema_finds_no_server_error(fuzz_schema, fuzz_target):
+    """Every operation, with valid and with invalid data (schemathesis' positive and negative
+    modes), a valid key in each request so that the writes are exercised too: no 5xx."""
+    key, failures = fuzz_target[1], []
+    for operation in (result.ok() for result in fuzz_schema.get_all_operations()):
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @given(case=operation.as_strategy(generation_mode=mode))
+            @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+            def fuzz(case):
+                response = case.call(headers={"X-API-Key": key})
+                FUZZED[response.status_code] += 1
+                try:
+                    case.validate_response(response, checks=[not_a_server_error])
+                except Exception as err:  # collected: every failure is reported below
+                    failures.append(f"{case.as_curl_command()}\n  -> {response.status_code}: "
+                                    f"{response.text[:300]} ({type(err).__name__})")
+
+            try:
+                fuzz()
+            except Unsatisfiable:  # no invalid request exists for it (an operation without input)
+                assert mode is GenerationMode.NEGATIVE
+    assert not failures, "\n".join(failures[:20])
