@@ -4,8 +4,10 @@ A request takes `holder.live` once and works on that snapshot to the end. A newe
 materialization is loaded completely beside the live one, and only then swapped in by a single
 reference assignment, so requests in flight finish on the old index. A materialization that does
 not load (missing files, a model that does not match) is refused with a log line and the live
-index keeps serving. A pinned version stays live until unpinned: the way to roll back. The
-clustering and duplicate groups (`views`) are swapped the same way when a newer one appears.
+index keeps serving. A pinned version stays live until unpinned: the way to roll back. The pin
+is kept in a file of the home (`serving_pin`), read at every refresh, so it outlives a restart and
+every service process of the home follows it. The clustering and duplicate groups (`views`) are
+swapped the same way when a newer one appears.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pyarrow.compute as pc
 
@@ -27,7 +30,7 @@ from vsearch_pipeline.catalog import (
     metadata_value,
 )
 from vsearch_pipeline.core.layout import load_manifests
-from vsearch_pipeline.core.storage import ArtifactStore
+from vsearch_pipeline.core.storage import ArtifactStore, write_atomically
 from vsearch_pipeline.search import Searcher
 
 log = logging.getLogger("vsearch.serving")
@@ -58,22 +61,27 @@ class IndexHolder:
     def __init__(self, metadata_source: Callable[[str | None], Mapping],
                  store_for: Callable[[Mapping], ArtifactStore],
                  source_endpoint_url: str | None = None,
-                 views_source: Callable[[], tuple[Mapping | None, Mapping | None]] | None = None):
+                 views_source: Callable[[], tuple[Mapping | None, Mapping | None]] | None = None,
+                 pin_file: Path | None = None):
         """`metadata_source(version)`: the materialization metadata of that version, or of the
         latest when version is None. `store_for(metadata)`: the storage that holds it.
-        `views_source()`: the latest clusters and near-duplicate groups materializations."""
+        `views_source()`: the latest clusters and near-duplicate groups materializations.
+        `pin_file`: where the pinned version is kept (none: the pin lives in this object only)."""
         self._metadata_source = metadata_source
         self._views_source = views_source or (lambda: (None, None))
         self._store_for = store_for
         self._endpoint = source_endpoint_url
         self._lock = threading.Lock()  # one load at a time; readers never wait for it
         self.live: ServedIndex | None = None
-        self.pinned: str | None = None
+        self._pin_file = pin_file
+        self.pinned: str | None = read_pin(pin_file) if pin_file else None
         self.last_error: str | None = None
 
     def refresh(self) -> bool:
         """Load the wanted version if it is not live yet; True when a swap happened."""
         with self._lock:
+            if self._pin_file is not None:
+                self.pinned = read_pin(self._pin_file)
             try:
                 metadata = self._metadata_source(self.pinned)
             except LookupError as err:
@@ -126,9 +134,27 @@ class IndexHolder:
         """Pin a version (None unpins, going back to the latest) and load it now."""
         if version is not None:
             self._metadata_source(version)  # LookupError for an unknown version
+        if self._pin_file is not None:
+            write_pin(self._pin_file, version)
         self.pinned = version
         self.refresh()
         return self.live is not None and (version is None or self.live.version == version)
+
+
+def read_pin(path: Path) -> str | None:
+    """The pinned index version in a pin file; None when there is no pin."""
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def write_pin(path: Path, version: str | None) -> None:
+    """Pin a version (written under a temporary name and renamed), or unpin (remove the file)."""
+    if version is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_atomically(str(path), f"{version}\n".encode())
 
 
 def instance_metadata_source(instance) -> Callable[[str | None], Mapping]:

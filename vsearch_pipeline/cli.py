@@ -11,7 +11,13 @@ from pathlib import Path
 
 import click
 
-from vsearch_pipeline.settings import HOME_ENV, home_dir, load_settings, save_settings
+from vsearch_pipeline.settings import (
+    HOME_ENV,
+    home_dir,
+    load_settings,
+    read_settings_file,
+    save_settings,
+)
 
 home_option = click.option(
     "--home", type=click.Path(file_okay=False, path_type=Path), envvar=HOME_ENV,
@@ -60,26 +66,30 @@ def demo(home: Path | None) -> None:
               help="YAML settings merged over the home's vsearch.yaml (see README).")
 def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
                 config_file: Path | None) -> None:
-    """Ingest new files from the source as a batch and materialize the whole graph."""
-    import yaml
+    """Ingest new files from the source as a batch and materialize the whole graph.
 
+    Every setting, the source and `subset.force_include` are checked first: bad ones fail with
+    one line per problem, before anything is written to the home."""
     home = home_dir(home)
-    overrides = yaml.safe_load(config_file.read_text()) if config_file else {}
-    if source:
-        overrides.setdefault("source", {})["uri"] = source
-    if endpoint_url:
-        overrides.setdefault("source", {})["endpoint_url"] = endpoint_url
     try:
+        overrides = read_settings_file(config_file) if config_file else {}
+        given = {k: v for k, v in (("uri", source), ("endpoint_url", endpoint_url)) if v}
+        if given and isinstance(overrides.get("source", {}), dict):  # else: refused below
+            overrides["source"] = {**overrides.get("source", {}), **given}
         settings = load_settings(home, overrides).check()
     except ValueError as err:
         raise click.UsageError(str(err)) from err
-    if not settings.source.uri:
-        raise click.UsageError("no source: pass --source or set source.uri in the settings")
-    save_settings(home, settings)
-    from vsearch_pipeline.runner import run_pipeline  # imports Dagster and torch: after the checks
+    from vsearch_pipeline.preflight import check_before_work
 
     try:
-        summary = run_pipeline(home, settings, say=_say)
+        objects = check_before_work(home, settings)
+    except ValueError as err:  # no source, or force_include entries that name no file in it
+        raise click.ClickException(str(err)) from err
+    save_settings(home, settings)
+    from vsearch_pipeline.runner import run_pipeline  # imports the asset graph and torch
+
+    try:
+        summary = run_pipeline(home, settings, say=_say, objects=objects)
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     _report(home, summary)
@@ -271,7 +281,7 @@ def download(home: Path | None, url_list, target: str, endpoint_url: str | None,
 
 @main.group("api-key")
 def api_key() -> None:
-    """API keys for the search service's write endpoints (POST /ingest)."""
+    """API keys for the search service's writes (tags, pins, ingest; reads and clicks when private)."""
 
 
 @api_key.command("create")
@@ -301,3 +311,37 @@ def api_key_create(home: Path | None, name: str, keys_file: Path | None) -> None
         click.echo(f"(the service reads the keys file named by serving.api_keys_file or "
                    f"VSEARCH_API_KEYS_FILE: point one of them at {keys_file})", err=True)
     click.echo(key)
+
+
+@main.command()
+@home_option
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+def backup(home: Path | None, dest: Path) -> None:
+    """Copy the home into DEST, a new folder: the Dagster instance, the DuckDB files, the
+    settings and the artifacts (when they live in the home), consistently, while the pipeline and
+    the service keep running. See docs/operations.md."""
+    from vsearch_pipeline.core.backup import backup_home
+
+    home = home_dir(home)
+    storage_root = load_settings(home).storage.root or str(home / "artifacts")
+    try:
+        manifest = backup_home(home, dest, storage_root, say=_say)
+    except (FileNotFoundError, FileExistsError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"backup of {home} in {dest}: {len(manifest['files'])} files")
+
+
+@main.command()
+@home_option
+@click.argument("backup_dir", metavar="BACKUP", type=click.Path(exists=True, file_okay=False,
+                                                                path_type=Path))
+def restore(home: Path | None, backup_dir: Path) -> None:
+    """Copy a backup made by `vsearch backup` back into a home that does not exist yet or is empty
+    (default: the folder it was taken from; move a damaged home aside first)."""
+    from vsearch_pipeline.core.backup import restore_home
+
+    try:
+        restored = restore_home(backup_dir, home.resolve() if home else None, say=_say)
+    except (FileExistsError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"restored into {restored}: start the service with `vsearch serve --home {restored}`")
