@@ -1,21 +1,25 @@
-"""Bad configuration fails before any work starts: `vsearch materialize --config FILE` in a
-subprocess, for every kind of mistake (an unknown model, index type, clustering method, reduction,
-engine or executor; a fraction outside (0, 1]; out-of-range numbers; a typo in a key or a section;
-a file that is not a mapping or not YAML; a missing folder or bucket; a force_include entry that
-names no file). Each exits non-zero (2 for a bad setting, as for a bad argument; 1 for a source
-that does not hold what the settings name) with one line per problem that names the setting and
-what it may be, prints no traceback, and leaves the home as it was: no settings saved, no Dagster
-instance, no artifacts."""
+"""Bad configuration fails before any work starts: `vsearch materialize --config FILE` (in a
+subprocess, or through click's runner for the settings alone), for every kind of mistake (an
+unknown model, index type, clustering method, reduction, engine or executor; a fraction outside
+(0, 1]; out-of-range numbers; a typo in a key or a section; a file that is not a mapping or not
+YAML; a missing folder or bucket; a force_include entry that names no file). Each exits non-zero
+(2 for a bad setting, as for a bad argument; 1 for a source that does not hold what the settings
+name) with one line per problem that names the setting and what it may be, prints no traceback,
+and leaves the home as it was: no settings saved, no Dagster instance, no artifacts."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
+
+from vsearch_pipeline.cli import main
 
 VSEARCH = str(Path(sys.executable).parent / "vsearch")
 CHECKED: list[tuple[str, str]] = []  # (case, message): printed at the end of the module
@@ -71,6 +75,17 @@ def _materialize(home: Path, config: Path, source: str, env: dict | None = None
                           capture_output=True, text=True, env=env, timeout=300, cwd=config.parent)
 
 
+def _materialize_in_process(home: Path, config: Path, source: str) -> subprocess.CompletedProcess:
+    """The same command through click's test runner: the settings cases need no fresh process
+    (and starting one per case cost most of this module's time)."""
+    result = CliRunner().invoke(main, ["materialize", "--home", str(home), "--source", source,
+                                       "--config", str(config)])
+    stderr = result.stderr + ("".join(traceback.format_exception(result.exception))
+                              if result.exception and not isinstance(result.exception, SystemExit)
+                              else "")
+    return subprocess.CompletedProcess([], result.exit_code, result.stdout, stderr)
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     folder = tmp_path_factory.mktemp("photos")
@@ -97,7 +112,7 @@ def test_a_bad_setting_fails_before_any_work_naming_it(case, photos, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump(settings))
     home = tmp_path / "home"
-    result = _materialize(home, config, str(photos))
+    result = _materialize_in_process(home, config, str(photos))
     _assert_refused_before_work(result, home, expected, case)
     assert not home.exists()
     assert len(result.stderr.split("Error: ", 1)[1].strip().splitlines()) == 1
@@ -109,7 +124,8 @@ def test_a_file_that_is_not_settings_fails_before_any_work(case, photos, tmp_pat
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     home = tmp_path / "home"
-    _assert_refused_before_work(_materialize(home, config, str(photos)), home, expected, case)
+    _assert_refused_before_work(_materialize_in_process(home, config, str(photos)), home, expected,
+                                case)
     assert not home.exists()
 
 
