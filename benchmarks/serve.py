@@ -24,6 +24,7 @@ import gc
 import json
 import os
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,7 @@ from benchmarks.ann import (
     synthetic_seed_vectors,
 )
 from benchmarks.pipeline import caltech_photos
+from serving.auth import hash_key
 from vsearch_pipeline.catalog import INDEX_ASSET
 from vsearch_pipeline.core.index import IndexParams, build_index, factory_string, set_search_params
 from vsearch_pipeline.core.layout import index_dir, manifest_path
@@ -137,13 +139,16 @@ def prepare_home(home: Path, n: int) -> dict:
     """The served home, built or (when its record matches) reused; returns the record."""
     record_path = home / "bench-serve.json"
     wanted = {"n": n, "hnsw": HNSW.as_dict(), "seed": SEED, "vectors": os.environ.get(VECTORS_ENV)}
-    serving = {"serving": {"query_cache_size": 0, "rate_limit_per_s": 0}}  # wrk is one client
+    serving = {"serving": {"query_cache_size": 0, "rate_limit_per_s": 0,  # wrk is one client
+                           "api_keys_file": str(home / "api-keys")}}
     if record_path.exists() and json.loads(record_path.read_text()).get("wanted") == wanted:
         print(f"# reusing the served home {home}", flush=True)
         save_settings(home, load_settings(home, serving))
+        write_bench_key(home)
         return json.loads(record_path.read_text())
     shutil.rmtree(home, ignore_errors=True)
     save_settings(home, load_settings(home, serving))
+    write_bench_key(home)
     store = ArtifactStore(str(home / "artifacts"))
     model = load_model(ModelSpec(DEFAULT_MODEL))
     start = time.perf_counter()
@@ -196,9 +201,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+BENCH_KEY = secrets.token_urlsafe(32)  # the pin needs a key: a fresh one each run
+
+
 def get_json(url: str, method: str = "GET") -> dict:
-    with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=600) as reply:
+    request = urllib.request.Request(url, method=method, headers={"X-API-Key": BENCH_KEY})
+    with urllib.request.urlopen(request, timeout=600) as reply:
         return json.loads(reply.read())
+
+
+def write_bench_key(home: Path) -> str:
+    """A keys file in the home holding only this run's key; returns its path."""
+    path = home / "api-keys"
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"bench:{hash_key(BENCH_KEY)}\n")
+    return str(path)
 
 
 def wait_for_version(url: str, version: str, server: subprocess.Popen, limit_s: float = 1200) -> float:

@@ -266,10 +266,10 @@ def upload(collection: Path, url: str) -> None:
     import s3fs
 
     fs = s3fs.S3FileSystem(endpoint_url=url)
-    fs.mkdir("photos")
-    fs.mkdir("artifacts")
+    fs.mkdir("faults-photos")
+    fs.mkdir("faults-artifacts")
     for path in sorted(collection.rglob("*.jpg")):
-        fs.pipe_file(f"photos/set/{path.relative_to(collection).as_posix()}", path.read_bytes())
+        fs.pipe_file(f"faults-photos/set/{path.relative_to(collection).as_posix()}", path.read_bytes())
 
 
 def stop_when_exists(s3: RestartableS3, store: ArtifactStore, relpath: str, run: subprocess.Popen,
@@ -295,9 +295,9 @@ def test_s3_outage_mid_run_is_retried_and_equals_an_undisturbed_run(
         upload(collection, s3.url)
         home = tmp_path / "home"
         config = {**SETTINGS,
-                  "source": {"uri": "s3://photos/set", "endpoint_url": s3.url},
-                  "storage": {"root": "s3://artifacts/vsearch", "endpoint_url": s3.url}}
-        store = ArtifactStore("s3://artifacts/vsearch", s3.url)
+                  "source": {"uri": "s3://faults-photos/set", "endpoint_url": s3.url},
+                  "storage": {"root": "s3://faults-artifacts/vsearch", "endpoint_url": s3.url}}
+        store = ArtifactStore("s3://faults-artifacts/vsearch", s3.url)
         run = subprocess.Popen(materialize_args(home, config, tmp_path),
                                env={**os.environ, "HF_HUB_OFFLINE": "1"},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -314,7 +314,7 @@ def test_s3_outage_mid_run_is_retried_and_equals_an_undisturbed_run(
         retried = retried_steps(instance)
         assert retried, "the outage should have failed at least one step attempt"
         no_duplicates(home, store)
-        compared = assert_same_result(outcome(home, "s3://artifacts/vsearch", s3.url), reference)
+        compared = assert_same_result(outcome(home, "s3://faults-artifacts/vsearch", s3.url), reference)
         print(f"S3 outage: server down {OUTAGE_S} s after the manifest was written; step retries "
               f"{len(retried)} ({', '.join(sorted(set(retried)))}); run succeeded without a re-run; "
               f"{compared} values equal to the undisturbed run")
