@@ -340,8 +340,8 @@ def test_an_unreachable_source_fails_the_step_instead_of_marking_files_unreadabl
     from fsspec.exceptions import FSTimeoutError
 
     from vsearch_pipeline.core.manifest import build_manifest
-    from vsearch_pipeline.core.sources import SourceObject
-    from vsearch_pipeline.resources import UNREACHABLE, ImageSource, SourceUnreachableError
+    from vsearch_pipeline.core.sources import UNREACHABLE, SourceObject, SourceUnreachableError
+    from vsearch_pipeline.resources import ImageSource
 
     outages = [ReadTimeoutError(endpoint_url="http://s3"), ConnectTimeoutError(endpoint_url="http://s3"),
                FSTimeoutError(), EndpointConnectionError(endpoint_url="http://s3")]

@@ -69,9 +69,7 @@ def _unmatched_by_new_ids(missing: list[str], new: list[SourceObject],
     for obj in new:
         try:
             found = image_id(content_hash(read_object(obj.uri, endpoint_url)))
-        except (ConnectionError, TimeoutError):
-            raise  # an outage is not a missing file
-        except OSError:
+        except OSError:  # an outage is a SourceUnreachableError, not an OSError: it propagates
             continue  # unreadable: its manifest row will say why
         missing = [m for m in missing if m != found]
         if not missing:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import botocore.exceptions
 
 from vsearch_pipeline.core.storage import filesystem, is_local
 
@@ -109,16 +112,29 @@ def _check_regular_file(path: str) -> None:
         raise OSError(f"not a regular file (a named pipe, socket or device): {path}")
 
 
+# Network failures and timeouts (several of which are OSErrors, as a corrupt file's error is)
+UNREACHABLE = (TimeoutError, ConnectionError, botocore.exceptions.ConnectionError,
+               botocore.exceptions.HTTPClientError)
+
+
+class SourceUnreachableError(RuntimeError):
+    """The source did not answer (a network error or a timeout, after the client's own retries).
+
+    Not an OSError on purpose: readers record an OSError as the file's fault (`unreadable` in the
+    manifest, which is never rewritten; skipped by the sensor), but an outage is nobody's fault,
+    so it fails the step, which is retried, or the sensor tick, which runs again."""
+
+
 def read_object(uri: str, endpoint_url: str | None = None) -> bytes:
     fs, path = filesystem(uri, endpoint_url)
     if is_local(fs):
         _check_regular_file(path)
     try:
-        return fs.cat_file(path)
+        return _reaching(uri, lambda: fs.cat_file(path))
     except FileNotFoundError:
         # s3fs sizes a file from its cached folder listing, which misses files added since
         fs.invalidate_cache(posixpath.dirname(path))
-        return fs.cat_file(path)
+        return _reaching(uri, lambda: fs.cat_file(path))
 
 
 def read_head(uri: str, size: int, endpoint_url: str | None = None) -> bytes:
@@ -126,4 +142,11 @@ def read_head(uri: str, size: int, endpoint_url: str | None = None) -> bytes:
     fs, path = filesystem(uri, endpoint_url)
     if is_local(fs):
         _check_regular_file(path)
-    return fs.cat_file(path, start=0, end=size)
+    return _reaching(uri, lambda: fs.cat_file(path, start=0, end=size))
+
+
+def _reaching(uri: str, read: Callable[[], bytes]) -> bytes:
+    try:
+        return read()
+    except UNREACHABLE as err:
+        raise SourceUnreachableError(f"the source did not answer for {uri}: {err}") from err

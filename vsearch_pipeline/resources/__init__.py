@@ -6,10 +6,6 @@ chosen per deployment (a local folder or S3 for both the source and the artifact
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
-import botocore.exceptions
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
@@ -27,27 +23,6 @@ from vsearch_pipeline.settings import (
     SubsetSettings,
 )
 
-T = TypeVar("T")
-
-# Network failures and timeouts (several of which are OSErrors, as a corrupt file's error is)
-UNREACHABLE = (TimeoutError, ConnectionError, botocore.exceptions.ConnectionError,
-               botocore.exceptions.HTTPClientError)
-
-
-class SourceUnreachableError(RuntimeError):
-    """The source did not answer (a network error or a timeout, after the client's own retries).
-
-    Not an OSError on purpose: readers record an OSError as the file's fault (`unreadable` in the
-    manifest, which is never rewritten; skipped by the sensor), but an outage is nobody's fault,
-    so it fails the step, which is retried, or the sensor tick, which runs again."""
-
-
-def _reaching(uri: str, read: Callable[[], T]) -> T:
-    try:
-        return read()
-    except UNREACHABLE as err:
-        raise SourceUnreachableError(f"the source did not answer for {uri}: {err}") from err
-
 
 class ImageSource(ConfigurableResource):
     """A local folder or an s3:// prefix holding the images."""
@@ -61,10 +36,10 @@ class ImageSource(ConfigurableResource):
         return list_source(self.uri, self.endpoint_url)
 
     def read(self, uri: str) -> bytes:
-        return _reaching(uri, lambda: read_object(uri, self.endpoint_url))
+        return read_object(uri, self.endpoint_url)
 
     def read_head(self, uri: str, size: int) -> bytes:
-        return _reaching(uri, lambda: read_head(uri, size, self.endpoint_url))
+        return read_head(uri, size, self.endpoint_url)
 
 
 class ArtifactStorage(ConfigurableResource):
