@@ -78,7 +78,20 @@ class SubsetSettings(Section):
 
 
 class NearDuplicateSettings(Section):
-    hamming_threshold: int = Field(8, ge=0, le=32)
+    """How near-duplicate groups are found (see vsearch_pipeline.core.near_duplicates)."""
+
+    method: str = "combined"  # combined: pHash and embedding contrast | phash: pHash bits alone
+    hamming_threshold: int = Field(8, ge=0, le=32)  # phash: the rule; combined: pHash candidates
+    neighbours: int = Field(10, ge=1, le=100)  # combined: nearest images per image taken as candidates
+    contrast_threshold: float | None = Field(None, ge=-2.0, le=2.0)  # combined; None: chosen from the data
+    cosine_floor: float | None = Field(None, ge=-1.0, le=1.0)  # combined; None: chosen from the data
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        from vsearch_pipeline.core.near_duplicates import validate_method
+
+        return validate_method(method)
 
 
 class IndexSettings(Section):

@@ -23,10 +23,11 @@ METRIC_KINDS: dict[str, tuple[str, ...]] = {
     "manifest": (),
     "subset": ("fraction", "seed"),
     "embedding": ("model", "model_version", "precision"),
-    "hash": ("hamming_threshold",),
+    "hash": ("hamming_threshold", "method"),
     "index": ("model", "index_type", "index_version", "params", "mode"),
     "cluster": ("model", "method", "reduce", "params", "grounding_set"),
-    "retrieval": ("model", "index_type", "index_version", "grounding_set"),
+    "retrieval": ("model", "index_type", "index_version", "grounding_set", "retrieval"),
+    "transform": ("model", "transform_version"),
 }
 
 SCHEMA = """
