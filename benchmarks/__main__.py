@@ -17,7 +17,7 @@ import platform
 import sys
 from pathlib import Path
 
-NAMES = ("embed", "dedup", "ann", "cluster", "pipeline", "serve")
+NAMES = ("embed", "dedup", "ann", "cluster", "pipeline", "serve", "quality")
 
 
 def machine() -> dict:

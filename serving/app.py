@@ -357,7 +357,8 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             raise HTTPException(422, str(err)) from None
         digest = hashlib.sha256(data).hexdigest()[:16]
         query = f"upload:{digest}" + (f"@{','.join(map(str, box))}" if box else "")
-        vector = cached_vector((served.searcher.model.version, query),
+        vector = cached_vector((served.searcher.model.version,
+                                served.searcher.loaded.transform.version, query),
                                lambda: embed_upload(served, data, box))
         results = served.searcher.by_vector(vector, wanted(k, fold), only=only)
         return answer(served, results, k, started, "search", query, tag, fold)
@@ -405,7 +406,8 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             raise HTTPException(422, f"the text query is {len(text)} characters; the most is "
                                      f"{settings.max_text_length}")
         searcher = served.searcher
-        vector = cached_vector((searcher.model.version, searcher.text_mode, "text:" + text),
+        vector = cached_vector((searcher.model.version, searcher.loaded.transform.version,
+                                searcher.text_mode, "text:" + text),
                                lambda: searcher.embed_text(text))
         results = searcher.by_text(vector, wanted(k, fold), only=tagged(tag),
                                    tags=tag_index.by_tag())

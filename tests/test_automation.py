@@ -46,6 +46,10 @@ class Collection:
             "storage": {"root": f"s3://{BUCKET}/artifacts", "endpoint_url": endpoint},
             "index": {"index_type": "flat", "rebuild_growth_ratio": 0.5},
             "clusters": {"min_cluster_size": 3},
+            "near_duplicates": {"method": "phash"},  # the method that groups incrementally
+            # an incremental index equals a full rebuild only without database-side augmentation,
+            # which augments a new vector from the indexed ones alone
+            "retrieval": {"database_augmentation_k": 0},
         })
         self.defs = make_definitions(home, self.settings)
         self.instance: DagsterInstance = open_instance(home)

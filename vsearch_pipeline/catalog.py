@@ -8,14 +8,23 @@ build parameters.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import faiss
+import numpy as np
 import pyarrow as pa
 from dagster import AssetKey, DagsterInstance
 
-from vsearch_pipeline.core.index import IndexParams, deserialize, set_search_params
+from vsearch_pipeline.core.index import IndexParams, deserialize, search, set_search_params
+from vsearch_pipeline.core.layout import load_folder_graph, load_folder_transform
+from vsearch_pipeline.core.retrieval import (
+    KReciprocalReranker,
+    NeighbourGraph,
+    QueryPlan,
+    VectorTransform,
+    ranked_search,
+)
 from vsearch_pipeline.core.storage import ArtifactStore
 
 INDEX_ASSET = AssetKey("faiss_index")
@@ -28,6 +37,27 @@ class LoadedIndex:
     index: faiss.Index
     id_map: pa.Table
     build: dict
+    transform: VectorTransform = field(default_factory=VectorTransform)
+    graph: NeighbourGraph | None = None
+
+    @cached_property
+    def query_plan(self) -> QueryPlan:
+        return QueryPlan.from_record((self.build.get("retrieval") or {}).get("query_plan"))
+
+    @cached_property
+    def reranker(self) -> KReciprocalReranker | None:
+        if self.query_plan.rerank == "none" or self.graph is None:
+            return None
+        return KReciprocalReranker(self.graph, self.query_plan.rerank_k1)
+
+    def stored_vectors(self, positions: np.ndarray) -> np.ndarray:
+        return self.index.reconstruct_batch(np.ascontiguousarray(positions, dtype=np.int64))
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) of the k best for vectors already in the index's space (model
+        vectors through `transform`), with the build's query expansion and re-ranking."""
+        return ranked_search(lambda q, n: search(self.index, q, n), self.stored_vectors,
+                             vectors, k, self.query_plan, self.reranker)
 
     @cached_property
     def ids(self) -> list[str]:
@@ -77,8 +107,12 @@ def load_index_artifacts(store: ArtifactStore, metadata: Mapping) -> LoadedIndex
     id_map = store.read_parquet(f"{folder}/ids.parquet")
     if index.ntotal != len(id_map):
         raise ValueError(f"index {folder}: {index.ntotal} vectors but {len(id_map)} ids")
-    set_search_params(index, IndexParams(**build["params"]))
-    return LoadedIndex(index, id_map, build)
+    params = IndexParams(**build["params"])
+    set_search_params(index, params)
+    if params.index_type == "ivf-flat":
+        faiss.extract_index_ivf(index).make_direct_map()  # query expansion reads stored vectors
+    return LoadedIndex(index, id_map, build, load_folder_transform(store, folder),
+                       load_folder_graph(store, folder))
 
 
 def latest_index_metadata(instance: DagsterInstance) -> Mapping:

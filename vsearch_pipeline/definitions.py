@@ -35,6 +35,7 @@ def build_resources(home: Path, settings: Settings) -> dict:
         "settings": PipelineSettings(
             manifest=settings.manifest, subset=settings.subset,
             near_duplicates=settings.near_duplicates, index=settings.index,
+            retrieval=settings.retrieval,
             clusters=settings.clusters, evaluation=settings.evaluation,
         ),
     }

@@ -17,7 +17,7 @@ from PIL import Image
 
 from vsearch_pipeline.catalog import LoadedIndex, load_index_artifacts
 from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS, decode_rgb
-from vsearch_pipeline.core.index import IndexParams, filtered_search, search
+from vsearch_pipeline.core.index import IndexParams, filtered_search
 from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel, load_model
 from vsearch_pipeline.core.sources import read_object
@@ -83,8 +83,6 @@ class Searcher:
         if model.version != build["model_version"]:
             raise ValueError(f"index {loaded.version} was built with model version "
                              f"{build['model_version']!r}, but {model.version!r} is installed")
-        if build["params"]["index_type"] == "ivf-flat":
-            faiss.extract_index_ivf(loaded.index).make_direct_map()
         return cls(loaded, model, source_endpoint_url, sentence_encoder)
 
     @property
@@ -93,11 +91,13 @@ class Searcher:
 
     def embed_bytes(self, data: bytes, box: tuple[int, int, int, int] | None = None,
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """The image's vector in the index's space: the model's vector through the index's
+        transform (whitening), as every indexed vector was."""
         if box is None:
             image = decode_rgb(data, max_pixels, min_size=self.model.decode_min_size)
         else:
             image = crop(decode_rgb(data, max_pixels), box)
-        return self.model.embed_images([image])[0]
+        return self.loaded.transform.apply(self.model.embed_images([image]))[0]
 
     def by_image(self, data: bytes, k: int, box: tuple[int, int, int, int] | None = None
                  ) -> list[dict]:
@@ -122,7 +122,7 @@ class Searcher:
         wanted = k + (exclude is not None)
         with one_openmp_thread():
             if only is None:
-                scores, positions = search(self.loaded.index, vector[None, :], wanted)
+                scores, positions = self.loaded.search(vector[None, :], wanted)
             else:
                 allowed = np.array([p for p in map(self.loaded.position_of.get, only) if p is not None])
                 if not len(allowed):
@@ -149,8 +149,8 @@ class Searcher:
         return "clip" if self.model.text_encoder is not None else "attached_text"
 
     def embed_text(self, text: str) -> np.ndarray:
-        if self.text_mode == "clip":
-            return self.model.embed_text([text])[0]
+        if self.text_mode == "clip":  # into the index's space, as image queries are
+            return self.loaded.transform.apply(self.model.embed_text([text]))[0]
         return self._sentences().encode([text])[0]
 
     def by_text(self, query: np.ndarray, k: int, only: list[str] | None = None,

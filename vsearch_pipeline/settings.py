@@ -24,6 +24,7 @@ from vsearch_pipeline.core.engines import validate_engine
 from vsearch_pipeline.core.index import IndexParams
 from vsearch_pipeline.core.index import validate_params as validate_index_params
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
+from vsearch_pipeline.core.retrieval import RERANKERS, QueryPlan
 
 HOME_ENV = "VSEARCH_HOME"
 DEFAULT_HOME = ".vsearch"
@@ -123,6 +124,42 @@ class IndexSettings(Section):
                            self.storage, self.refine, self.k_factor)
 
 
+class RetrievalSettings(Section):
+    """How indexed vectors are post-processed and queries answered (docs/search-quality.md has
+    each one's measured effect). All of it is recorded in the index's build.json and followed by
+    the search service and the evaluation asset alike."""
+
+    whitening: bool = False  # PCA-whitening fitted on the collection (asset retrieval_transform)
+    whitening_dims: int = Field(256, ge=2)  # axes kept
+    whitening_shrinkage: float = Field(1.0, ge=0.0)  # eigenvalues + shrinkage * their mean
+    whitening_power: float = Field(1.0, gt=0.0, le=1.0)  # signed power after whitening (1: none)
+    projection_head: bool = False  # a contrastive head trained on the collection, after whitening
+    database_augmentation_k: int = Field(10, ge=0, le=100)  # DBA neighbours per indexed vector; 0: off
+    query_expansion_k: int = Field(10, ge=0, le=100)  # alpha-QE neighbours per query; 0: off
+    expansion_alpha: float = Field(3.0, ge=0.0)  # neighbour weight cosine ** alpha (DBA and QE)
+    rerank: str = "none"  # none | k_reciprocal
+    rerank_depth: int = Field(100, ge=1, le=10_000)  # candidates the re-ranking reorders
+    rerank_k1: int = Field(20, ge=1, le=100)  # neighbourhood size of the k-reciprocal sets
+
+    @field_validator("rerank")
+    @classmethod
+    def _known_rerank(cls, rerank: str) -> str:
+        if rerank not in RERANKERS:
+            raise ValueError(f"retrieval.rerank must be one of {', '.join(RERANKERS)}, "
+                             f"got {rerank!r}")
+        return rerank
+
+    def query_plan(self) -> QueryPlan:
+        return QueryPlan(self.query_expansion_k, self.expansion_alpha, self.rerank,
+                         self.rerank_depth, self.rerank_k1)
+
+    def transform_settings(self) -> dict:
+        """What the fitted transform depends on: a change means fitting it again."""
+        return {"whitening": self.whitening, "whitening_dims": self.whitening_dims,
+                "whitening_shrinkage": self.whitening_shrinkage,
+                "whitening_power": self.whitening_power, "projection_head": self.projection_head}
+
+
 class ClusterSettings(Section):
     method: str = "hdbscan"
     reduce: str = "pca"
@@ -211,6 +248,7 @@ class Settings(Section):
     subset: SubsetSettings = SubsetSettings()
     near_duplicates: NearDuplicateSettings = NearDuplicateSettings()
     index: IndexSettings = IndexSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
     clusters: ClusterSettings = ClusterSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     serving: ServingSettings = ServingSettings()

@@ -7,8 +7,10 @@ from vsearch_pipeline.assets.evaluation import evaluation
 from vsearch_pipeline.assets.hashes import near_duplicate_groups, perceptual_hashes
 from vsearch_pipeline.assets.index import faiss_index
 from vsearch_pipeline.assets.manifest import raw_image_manifest
+from vsearch_pipeline.assets.retrieval import retrieval_transform
 from vsearch_pipeline.assets.subset import sampled_subset
 
 PER_BATCH_ASSETS = [raw_image_manifest, sampled_subset, embeddings, perceptual_hashes]
-COLLECTION_ASSETS = [near_duplicate_groups, faiss_index, clusters, curation_grounding, evaluation]
+COLLECTION_ASSETS = [near_duplicate_groups, retrieval_transform, faiss_index, clusters,
+                     curation_grounding, evaluation]
 ALL_ASSETS = PER_BATCH_ASSETS + COLLECTION_ASSETS

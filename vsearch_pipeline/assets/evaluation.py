@@ -16,7 +16,6 @@ from vsearch_pipeline.core.grounding import (
     parse_grounding,
     resolve_grounding,
 )
-from vsearch_pipeline.core.index import search
 from vsearch_pipeline.core.layout import (
     load_embeddings,
     load_grounding_sets,
@@ -63,7 +62,8 @@ def evaluation(
         metrics_db.db.record_metrics(
             "retrieval", run_keys(context),
             {"model": loaded.build["model_key"], "index_type": loaded.build["params"]["index_type"],
-             "index_version": loaded.build["version"], "grounding_set": grounding.name},
+             "index_version": loaded.build["version"], "grounding_set": grounding.name,
+             "retrieval": retrieval_label(loaded.build)},
             figures)
         rows.append({"grounding_set": grounding.name, **figures})
     summary_keys = ["grounding_set", "queries"] + [
@@ -72,12 +72,25 @@ def evaluation(
     return MaterializeResult(metadata={
         "grounding_sets": len(rows), "index_version": loaded.build["version"],
         "index_type": loaded.build["params"]["index_type"], "model_key": loaded.build["model_key"],
+        "retrieval": retrieval_label(loaded.build),
         "summary": markdown_table([{k: r[k] for k in summary_keys} for r in rows]),
         **{f"{r['grounding_set']}/{m}": round(float(r[m]), 4) for r in rows
            for m in (f"map@{ks[-1]}", f"recall@{ks[-1]}", f"ndcg@{ks[-1]}", "precision@1")
            if m in r},
         "code_version": code_version(),
     })
+
+
+def retrieval_label(build: dict) -> str:
+    """The post-processing an index was built and is queried with, in one comparable string,
+    e.g. 'whiten=256,dba=10,qe=10,alpha=3.0,rerank=none' (the `retrieval` column)."""
+    retrieval = build.get("retrieval") or {}
+    plan = retrieval.get("query_plan") or {}
+    whitening = (retrieval.get("transform") or {}).get("whitening_dims", 0)
+    label = (f"whiten={whitening},dba={retrieval.get('database_augmentation_k', 0)},"
+             f"qe={plan.get('query_expansion_k', 0)},alpha={plan.get('expansion_alpha', 0)},"
+             f"rerank={plan.get('rerank', 'none')}")
+    return label
 
 
 def _curation_sets(store: ArtifactStore, manifest) -> list[ResolvedGrounding]:
@@ -101,7 +114,7 @@ def _evaluate(loaded, grounding: ResolvedGrounding, vectors: np.ndarray,
     k = max(ks)
     if not queries:
         return {"queries": 0, "skipped_queries": 0}
-    found = search(loaded.index, vectors[[vector_of[i] for i in queries]], k + 1)[1]
+    found = loaded.search(loaded.transform.apply(vectors[[vector_of[i] for i in queries]]), k + 1)[1]
     own = np.array([positions[i] for i in queries])
     ranked = np.full((len(queries), k), -1, dtype=np.int64)
     for row, (hits, me) in enumerate(zip(found, own, strict=True)):

@@ -20,6 +20,7 @@ from dagster import (
 
 from vsearch_pipeline.assets.common import STORAGE_RETRY, artifact_version, code_version, run_keys
 from vsearch_pipeline.assets.embeddings import embeddings
+from vsearch_pipeline.assets.retrieval import retrieval_transform
 from vsearch_pipeline.core.embed import table_vectors
 from vsearch_pipeline.core.index import (
     IndexParams,
@@ -28,22 +29,35 @@ from vsearch_pipeline.core.index import (
     factory_string,
     recall_at_k,
     resolve_params,
+    search,
     serialize,
     set_search_params,
 )
 from vsearch_pipeline.core.index_plan import FULL, plan_build
 from vsearch_pipeline.core.layout import (
+    GRAPH_FILE,
     embeddings_dir,
     image_locations,
     index_dir,
     latest_index_build,
+    latest_transform,
     live_ids,
     load_embeddings,
+    load_folder_graph,
+    load_folder_transform,
     load_labels,
     load_manifests,
     manifest_path,
 )
 from vsearch_pipeline.core.metrics_queue import file_queued_metrics
+from vsearch_pipeline.core.retrieval import (
+    NeighbourGraph,
+    QueryPlan,
+    VectorTransform,
+    augment,
+    augment_database,
+    neighbour_graph,
+)
 from vsearch_pipeline.core.sharded_index import (
     SHARDED_TYPES,
     build_ivf_by_shards,
@@ -83,10 +97,12 @@ class BuiltIndex:
     added: int
     removed: int
     model_version: str
+    transform: VectorTransform = VectorTransform()
+    graph: NeighbourGraph | None = None
 
 
 @asset(
-    deps=[embeddings], code_version="3", group_name="index", retry_policy=STORAGE_RETRY,
+    deps=[embeddings, retrieval_transform], code_version="4", group_name="index", retry_policy=STORAGE_RETRY,
     check_specs=[AssetCheckSpec("recall_above_bound", asset="faiss_index",
                                 description="Recall@10 against exact search >= index.min_recall.")],
 )
@@ -120,15 +136,18 @@ def faiss_index(
     requested = settings.index.params().as_dict()
     model_version = (new.column("model_version")[0].as_py() if len(new)
                      else (previous or {}).get("model_version", ""))
+    transform = _latest_transform(store, model_key)
+    retrieval = _retrieval_record(settings, transform)
     plan = plan_build(previous, requested, model_version, len(new),
-                      settings.index.rebuild_growth_ratio, config.full_rebuild)
+                      settings.index.rebuild_growth_ratio, config.full_rebuild, retrieval)
     context.log.info(f"index build: {plan.mode} ({plan.reason})")
     version = artifact_version(context)
     start = time.perf_counter()
     if plan.mode == FULL:
-        built = _full_build(store, model_key, settings, source.list(), version)
+        built = _full_build(store, model_key, settings, source.list(), version, transform,
+                            retrieval)
     else:
-        built = _add_new(store, previous, new)
+        built = _add_new(store, previous, new, retrieval)
     seconds = time.perf_counter() - start
 
     folder = index_dir(model_key, version)
@@ -143,9 +162,14 @@ def faiss_index(
              "added": built.added, "removed": built.removed, "shards": shards,
              "trained_count": built.trained_count, "trained_version": built.trained_version,
              "recall_at_10": built.recall, "recall_measured_on": built.recall_version,
+             "retrieval": retrieval,
              "build_seconds": round(seconds, 3), "code_version": code_version()}
     store.write_parquet(f"{folder}/ids.parquet", built.id_map)
     store.write_bytes(f"{folder}/index.faiss", serialize(built.index))
+    for name, data in built.transform.files().items():
+        store.write_bytes(f"{folder}/{name}", data)
+    if built.graph is not None:
+        store.write_bytes(f"{folder}/{GRAPH_FILE}", built.graph.to_bytes())
     store.write_json(f"{folder}/build.json", build)  # last: a version folder is whole once it has this
 
     figures = {"vectors": count, "added": built.added, "removed": built.removed,
@@ -159,6 +183,7 @@ def faiss_index(
                   "base_version": build["base_version"] or "",
                   "trained_count": built.trained_count, "trained_version": built.trained_version,
                   "recall_measured_on": built.recall_version,
+                  "retrieval": MetadataValue.json(retrieval),
                   "index_type": built.params.index_type, "factory": build["factory"],
                   "params": MetadataValue.json(built.params.as_dict()),
                   "dimension": build["dimension"], "model": model.name, "model_key": model_key,
@@ -174,7 +199,8 @@ def faiss_index(
 
 
 def _full_build(store: ArtifactStore, model_key: str, settings: PipelineSettings,
-                listing: list, version: str) -> BuiltIndex:
+                listing: list, version: str, transform: VectorTransform,
+                retrieval: dict) -> BuiltIndex:
     """Train and fill from every shard, keeping only images the source still holds. IVF types
     are trained on a sample and filled shard by shard, never holding every vector at once."""
     config = settings.index
@@ -189,12 +215,22 @@ def _full_build(store: ArtifactStore, model_key: str, settings: PipelineSettings
     vectors = vectors[keep]
     if not ids:
         raise ValueError("none of the embedded images is in the source any more")
+    vectors = transform.apply(vectors)
     params = resolve_params(config.params(), len(ids), vectors.shape[1])
     index = build_index(vectors, params)
+    if retrieval["database_augmentation_k"]:
+        near = neighbour_graph(lambda q, k: search(index, q, k), vectors,
+                               retrieval["database_augmentation_k"])
+        vectors = augment_database(vectors, near.positions, near.scores,
+                                   retrieval["query_plan"]["expansion_alpha"])
+        index = build_index(vectors, params)
+    graph = None  # for re-ranking: neighbours among the vectors as indexed, augmented or not
+    if retrieval["graph_k"]:
+        graph = neighbour_graph(lambda q, k: search(index, q, k), vectors, retrieval["graph_k"])
     recall = recall_at_k(index, vectors, RECALL_K, config.recall_queries)
     id_map = _id_map(ids, image_locations(manifest), load_labels(store, model_key))
     return BuiltIndex(index, id_map, params, recall, version, len(ids), version, len(ids),
-                      removed, model_version)
+                      removed, model_version, transform, graph)
 
 
 def _full_build_by_shards(store: ArtifactStore, model_key: str, config, manifest: pa.Table,
@@ -213,14 +249,19 @@ def _full_build_by_shards(store: ArtifactStore, model_key: str, config, manifest
                       len(gone), model_version)
 
 
-def _add_new(store: ArtifactStore, previous: dict, new: pa.Table) -> BuiltIndex:
-    """The previous version's index with the new rows appended (positions continue)."""
+def _add_new(store: ArtifactStore, previous: dict, new: pa.Table, retrieval: dict) -> BuiltIndex:
+    """The previous version's index with the new rows appended (positions continue). New
+    vectors go through the previous version's transform; with database-side augmentation each
+    is augmented from its neighbours among the indexed vectors (a full build redoes them all)."""
     folder = index_dir(previous["model_key"], previous["version"])
     index = deserialize(store.read_bytes(f"{folder}/index.faiss"))
     params = IndexParams(**previous["params"])
-    if len(new):
-        index.add(np.ascontiguousarray(table_vectors(new), dtype=np.float32))
     set_search_params(index, params)
+    transform = load_folder_transform(store, folder)
+    graph = load_folder_graph(store, folder)
+    if len(new):
+        vectors, graph = _augment_new(index, transform.apply(table_vectors(new)), graph, retrieval)
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     old_map = store.read_parquet(f"{folder}/ids.parquet")
     partitions = sorted({p for p in new.column("partition").to_pylist()})
     where = image_locations(pa.concat_tables([store.read_parquet(manifest_path(p))
@@ -232,7 +273,7 @@ def _add_new(store: ArtifactStore, previous: dict, new: pa.Table) -> BuiltIndex:
                       float(previous["recall_at_10"]),
                       previous.get("recall_measured_on") or previous["version"],
                       int(previous["trained_count"]), previous["trained_version"], len(new), 0,
-                      previous["model_version"])
+                      previous["model_version"], transform, graph)
 
 
 def _new_rows(store: ArtifactStore, previous: dict | None, shards: list[str]) -> pa.Table:
@@ -271,3 +312,44 @@ def _id_map(ids: list[str], where: dict[str, tuple[str, str]],
                                         pa.list_(pa.string())),
                      "label_probs": pa.array([labels.get(i, ([], []))[1] for i in ids],
                                              pa.list_(pa.float32()))})
+
+
+def _latest_transform(store: ArtifactStore, model_key: str) -> VectorTransform:
+    record = latest_transform(store, model_key)
+    return load_folder_transform(store, record["folder"]) if record else VectorTransform()
+
+
+def _retrieval_record(settings: PipelineSettings, transform: VectorTransform) -> dict:
+    """What the build applies and what queries of it do. Types built shard by shard (and
+    PQ codes, which hold no exact vectors) take the raw vectors and plain search."""
+    retrieval = settings.retrieval
+    if settings.index.index_type in SHARDED_TYPES:
+        return {"transform": {"version": "none", "whitening_dims": 0},
+                "database_augmentation_k": 0, "graph_k": 0,
+                "query_plan": QueryPlan().__dict__,
+                "note": f"{settings.index.index_type} is built by shards: no post-processing"}
+    plan = retrieval.query_plan()
+    graph_k = retrieval.rerank_k1 if plan.rerank != "none" else 0
+    whitening_dims = transform.whitening.dims if transform.whitening else 0
+    return {"transform": {"version": transform.version, "whitening_dims": whitening_dims},
+            "database_augmentation_k": retrieval.database_augmentation_k, "graph_k": graph_k,
+            "query_plan": plan.__dict__}
+
+
+def _augment_new(index, vectors: np.ndarray, graph: NeighbourGraph | None, retrieval: dict
+                 ) -> tuple[np.ndarray, NeighbourGraph | None]:
+    """New vectors augmented (DBA) from their neighbours among the indexed vectors, and their
+    rows of the re-ranking graph."""
+    dba_k = retrieval["database_augmentation_k"]
+    if dba_k:
+        scores, positions = search(index, vectors, dba_k)
+        present = positions >= 0
+        stored = index.reconstruct_batch(np.where(present, positions, 0).ravel())
+        vectors = augment(vectors, stored.reshape(len(vectors), dba_k, -1),
+                          np.where(present, scores, 0), retrieval["query_plan"]["expansion_alpha"])
+    if graph is not None:
+        scores, positions = search(index, vectors, graph.positions.shape[1])
+        graph = NeighbourGraph(np.concatenate([graph.positions, positions.astype(np.int64)]),
+                               np.concatenate([graph.scores, np.where(positions >= 0, scores, 0)
+                                               .astype(np.float32)]))
+    return vectors, graph

@@ -21,7 +21,8 @@ class BuildPlan:
 
 
 def plan_build(previous: dict | None, requested_params: dict, model_version: str,
-               new_vectors: int, growth_ratio: float, full_requested: bool) -> BuildPlan:
+               new_vectors: int, growth_ratio: float, full_requested: bool,
+               retrieval: dict | None = None) -> BuildPlan:
     """Decide from the previous build's record (its build.json) and what changed since."""
     if previous is None:
         return BuildPlan(FULL, "no earlier index of this model")
@@ -33,6 +34,8 @@ def plan_build(previous: dict | None, requested_params: dict, model_version: str
         return BuildPlan(FULL, f"model version changed ({previous['model_version']} -> {model_version})")
     if previous["requested_params"] != requested_params:
         return BuildPlan(FULL, "index parameters changed")
+    if previous.get("retrieval") != retrieval:
+        return BuildPlan(FULL, "the retrieval transform or settings changed")
     trained = max(int(previous["trained_count"]), 1)
     grown = (int(previous["count"]) + new_vectors) / trained - 1
     if grown > growth_ratio:

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from vsearch_pipeline.core.embed import table_vectors
 from vsearch_pipeline.core.grounding import ResolvedGrounding, parse_grounding, resolve_grounding
+from vsearch_pipeline.core.retrieval import NeighbourGraph, VectorTransform
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
 
@@ -20,6 +21,7 @@ BATCHES = "batches"
 MANIFESTS = "manifest"
 SUBSETS = "subset"
 HASHES = "hashes"
+GRAPH_FILE = "graph.npz"  # an index version's neighbour graph (DBA, re-ranking)
 
 
 def batch_path(key: str) -> str:
@@ -48,6 +50,30 @@ def embeddings_path(model_key: str, key: str) -> str:
 
 def index_dir(model_key: str, version: str) -> str:
     return f"index/{model_key}/{version}"
+
+
+def transform_dir(model_key: str, version: str) -> str:
+    return f"transforms/{model_key}/{version}"
+
+
+def latest_transform(store: ArtifactStore, model_key: str) -> dict | None:
+    """The record (transform.json) of the newest complete retrieval transform of a model."""
+    for folder in reversed(store.list_folders(f"transforms/{model_key}")):
+        if store.exists(f"{folder}/transform.json"):
+            return store.read_json(f"{folder}/transform.json")
+    return None
+
+
+def load_folder_transform(store: ArtifactStore, folder: str) -> VectorTransform:
+    """The transform whose files lie in `folder` (a transform's or an index version's)."""
+    return VectorTransform.from_files(
+        lambda name: store.read_bytes(f"{folder}/{name}") if store.exists(f"{folder}/{name}")
+        else None)
+
+
+def load_folder_graph(store: ArtifactStore, folder: str) -> NeighbourGraph | None:
+    path = f"{folder}/{GRAPH_FILE}"
+    return NeighbourGraph.from_bytes(store.read_bytes(path)) if store.exists(path) else None
 
 
 def latest_index_build(store: ArtifactStore, model_key: str) -> dict | None:

@@ -20,6 +20,7 @@ from vsearch_pipeline.settings import (
     IndexSettings,
     ManifestSettings,
     NearDuplicateSettings,
+    RetrievalSettings,
     SubsetSettings,
 )
 
@@ -108,5 +109,6 @@ class PipelineSettings(ConfigurableResource):
     subset: SubsetSettings
     near_duplicates: NearDuplicateSettings
     index: IndexSettings
+    retrieval: RetrievalSettings
     clusters: ClusterSettings
     evaluation: EvaluationSettings

@@ -1,0 +1,127 @@
+"""Search quality on Caltech-101 (without BACKGROUND_Google) by retrieval setting, through the
+pipeline itself: every figure comes from the `evaluation` asset's rows in DuckDB.
+
+The photos go into a fresh source folder with a grounding set (relevant = same class), the
+pipeline runs once, and then `retrieval_transform`, `faiss_index` and `evaluation` are
+materialized again for each setting below, from the raw backbone (exact cosine search over the
+model's vectors) to the full post-processing. One SQL query then gives mAP@10 and precision@1
+per setting, the index build time, and the time a single query takes (one at a time, over the
+index as the search service loads it). `--quick` does the same on every 10th photo.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from dagster import AssetKey
+
+from benchmarks.pipeline import caltech_photos
+from vsearch_pipeline.catalog import latest_index_metadata, load_index_artifacts
+from vsearch_pipeline.core.layout import load_embeddings
+from vsearch_pipeline.core.store import MetricsDB
+from vsearch_pipeline.definitions import make_definitions
+from vsearch_pipeline.runner import open_instance, run_pipeline
+from vsearch_pipeline.settings import load_settings
+
+OFF = {"whitening": False, "database_augmentation_k": 0, "query_expansion_k": 0, "rerank": "none"}
+SETTINGS = {
+    "raw backbone": OFF,
+    "whitening": {**OFF, "whitening": True},
+    "DBA k=10": {**OFF, "database_augmentation_k": 10},
+    "alpha-QE k=10": {**OFF, "query_expansion_k": 10},
+    "k-reciprocal re-ranking": {**OFF, "rerank": "k_reciprocal"},
+    "DBA + alpha-QE": {**OFF, "database_augmentation_k": 10, "query_expansion_k": 10},
+    "whitening + DBA + alpha-QE": {**OFF, "whitening": True, "database_augmentation_k": 10,
+                                   "query_expansion_k": 10},
+    "DBA + alpha-QE + re-ranking": {**OFF, "database_augmentation_k": 10,
+                                    "query_expansion_k": 10, "rerank": "k_reciprocal"},
+}
+REBUILT = [AssetKey("retrieval_transform"), AssetKey("faiss_index"), AssetKey("evaluation")]
+LATENCY_QUERIES = 200
+
+
+def place(photos: list[Path], source: Path, home: Path) -> Path:
+    """The photos under source/<class>/ and a grounding set of their classes in the home."""
+    lines = ["group,image"]
+    for photo in photos:
+        target = source / photo.parent.name / photo.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, target)
+        lines.append(f"{photo.parent.name},{photo.parent.name}/{photo.name}")
+    grounding = home / "caltech101.csv"
+    grounding.write_text("\n".join(lines) + "\n")
+    return grounding
+
+
+def single_query_ms(home: Path, settings) -> float:
+    """Mean time of one query (transform, expansion, search, re-ranking) over the live index."""
+    defs = make_definitions(home, settings)
+    store = defs.resources["storage"].store
+    loaded = load_index_artifacts(store, latest_index_metadata(open_instance(home)))
+    ids, vectors, _ = load_embeddings(store, loaded.build["model_key"])
+    rows = np.random.default_rng(0).choice(len(ids), min(LATENCY_QUERIES, len(ids)), replace=False)
+    for row in rows[:10]:  # warm-up: the first queries pay for lazy set-up (re-ranking sets)
+        loaded.search(loaded.transform.apply(vectors[row]), 11)
+    start = time.perf_counter()
+    for row in rows:
+        loaded.search(loaded.transform.apply(vectors[row]), 11)
+    return 1000 * (time.perf_counter() - start) / len(rows)
+
+
+def run(quick: bool = False) -> dict:
+    photos = [p for p in caltech_photos(quick=False) if p.parent.name != "BACKGROUND_Google"]
+    photos = photos[::10] if quick else photos
+    work = Path(tempfile.mkdtemp(prefix="vsearch-quality-"))
+    try:
+        source, home = work / "photos", work / "home"
+        home.mkdir()
+        grounding = place(photos, source, home)
+        base = {"source": {"uri": str(source)}, "index": {"index_type": "flat"},
+                "evaluation": {"grounding_sets": [str(grounding)], "ks": [1, 10]}}
+        start = time.perf_counter()
+        run_pipeline(home, load_settings(home, {**base, "retrieval": OFF}), say=lambda _: None)
+        print(f"{len(photos)} photos embedded and indexed in {time.perf_counter() - start:.0f} s",
+              flush=True)
+        latency = {}
+        for name, retrieval in SETTINGS.items():
+            settings = load_settings(home, {**base, "retrieval": retrieval})
+            defs = make_definitions(home, settings)
+            defs.get_implicit_global_asset_job_def().execute_in_process(
+                asset_selection=REBUILT, instance=open_instance(home), raise_on_error=True)
+            latency[name] = single_query_ms(home, settings)
+            print(f"measured: {name}", flush=True)
+        return report(home / "vsearch.duckdb", latency)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+QUERY = """
+WITH r AS (
+  SELECT index_version, retrieval, max(CASE WHEN metric = 'map@10' THEN value END) AS map10,
+         max(CASE WHEN metric = 'precision@1' THEN value END) AS p1,
+         max(CASE WHEN metric = 'queries' THEN value END) AS queries
+  FROM retrieval_metrics WHERE grounding_set = 'caltech101' GROUP BY ALL),
+i AS (SELECT index_version, max(value) AS build_s FROM index_metrics
+      WHERE metric = 'build_seconds' GROUP BY ALL)
+SELECT r.retrieval, r.map10, r.p1, r.queries, i.build_s
+FROM r JOIN i USING (index_version) ORDER BY r.index_version
+"""
+
+
+def report(database: Path, latency: dict[str, float]) -> dict:
+    with MetricsDB(str(database)).connect(read_only=True) as con:
+        rows = con.execute(QUERY).fetchall()[-len(SETTINGS):]
+    raw_build, raw_query = rows[0][4], latency["raw backbone"]
+    print("| setting | retrieval column | mAP@10 | precision@1 | index build s (+ vs raw) "
+          "| one query ms (+ vs raw) |\n|---|---|---|---|---|---|")
+    figures = {}
+    for (name, ms), (label, map10, p1, queries, build_s) in zip(latency.items(), rows, strict=True):
+        print(f"| {name} | `{label}` | {map10:.4f} | {p1:.4f} | {build_s:.1f} ({build_s - raw_build:+.1f}) "
+              f"| {ms:.2f} ({ms - raw_query:+.2f}) |")
+        figures[name] = {"retrieval": label, "map@10": map10, "precision@1": p1,
+                         "queries": queries, "build_seconds": build_s, "query_ms": ms}
+    return figures

@@ -1,0 +1,34 @@
+"""The search-quality comparison through the pipeline: every 10th Caltech-101 photo, each
+retrieval setting materialized in turn, its figures read back from the evaluation asset's rows
+in DuckDB. The settings on by default must beat the raw backbone there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_default_retrieval_beats_the_raw_backbone_in_the_evaluation_table(
+        tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "quality.json"
+    subprocess.run([sys.executable, "-m", "benchmarks", "quality", "--quick", "--json", str(out)],
+                   cwd=ROOT, check=True, timeout=900, capture_output=True)
+    figures = json.loads(out.read_text())["figures"]
+    print(json.dumps(figures, indent=1))
+    raw = figures["raw backbone"]
+    assert raw["retrieval"].startswith("whiten=0,dba=0,qe=0") and raw["queries"] > 800
+    default = figures["DBA + alpha-QE"]
+    assert default["retrieval"] == "whiten=0,dba=10,qe=10,alpha=3.0,rerank=none"
+    assert default["map@10"] > raw["map@10"] + 0.01
+    assert figures["DBA k=10"]["map@10"] > raw["map@10"]
+    assert figures["k-reciprocal re-ranking"]["map@10"] > raw["map@10"]
+    assert figures["alpha-QE k=10"]["map@10"] >= raw["map@10"] - 0.005
+    for row in figures.values():  # each setting was really built and measured
+        assert 0 < row["map@10"] <= 1 and row["query_ms"] > 0

@@ -1,0 +1,285 @@
+"""Retrieval post-processing: what turns good vectors into better rankings, without labels.
+
+Three stages, each measured on Caltech-101 by the `evaluation` asset (docs/search-quality.md):
+
+* **PCA-whitening with power normalisation** (`Whitening`), fitted on the collection's own
+  vectors. Directions that every image shares (the bursty, dominant components of a CNN
+  descriptor) are divided down; the eigenvalues are shrunk towards their mean before the division
+  (`shrinkage`), since the smallest ones are noise that plain whitening would blow up. Applied to
+  every indexed vector and every query alike, and versioned with the index.
+* **Database-side augmentation** (DBA, `augment`): each indexed vector is replaced by the
+  weighted mean of itself and its nearest neighbours, weights ``max(cos, 0) ** alpha`` (the
+  vector itself has cosine 1). Images of a class pull together; an image's odd background counts
+  for less.
+* **Average query expansion** (alpha-QE, the same `augment` on the query side): the query is
+  replaced by the weighted mean of its top neighbours in the index and searched again.
+* **k-reciprocal re-ranking** (`k_reciprocal_rerank`), over the top candidates: a candidate that
+  the query finds and that would also find the query among its own nearest neighbours is
+  trusted more. Each side's reciprocal neighbourhood is a weighted set; the Jaccard distance of
+  the two sets is mixed with the original distance (Zhong et al., CVPR 2017, without its
+  expansion step). The database side's neighbourhoods come from the neighbour graph kept with
+  the index, so a query costs one search and a few small set operations.
+
+Everything here is plain NumPy on unit vectors (cosine = inner product).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+RERANKERS = ("none", "k_reciprocal")
+RERANK_ORIGINAL_WEIGHT = 0.3  # share of the cosine distance in the re-ranked distance
+
+Searcher = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # queries, k -> (scores, positions)
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """x -> unit(signed_power(P^T (x - mean), power)); P holds the whitened principal axes."""
+
+    mean: np.ndarray  # (d,)
+    projection: np.ndarray  # (d, dims)
+    power: float
+
+    @property
+    def dims(self) -> int:
+        return int(self.projection.shape[1])
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        projected = (np.atleast_2d(vectors).astype(np.float32) - self.mean) @ self.projection
+        if self.power != 1.0:
+            projected = np.sign(projected) * np.abs(projected) ** self.power
+        return unit(projected)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, mean=self.mean, projection=self.projection, power=np.float32(self.power))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Whitening:
+        arrays = np.load(io.BytesIO(data))
+        return cls(arrays["mean"], arrays["projection"], float(arrays["power"]))
+
+    @property
+    def version(self) -> str:
+        digest = hashlib.sha256(self.mean.tobytes() + self.projection.tobytes())
+        digest.update(str(self.power).encode())
+        return digest.hexdigest()[:12]
+
+
+def fit_whitening(vectors: np.ndarray, dims: int, shrinkage: float, power: float) -> Whitening:
+    """PCA-whitening of `vectors` onto their top `dims` axes (at most rank - 1).
+
+    Each axis is divided by sqrt(eigenvalue + shrinkage * mean kept eigenvalue): shrinkage 0 is
+    plain whitening, large values leave the PCA rotation nearly unscaled."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    if len(vectors) < 3:
+        raise ValueError(f"whitening needs at least 3 vectors, got {len(vectors)}")
+    mean = vectors.mean(axis=0)
+    centred = vectors - mean
+    covariance = centred.T @ centred / (len(vectors) - 1)
+    eigenvalues, axes = np.linalg.eigh(covariance)
+    keep = np.argsort(eigenvalues)[::-1][: min(dims, len(vectors) - 1, vectors.shape[1])]
+    eigenvalues = np.clip(eigenvalues[keep], 0, None)
+    scale = 1 / np.sqrt(eigenvalues + shrinkage * eigenvalues.mean() + 1e-12)
+    return Whitening(mean.astype(np.float32), (axes[:, keep] * scale).astype(np.float32), power)
+
+
+def neighbour_weights(scores: np.ndarray, alpha: float) -> np.ndarray:
+    return np.clip(scores, 0, None) ** alpha
+
+
+def augment(vectors: np.ndarray, neighbour_vectors: np.ndarray, scores: np.ndarray,
+            alpha: float) -> np.ndarray:
+    """Each vector (n, d) replaced by the weighted mean of itself and its neighbours (n, k, d)
+    with their cosines (n, k): alpha-QE on queries, DBA on the database. A neighbour that is
+    the vector itself is skipped by the caller, so that it counts once, with weight 1."""
+    weights = neighbour_weights(scores, alpha)[:, :, None]
+    return unit(vectors + (weights * neighbour_vectors).sum(axis=1))
+
+
+def augment_database(vectors: np.ndarray, neighbours: np.ndarray, scores: np.ndarray,
+                     alpha: float) -> np.ndarray:
+    """DBA from a neighbour graph (positions and cosines, (n, k), self excluded, -1 padding)."""
+    present = neighbours >= 0
+    gathered = vectors[np.where(present, neighbours, 0)]
+    return augment(vectors, gathered, np.where(present, scores, 0.0), alpha)
+
+
+@dataclass(frozen=True)
+class NeighbourGraph:
+    """Each indexed vector's nearest other vectors (positions, cosines; -1 padding), best first,
+    computed on the vectors before augmentation: what DBA averages and re-ranking reads."""
+
+    positions: np.ndarray  # (n, k) int64
+    scores: np.ndarray  # (n, k) float32
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, positions=self.positions, scores=self.scores)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NeighbourGraph:
+        arrays = np.load(io.BytesIO(data))
+        return cls(arrays["positions"], arrays["scores"])
+
+
+def neighbour_graph(search: Searcher, vectors: np.ndarray, k: int,
+                    chunk: int = 4096) -> NeighbourGraph:
+    """The k nearest other vectors of every vector, by `search` over an index of `vectors`."""
+    positions = np.full((len(vectors), k), -1, np.int64)
+    scores = np.zeros((len(vectors), k), np.float32)
+    for start in range(0, len(vectors), chunk):
+        found_scores, found = search(vectors[start:start + chunk], k + 1)
+        for row, (s, p) in enumerate(zip(found_scores, found, strict=True), start=start):
+            keep = (p >= 0) & (p != row)
+            kept = p[keep][:k]
+            positions[row, : len(kept)] = kept
+            scores[row, : len(kept)] = s[keep][:k]
+    return NeighbourGraph(positions, scores)
+
+
+def expand_queries(search: Searcher, stored: Callable[[np.ndarray], np.ndarray],
+                   queries: np.ndarray, k: int, alpha: float) -> np.ndarray:
+    """alpha-QE: each query plus its top-k neighbours' stored vectors, weighted by cosine^alpha."""
+    scores, positions = search(queries, k)
+    present = positions >= 0
+    gathered = stored(np.where(present, positions, 0).ravel()).reshape(*positions.shape, -1)
+    return augment(queries, gathered, np.where(present, scores, 0.0), alpha)
+
+
+def _reciprocal_sets(graph: NeighbourGraph, k1: int) -> list[dict[int, float]]:
+    """Each database item's k-reciprocal neighbourhood (itself included) as weights summing to 1:
+    j is in i's when each is among the other's k1 nearest."""
+    near = graph.positions[:, :k1]
+    members = [set(row[row >= 0].tolist()) for row in near]
+    sets = []
+    for i, row in enumerate(near):
+        weights = {i: 1.0}
+        for j, score in zip(row.tolist(), graph.scores[i, :k1].tolist(), strict=True):
+            if j >= 0 and i in members[j]:
+                weights[j] = float(np.exp(-(2 - 2 * score)))
+        total = sum(weights.values())
+        sets.append({j: w / total for j, w in weights.items()})
+    return sets
+
+
+@dataclass
+class KReciprocalReranker:
+    """Re-ranks a query's top candidates by k-reciprocal Jaccard distance mixed with cosine
+    distance (`original_weight` of the latter). Built once per index from its neighbour graph."""
+
+    graph: NeighbourGraph
+    k1: int = 20
+    original_weight: float = RERANK_ORIGINAL_WEIGHT
+
+    def __post_init__(self) -> None:
+        self.k1 = min(self.k1, self.graph.positions.shape[1])
+        self._sets = _reciprocal_sets(self.graph, self.k1)
+        kth = self.graph.scores[:, self.k1 - 1] if self.k1 else np.zeros(len(self._sets))
+        self._kth_score = np.where(self.graph.positions[:, self.k1 - 1] >= 0, kth, -1.0)
+
+    def rerank(self, scores: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One query's candidates (cosines, positions; best first) in their new order, with the
+        new scores (1 - mixed distance, higher is better)."""
+        keep = positions >= 0
+        scores, positions = scores[keep], positions[keep]
+        query_set = self._query_set(scores, positions)
+        jaccard = np.array([self._jaccard(query_set, self._sets[p]) for p in positions.tolist()])
+        distance = (1 - self.original_weight) * jaccard + self.original_weight * (1 - scores)
+        order = np.argsort(distance, kind="stable")
+        return (1 - distance[order]).astype(np.float32), positions[order]
+
+    def _query_set(self, scores: np.ndarray, positions: np.ndarray) -> dict[int, float]:
+        """The query's reciprocal neighbours: candidates among its k1 best that it would enter
+        the k1 nearest of (its cosine beats their k1-th neighbour's). A candidate that is the
+        query itself (cosine 1) is reciprocal by that rule."""
+        weights: dict[int, float] = {}
+        for score, position in zip(scores[: self.k1].tolist(), positions[: self.k1].tolist(),
+                                   strict=True):
+            if score >= self._kth_score[position]:
+                weights[position] = float(np.exp(-(2 - 2 * score)))
+        total = sum(weights.values()) or 1.0
+        return {p: w / total for p, w in weights.items()}
+
+    @staticmethod
+    def _jaccard(a: dict[int, float], b: dict[int, float]) -> float:
+        """1 - sum(min) / sum(max) of two weighted sets (each summing to 1, or empty)."""
+        shared = sum(min(w, b[j]) for j, w in a.items() if j in b)
+        total = sum(a.values()) + sum(b.values())
+        return 1 - shared / (total - shared) if total > shared else 1.0
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """What happens to a query vector after embedding; recorded in the index's build.json."""
+
+    query_expansion_k: int = 0
+    expansion_alpha: float = 3.0
+    rerank: str = "none"
+    rerank_depth: int = 100
+    rerank_k1: int = 20
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> QueryPlan:
+        return cls(**record) if record else cls()
+
+
+def ranked_search(search: Searcher, stored: Callable[[np.ndarray], np.ndarray],
+                  queries: np.ndarray, k: int, plan: QueryPlan,
+                  reranker: KReciprocalReranker | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions) of the k best per query after query expansion and re-ranking, as
+    `plan` says; `search` and `stored` read the index (vectors already in its space)."""
+    queries = np.atleast_2d(queries).astype(np.float32)
+    if plan.query_expansion_k:
+        queries = expand_queries(search, stored, queries, plan.query_expansion_k,
+                                 plan.expansion_alpha)
+    if reranker is None or plan.rerank == "none":
+        return search(queries, k)
+    scores, positions = search(queries, max(k, plan.rerank_depth))
+    out_scores = np.full((len(queries), k), -np.inf, np.float32)
+    out_positions = np.full((len(queries), k), -1, np.int64)
+    for row in range(len(queries)):
+        new_scores, new_positions = reranker.rerank(scores[row], positions[row])
+        out_scores[row, : min(k, len(new_scores))] = new_scores[:k]
+        out_positions[row, : min(k, len(new_positions))] = new_positions[:k]
+    return out_scores, out_positions
+
+
+@dataclass(frozen=True)
+class VectorTransform:
+    """Model vectors -> index vectors: the fitted whitening (or none). Stored as files beside
+    the index, so each index version answers queries with the transform it was built with."""
+
+    whitening: Whitening | None = None
+
+    FILES = ("whitening.npz",)
+
+    @property
+    def version(self) -> str:
+        return self.whitening.version if self.whitening else "none"
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.atleast_2d(vectors).astype(np.float32)
+        return self.whitening.apply(vectors) if self.whitening else vectors
+
+    def files(self) -> dict[str, bytes]:
+        return {"whitening.npz": self.whitening.to_bytes()} if self.whitening else {}
+
+    @classmethod
+    def from_files(cls, read: Callable[[str], bytes | None]) -> VectorTransform:
+        """`read(name)` gives a file's bytes, or None where the transform has no such file."""
+        data = read("whitening.npz")
+        return cls(Whitening.from_bytes(data) if data else None)
