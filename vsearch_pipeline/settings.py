@@ -133,7 +133,6 @@ class RetrievalSettings(Section):
     whitening_dims: int = Field(256, ge=2)  # axes kept
     whitening_shrinkage: float = Field(1.0, ge=0.0)  # eigenvalues + shrinkage * their mean
     whitening_power: float = Field(1.0, gt=0.0, le=1.0)  # signed power after whitening (1: none)
-    projection_head: bool = False  # a contrastive head trained on the collection, after whitening
     database_augmentation_k: int = Field(10, ge=0, le=100)  # DBA neighbours per indexed vector; 0: off
     query_expansion_k: int = Field(10, ge=0, le=100)  # alpha-QE neighbours per query; 0: off
     expansion_alpha: float = Field(3.0, ge=0.0)  # neighbour weight cosine ** alpha (DBA and QE)
@@ -157,7 +156,7 @@ class RetrievalSettings(Section):
         """What the fitted transform depends on: a change means fitting it again."""
         return {"whitening": self.whitening, "whitening_dims": self.whitening_dims,
                 "whitening_shrinkage": self.whitening_shrinkage,
-                "whitening_power": self.whitening_power, "projection_head": self.projection_head}
+                "whitening_power": self.whitening_power}
 
 
 class ClusterSettings(Section):
