@@ -17,7 +17,11 @@ import pyarrow as pa
 from dagster import AssetKey, DagsterInstance
 
 from vsearch_pipeline.core.index import IndexParams, deserialize, search, set_search_params
-from vsearch_pipeline.core.layout import load_folder_graph, load_folder_transform
+from vsearch_pipeline.core.layout import (
+    load_folder_graph,
+    load_folder_plain_vectors,
+    load_folder_transform,
+)
 from vsearch_pipeline.core.retrieval import (
     KReciprocalReranker,
     NeighbourGraph,
@@ -39,6 +43,7 @@ class LoadedIndex:
     build: dict
     transform: VectorTransform = field(default_factory=VectorTransform)
     graph: NeighbourGraph | None = None
+    plain: np.ndarray | None = None  # (n, d) float16, the vectors before DBA; None: as stored
 
     @cached_property
     def query_plan(self) -> QueryPlan:
@@ -53,11 +58,17 @@ class LoadedIndex:
     def stored_vectors(self, positions: np.ndarray) -> np.ndarray:
         return self.index.reconstruct_batch(np.ascontiguousarray(positions, dtype=np.int64))
 
+    def plain_vectors(self, positions: np.ndarray) -> np.ndarray:
+        """Indexed vectors before database-side augmentation (in the transform's space)."""
+        if self.plain is None:
+            return self.stored_vectors(positions)
+        return self.plain[np.asarray(positions, dtype=np.int64)].astype(np.float32)
+
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) of the k best for vectors already in the index's space (model
         vectors through `transform`), with the build's query expansion and re-ranking."""
         return ranked_search(lambda q, n: search(self.index, q, n), self.stored_vectors,
-                             vectors, k, self.query_plan, self.reranker)
+                             vectors, k, self.query_plan, self.reranker, self.plain_vectors)
 
     @cached_property
     def ids(self) -> list[str]:
@@ -112,7 +123,7 @@ def load_index_artifacts(store: ArtifactStore, metadata: Mapping) -> LoadedIndex
     if params.index_type == "ivf-flat":
         faiss.extract_index_ivf(index).make_direct_map()  # query expansion reads stored vectors
     return LoadedIndex(index, id_map, build, load_folder_transform(store, folder),
-                       load_folder_graph(store, folder))
+                       load_folder_graph(store, folder), load_folder_plain_vectors(store, folder))
 
 
 def latest_index_metadata(instance: DagsterInstance) -> Mapping:

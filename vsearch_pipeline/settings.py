@@ -136,9 +136,11 @@ class RetrievalSettings(Section):
     database_augmentation_k: int = Field(10, ge=0, le=100)  # DBA neighbours per indexed vector; 0: off
     query_expansion_k: int = Field(10, ge=0, le=100)  # alpha-QE neighbours per query; 0: off
     expansion_alpha: float = Field(3.0, ge=0.0)  # neighbour weight cosine ** alpha (DBA and QE)
+    query_expansion_rounds: int = Field(2, ge=1, le=5)  # the expanded query expanded again
     rerank: str = "none"  # none | k_reciprocal
-    rerank_depth: int = Field(100, ge=1, le=10_000)  # candidates the re-ranking reorders
+    rerank_depth: int = Field(100, ge=1, le=10_000)  # candidates re-ranked and checked for near-duplicates
     rerank_k1: int = Field(20, ge=1, le=100)  # neighbourhood size of the k-reciprocal sets
+    near_duplicate_floor: float = Field(0.75, ge=0.0, le=1.0)  # plain cosine lifting a candidate; 1: off
 
     @field_validator("rerank")
     @classmethod
@@ -149,8 +151,9 @@ class RetrievalSettings(Section):
         return rerank
 
     def query_plan(self) -> QueryPlan:
-        return QueryPlan(self.query_expansion_k, self.expansion_alpha, self.rerank,
-                         self.rerank_depth, self.rerank_k1)
+        return QueryPlan(self.query_expansion_k, self.expansion_alpha,
+                         self.query_expansion_rounds, self.rerank, self.rerank_depth,
+                         self.rerank_k1, self.near_duplicate_floor)
 
     def transform_settings(self) -> dict:
         """What the fitted transform depends on: a change means fitting it again."""

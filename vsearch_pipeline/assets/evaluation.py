@@ -83,13 +83,16 @@ def evaluation(
 
 def retrieval_label(build: dict) -> str:
     """The post-processing an index was built and is queried with, in one comparable string,
-    e.g. 'whiten=256,dba=10,qe=10,alpha=3.0,rerank=none' (the `retrieval` column)."""
+    e.g. 'whiten=256,dba=10,qe=10x2,alpha=3.0,rerank=none,ndfloor=0.75' (the `retrieval`
+    column; qe is neighbours x rounds)."""
     retrieval = build.get("retrieval") or {}
     plan = retrieval.get("query_plan") or {}
     whitening = (retrieval.get("transform") or {}).get("whitening_dims", 0)
+    qe_k = plan.get("query_expansion_k", 0)
+    qe = f"{qe_k}x{plan.get('query_expansion_rounds', 1)}" if qe_k else "0"
     label = (f"whiten={whitening},dba={retrieval.get('database_augmentation_k', 0)},"
-             f"qe={plan.get('query_expansion_k', 0)},alpha={plan.get('expansion_alpha', 0)},"
-             f"rerank={plan.get('rerank', 'none')}")
+             f"qe={qe},alpha={plan.get('expansion_alpha', 0)},"
+             f"rerank={plan.get('rerank', 'none')},ndfloor={plan.get('near_duplicate_floor', 1.0)}")
     return label
 
 

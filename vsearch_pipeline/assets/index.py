@@ -36,6 +36,7 @@ from vsearch_pipeline.core.index import (
 from vsearch_pipeline.core.index_plan import FULL, plan_build
 from vsearch_pipeline.core.layout import (
     GRAPH_FILE,
+    PLAIN_VECTORS_FILE,
     embeddings_dir,
     image_locations,
     index_dir,
@@ -44,10 +45,12 @@ from vsearch_pipeline.core.layout import (
     live_ids,
     load_embeddings,
     load_folder_graph,
+    load_folder_plain_vectors,
     load_folder_transform,
     load_labels,
     load_manifests,
     manifest_path,
+    plain_vectors_bytes,
 )
 from vsearch_pipeline.core.metrics_queue import file_queued_metrics
 from vsearch_pipeline.core.retrieval import (
@@ -99,6 +102,7 @@ class BuiltIndex:
     model_version: str
     transform: VectorTransform = VectorTransform()
     graph: NeighbourGraph | None = None
+    plain: np.ndarray | None = None  # the vectors before DBA, kept when they were augmented
 
 
 @asset(
@@ -170,6 +174,8 @@ def faiss_index(
         store.write_bytes(f"{folder}/{name}", data)
     if built.graph is not None:
         store.write_bytes(f"{folder}/{GRAPH_FILE}", built.graph.to_bytes())
+    if built.plain is not None:
+        store.write_bytes(f"{folder}/{PLAIN_VECTORS_FILE}", plain_vectors_bytes(built.plain))
     store.write_json(f"{folder}/build.json", build)  # last: a version folder is whole once it has this
 
     figures = {"vectors": count, "added": built.added, "removed": built.removed,
@@ -218,7 +224,9 @@ def _full_build(store: ArtifactStore, model_key: str, settings: PipelineSettings
     vectors = transform.apply(vectors)
     params = resolve_params(config.params(), len(ids), vectors.shape[1])
     index = build_index(vectors, params)
+    plain = None
     if retrieval["database_augmentation_k"]:
+        plain = vectors
         near = neighbour_graph(lambda q, k: search(index, q, k), vectors,
                                retrieval["database_augmentation_k"])
         vectors = augment_database(vectors, near.positions, near.scores,
@@ -230,7 +238,7 @@ def _full_build(store: ArtifactStore, model_key: str, settings: PipelineSettings
     recall = recall_at_k(index, vectors, RECALL_K, config.recall_queries)
     id_map = _id_map(ids, image_locations(manifest), load_labels(store, model_key))
     return BuiltIndex(index, id_map, params, recall, version, len(ids), version, len(ids),
-                      removed, model_version, transform, graph)
+                      removed, model_version, transform, graph, plain)
 
 
 def _full_build_by_shards(store: ArtifactStore, model_key: str, config, manifest: pa.Table,
@@ -259,9 +267,13 @@ def _add_new(store: ArtifactStore, previous: dict, new: pa.Table, retrieval: dic
     set_search_params(index, params)
     transform = load_folder_transform(store, folder)
     graph = load_folder_graph(store, folder)
+    plain = load_folder_plain_vectors(store, folder)
     if len(new):
-        vectors, graph = _augment_new(index, transform.apply(table_vectors(new)), graph, retrieval)
+        new_plain = transform.apply(table_vectors(new))
+        vectors, graph = _augment_new(index, new_plain, graph, retrieval)
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        if plain is not None:
+            plain = np.concatenate([plain, new_plain.astype(plain.dtype)])
     old_map = store.read_parquet(f"{folder}/ids.parquet")
     partitions = sorted({p for p in new.column("partition").to_pylist()})
     where = image_locations(pa.concat_tables([store.read_parquet(manifest_path(p))
@@ -273,7 +285,7 @@ def _add_new(store: ArtifactStore, previous: dict, new: pa.Table, retrieval: dic
                       float(previous["recall_at_10"]),
                       previous.get("recall_measured_on") or previous["version"],
                       int(previous["trained_count"]), previous["trained_version"], len(new), 0,
-                      previous["model_version"], transform, graph)
+                      previous["model_version"], transform, graph, plain)
 
 
 def _new_rows(store: ArtifactStore, previous: dict | None, shards: list[str]) -> pa.Table:

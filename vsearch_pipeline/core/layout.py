@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ MANIFESTS = "manifest"
 SUBSETS = "subset"
 HASHES = "hashes"
 GRAPH_FILE = "graph.npz"  # an index version's neighbour graph (DBA, re-ranking)
+PLAIN_VECTORS_FILE = "plain_vectors.npy"  # the indexed vectors before DBA (float16), when augmented
 
 
 def batch_path(key: str) -> str:
@@ -74,6 +76,17 @@ def load_folder_transform(store: ArtifactStore, folder: str) -> VectorTransform:
 def load_folder_graph(store: ArtifactStore, folder: str) -> NeighbourGraph | None:
     path = f"{folder}/{GRAPH_FILE}"
     return NeighbourGraph.from_bytes(store.read_bytes(path)) if store.exists(path) else None
+
+
+def load_folder_plain_vectors(store: ArtifactStore, folder: str) -> np.ndarray | None:
+    path = f"{folder}/{PLAIN_VECTORS_FILE}"
+    return np.load(io.BytesIO(store.read_bytes(path))) if store.exists(path) else None
+
+
+def plain_vectors_bytes(vectors: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, vectors.astype(np.float16))
+    return buffer.getvalue()
 
 
 def latest_index_build(store: ArtifactStore, model_key: str) -> dict | None:

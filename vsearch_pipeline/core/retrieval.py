@@ -12,13 +12,20 @@ Three stages, each measured on Caltech-101 by the `evaluation` asset (docs/searc
   vector itself has cosine 1). Images of a class pull together; an image's odd background counts
   for less.
 * **Average query expansion** (alpha-QE, the same `augment` on the query side): the query is
-  replaced by the weighted mean of its top neighbours in the index and searched again.
+  replaced by the weighted mean of its top neighbours in the index and searched again; with
+  more than one round the expanded query is expanded again (a step of diffusion over the
+  neighbour graph, one more search each).
 * **k-reciprocal re-ranking** (`k_reciprocal_rerank`), over the top candidates: a candidate that
   the query finds and that would also find the query among its own nearest neighbours is
   trusted more. Each side's reciprocal neighbourhood is a weighted set; the Jaccard distance of
   the two sets is mixed with the original distance (Zhong et al., CVPR 2017, without its
   expansion step). The database side's neighbourhoods come from the neighbour graph kept with
   the index, so a query costs one search and a few small set operations.
+* **Near-duplicates first** (`near_duplicates_first`): DBA and QE pull a class together, which
+  also blurs what makes one photo itself, so an exact copy or a crop of the query could sink
+  below other members of its class. Each of the top candidates whose cosine with the query,
+  both vectors un-augmented, clears `near_duplicate_floor` has the excess added to its score
+  (then rescaled so that an exact copy scores 1). Below the floor nothing changes.
 
 Everything here is plain NumPy on unit vectors (cosine = inner product).
 """
@@ -34,6 +41,7 @@ import numpy as np
 
 RERANKERS = ("none", "k_reciprocal")
 RERANK_ORIGINAL_WEIGHT = 0.3  # share of the cosine distance in the re-ranked distance
+NEAR_DUPLICATE_WEIGHT = 2.0  # score added per unit of un-augmented cosine above the floor
 
 Searcher = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # queries, k -> (scores, positions)
 
@@ -228,9 +236,17 @@ class QueryPlan:
 
     query_expansion_k: int = 0
     expansion_alpha: float = 3.0
+    query_expansion_rounds: int = 1
     rerank: str = "none"
     rerank_depth: int = 100
     rerank_k1: int = 20
+    near_duplicate_floor: float = 1.0  # 1: off (what builds recorded before it existed)
+
+    @property
+    def depth(self) -> int:
+        """Candidates fetched and reordered after the expanded search (0: none reordered)."""
+        reordered = self.rerank != "none" or self.near_duplicate_floor < 1
+        return self.rerank_depth if reordered else 0
 
     @classmethod
     def from_record(cls, record: dict | None) -> QueryPlan:
@@ -239,23 +255,49 @@ class QueryPlan:
 
 def ranked_search(search: Searcher, stored: Callable[[np.ndarray], np.ndarray],
                   queries: np.ndarray, k: int, plan: QueryPlan,
-                  reranker: KReciprocalReranker | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, positions) of the k best per query after query expansion and re-ranking, as
-    `plan` says; `search` and `stored` read the index (vectors already in its space)."""
-    queries = np.atleast_2d(queries).astype(np.float32)
-    if plan.query_expansion_k:
+                  reranker: KReciprocalReranker | None = None,
+                  plain: Callable[[np.ndarray], np.ndarray] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions) of the k best per query after query expansion, re-ranking and
+    near-duplicates first, as `plan` says. `search` and `stored` read the index (vectors already
+    in its space); `plain` gives indexed vectors before database-side augmentation."""
+    original = np.atleast_2d(queries).astype(np.float32)
+    queries = original
+    for _ in range(plan.query_expansion_rounds if plan.query_expansion_k else 0):
         queries = expand_queries(search, stored, queries, plan.query_expansion_k,
                                  plan.expansion_alpha)
-    if reranker is None or plan.rerank == "none":
+    if not plan.depth:
         return search(queries, k)
-    scores, positions = search(queries, max(k, plan.rerank_depth))
+    scores, positions = search(queries, max(k, plan.depth))
     out_scores = np.full((len(queries), k), -np.inf, np.float32)
     out_positions = np.full((len(queries), k), -1, np.int64)
     for row in range(len(queries)):
-        new_scores, new_positions = reranker.rerank(scores[row], positions[row])
-        out_scores[row, : min(k, len(new_scores))] = new_scores[:k]
-        out_positions[row, : min(k, len(new_positions))] = new_positions[:k]
+        row_scores, row_positions = scores[row], positions[row]
+        if reranker is not None and plan.rerank != "none":
+            row_scores, row_positions = reranker.rerank(row_scores, row_positions)
+        if plain is not None and plan.near_duplicate_floor < 1:
+            row_scores, row_positions = near_duplicates_first(
+                original[row], row_scores, row_positions, plain, plan.near_duplicate_floor)
+        n = min(k, len(row_positions))
+        out_scores[row, :n] = row_scores[:n]
+        out_positions[row, :n] = row_positions[:n]
     return out_scores, out_positions
+
+
+def near_duplicates_first(query: np.ndarray, scores: np.ndarray, positions: np.ndarray,
+                          plain: Callable[[np.ndarray], np.ndarray], floor: float
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates re-scored by ``(score + w * max(0, cos_plain - floor)) / (1 + w * (1 - floor))``
+    and sorted, where cos_plain is the cosine of the un-augmented query and candidate vectors."""
+    found = positions >= 0
+    scores, positions = scores[found], positions[found]
+    if not len(positions):
+        return scores, positions
+    plain_cosines = plain(positions).astype(np.float32) @ query
+    bonus = NEAR_DUPLICATE_WEIGHT * np.clip(plain_cosines - floor, 0, None)
+    rescored = (scores + bonus) / (1 + NEAR_DUPLICATE_WEIGHT * (1 - floor))
+    order = np.argsort(-rescored, kind="stable")
+    return rescored[order].astype(np.float32), positions[order]
 
 
 @dataclass(frozen=True)
