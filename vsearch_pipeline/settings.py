@@ -136,7 +136,7 @@ class RetrievalSettings(Section):
     database_augmentation_k: int = Field(10, ge=0, le=100)  # DBA neighbours per indexed vector; 0: off
     query_expansion_k: int = Field(10, ge=0, le=100)  # alpha-QE neighbours per query; 0: off
     expansion_alpha: float = Field(3.0, ge=0.0)  # neighbour weight cosine ** alpha (DBA and QE)
-    query_expansion_rounds: int = Field(2, ge=1, le=5)  # the expanded query expanded again
+    query_expansion_rounds: int = Field(1, ge=1, le=5)  # >1: the expanded query expanded again
     rerank: str = "none"  # none | k_reciprocal
     rerank_depth: int = Field(100, ge=1, le=10_000)  # candidates re-ranked and checked for near-duplicates
     rerank_k1: int = Field(20, ge=1, le=100)  # neighbourhood size of the k-reciprocal sets
