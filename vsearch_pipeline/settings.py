@@ -23,7 +23,7 @@ from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
 from vsearch_pipeline.core.engines import validate_engine
 from vsearch_pipeline.core.index import IndexParams
 from vsearch_pipeline.core.index import validate_params as validate_index_params
-from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
+from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, DEFAULT_VIEW, ModelSpec, validate_settings
 from vsearch_pipeline.core.retrieval import RERANKERS, QueryPlan
 
 HOME_ENV = "VSEARCH_HOME"
@@ -55,6 +55,7 @@ class StorageSettings(Section):
 class ModelSettings(Section):
     name: str = DEFAULT_MODEL
     pretrained: str | None = None
+    view: str = DEFAULT_VIEW  # whole | centre_crop: what of each image the network sees
     batch_size: int = Field(32, ge=1, le=4096)
     device: str = "cpu"
     precision: str = "fp32"
@@ -263,8 +264,8 @@ class Settings(Section):
 
     def check(self) -> Settings:
         """The checks that need more than a type: run them before any work starts."""
-        validate_settings(ModelSpec(self.model.name, self.model.pretrained), self.model.device,
-                          self.model.precision)
+        validate_settings(ModelSpec(self.model.name, self.model.pretrained, self.model.view),
+                          self.model.device, self.model.precision)
         validate_index_params(self.index.params())
         validate_cluster_params(self.clusters.params())
         return self
