@@ -66,7 +66,8 @@ class LoadedIndex:
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) of the k best for vectors already in the index's space (model
-        vectors through `transform`), with the build's query expansion and re-ranking."""
+        vectors through `transform`), with the build's query plan (expansion, re-ranking,
+        near-duplicates first)."""
         return ranked_search(lambda q, n: search(self.index, q, n), self.stored_vectors,
                              vectors, k, self.query_plan, self.reranker, self.plain_vectors)
 

@@ -1,6 +1,6 @@
 """Retrieval post-processing: what turns good vectors into better rankings, without labels.
 
-Three stages, each measured on Caltech-101 by the `evaluation` asset (docs/search-quality.md):
+The stages, each measured on Caltech-101 by the `evaluation` asset (docs/search-quality.md):
 
 * **PCA-whitening with power normalisation** (`Whitening`), fitted on the collection's own
   vectors. Directions that every image shares (the bursty, dominant components of a CNN
