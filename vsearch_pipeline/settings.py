@@ -130,6 +130,8 @@ class RetrievalSettings(Section):
     each one's measured effect). All of it is recorded in the index's build.json and followed by
     the search service and the evaluation asset alike."""
 
+    projection_head: bool = False  # a head trained on the collection (asset projection_head)
+    projection_head_images: int = Field(10_000, ge=64)  # images it is trained on at most (a seeded sample)
     whitening: bool = False  # PCA-whitening fitted on the collection (asset retrieval_transform)
     whitening_dims: int = Field(256, ge=2)  # axes kept
     whitening_shrinkage: float = Field(1.0, ge=0.0)  # eigenvalues + shrinkage * their mean
@@ -158,7 +160,8 @@ class RetrievalSettings(Section):
 
     def transform_settings(self) -> dict:
         """What the fitted transform depends on: a change means fitting it again."""
-        return {"whitening": self.whitening, "whitening_dims": self.whitening_dims,
+        return {"projection_head": self.projection_head,
+                "whitening": self.whitening, "whitening_dims": self.whitening_dims,
                 "whitening_shrinkage": self.whitening_shrinkage,
                 "whitening_power": self.whitening_power}
 

@@ -344,7 +344,9 @@ def _retrieval_record(settings: PipelineSettings, transform: VectorTransform) ->
     plan = retrieval.query_plan()
     graph_k = retrieval.rerank_k1 if plan.rerank != "none" else 0
     whitening_dims = transform.whitening.dims if transform.whitening else 0
-    return {"transform": {"version": transform.version, "whitening_dims": whitening_dims},
+    head_version = transform.head.version if transform.head else None
+    return {"transform": {"version": transform.version, "whitening_dims": whitening_dims,
+                          "head_version": head_version},
             "database_augmentation_k": retrieval.database_augmentation_k, "graph_k": graph_k,
             "query_plan": plan.__dict__}
 
