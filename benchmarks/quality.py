@@ -45,7 +45,8 @@ SETTINGS = {
     "default + re-ranking": {**DEFAULT_RETRIEVAL, "rerank": "k_reciprocal"},
     "projection head + default": {**DEFAULT_RETRIEVAL, "projection_head": True},
 }
-REBUILT = [AssetKey("projection_head"), AssetKey("retrieval_transform"), AssetKey("faiss_index"), AssetKey("evaluation")]
+REBUILT = [AssetKey(name) for name in
+           ("projection_head", "retrieval_transform", "faiss_index", "evaluation")]
 LATENCY_QUERIES = 200
 
 

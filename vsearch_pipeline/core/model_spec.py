@@ -26,7 +26,7 @@ class ModelSpec:
 
     name: str
     pretrained: str | None = None
-    view: str = LEGACY_VIEW
+    view: str = DEFAULT_VIEW
 
     @property
     def key(self) -> str:
@@ -95,4 +95,4 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-DEFAULT_KEY = ModelSpec(DEFAULT_MODEL, view=DEFAULT_VIEW).key  # where the default model's vectors live
+DEFAULT_KEY = ModelSpec(DEFAULT_MODEL).key  # where the default model's vectors live
