@@ -132,7 +132,7 @@ class RetrievalSettings(Section):
 
     projection_head: bool = False  # a head trained on the collection (asset projection_head)
     projection_head_images: int = Field(10_000, ge=64)  # images it is trained on at most (a seeded sample)
-    whitening: bool = False  # PCA-whitening fitted on the collection (asset retrieval_transform)
+    whitening: bool = True  # PCA-whitening fitted on the collection, from 24 photos per axis
     whitening_dims: int = Field(256, ge=2)  # axes kept
     whitening_shrinkage: float = Field(1.0, ge=0.0)  # eigenvalues + shrinkage * their mean
     whitening_power: float = Field(1.0, gt=0.0, le=1.0)  # signed power after whitening (1: none)
