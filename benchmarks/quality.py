@@ -30,8 +30,7 @@ from vsearch_pipeline.settings import load_settings
 OFF = {"whitening": False, "database_augmentation_k": 0, "query_expansion_k": 0,
        "query_expansion_rounds": 1, "rerank": "none", "near_duplicate_floor": 1.0}
 DBA_QE = {**OFF, "database_augmentation_k": 10, "query_expansion_k": 10}
-DEFAULT_RETRIEVAL = {**DBA_QE, "whitening": True, "near_duplicate_floor": 0.75}
-UNWHITENED_DEFAULT = {**DEFAULT_RETRIEVAL, "whitening": False}
+DEFAULT_RETRIEVAL = {**DBA_QE, "near_duplicate_floor": 0.75}
 SETTINGS = {
     "raw backbone": OFF,
     "whitening": {**OFF, "whitening": True},
@@ -39,10 +38,10 @@ SETTINGS = {
     "alpha-QE k=10": {**OFF, "query_expansion_k": 10},
     "k-reciprocal re-ranking": {**OFF, "rerank": "k_reciprocal"},
     "DBA + alpha-QE": DBA_QE,
-    "DBA + alpha-QE + near-duplicates first": UNWHITENED_DEFAULT,
-    "whitening + DBA + alpha-QE + near-duplicates first (default)": DEFAULT_RETRIEVAL,
-    "DBA + 2 rounds of alpha-QE + near-duplicates first": {**UNWHITENED_DEFAULT,
+    "DBA + alpha-QE + near-duplicates first (default)": DEFAULT_RETRIEVAL,
+    "DBA + 2 rounds of alpha-QE + near-duplicates first": {**DEFAULT_RETRIEVAL,
                                                            "query_expansion_rounds": 2},
+    "whitening + default": {**DEFAULT_RETRIEVAL, "whitening": True},
     "default + re-ranking": {**DEFAULT_RETRIEVAL, "rerank": "k_reciprocal"},
     "projection head + default": {**DEFAULT_RETRIEVAL, "projection_head": True},
 }

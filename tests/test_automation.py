@@ -331,7 +331,7 @@ def test_a_second_model_materializes_side_by_side(tmp_path):
     assert summary["success"] and summary["new_batch"] is None  # same batch, another model
 
     store = ArtifactStore(str(home / "artifacts"))
-    keys = [DEFAULT_KEY, "open_clip-ViT-B-32-random-whole"]
+    keys = [DEFAULT_KEY, "open_clip-ViT-B-32-random"]
     for key in keys:
         shard = store.read_parquet(f"embeddings/{key}/b00001.parquet")
         assert len(shard) == 102 and latest_index_build(store, key)["count"] == 102

@@ -72,26 +72,26 @@ def test_default_model_loads_from_packaged_weights(lite0) -> None:
     assert lite0.dim == 1280 and lite0.image_size == 224
     assert lite0.device == "cpu" and lite0.precision == "fp32"
     assert "weights sha256:" in lite0.version
-    assert ModelSpec(DEFAULT_MODEL).key == "efficientnet-lite0-whole"
+    assert ModelSpec(DEFAULT_MODEL).key == "efficientnet-lite0"
 
 
 def test_whole_view_sees_what_the_centre_crop_throws_away(lite0) -> None:
-    """A wide photo whose sides are painted over: the centre crop cannot tell the two apart,
-    the whole view (the default) can. Each view has its own key and version, so their vectors
-    never mix; the centre crop keeps the key vectors had before views existed."""
+    """A wide photo whose sides are painted over: the centre crop (the default) cannot tell the
+    two apart, the whole view can. Each view has its own key and version, so their vectors never
+    mix; the centre crop keeps the key vectors had before views existed."""
     import skimage.data
 
     wide = Image.fromarray(skimage.data.astronaut()).resize((600, 300))
     painted = wide.copy()
     painted.paste((255, 0, 0), (0, 0, 140, 300))
     painted.paste((0, 0, 255), (460, 0, 600, 300))
-    crop = load_model(ModelSpec(DEFAULT_MODEL, view="centre_crop"))
-    crop_a, crop_b = crop.embed_images([wide, painted])
-    whole_a, whole_b = lite0.embed_images([wide, painted])
+    whole = load_model(ModelSpec(DEFAULT_MODEL, view="whole"))
+    crop_a, crop_b = lite0.embed_images([wide, painted])
+    whole_a, whole_b = whole.embed_images([wide, painted])
     assert float(crop_a @ crop_b) > 0.999
     assert float(whole_a @ whole_b) < 0.95
-    assert ModelSpec(DEFAULT_MODEL, view="centre_crop").key == "efficientnet-lite0"
-    assert lite0.version == crop.version + "; view whole"
+    assert ModelSpec(DEFAULT_MODEL, view="whole").key == "efficientnet-lite0-whole"
+    assert whole.version == lite0.version + "; view whole"
     with pytest.raises(ValueError, match="model.view must be one of"):
         load_model(ModelSpec(DEFAULT_MODEL, view="tiles"))
 
@@ -162,7 +162,7 @@ def open_clip_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 
 def test_open_clip_checkpoint_loads_with_the_same_weights(open_clip_checkpoint, photos) -> None:
     original, preprocess, ckpt = open_clip_checkpoint
-    spec = ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", pretrained=str(ckpt), view="centre_crop")
+    spec = ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", pretrained=str(ckpt))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", _no_network)
         mp.setattr(socket, "create_connection", _no_network)
@@ -195,10 +195,9 @@ def test_open_clip_checkpoint_loads_with_the_same_weights(open_clip_checkpoint, 
 
 
 def test_model_keys_are_file_name_safe() -> None:
-    laion = ModelSpec("open_clip:ViT-B-32", "laion2b_s34b_b79k")
-    assert laion.key == "open_clip-ViT-B-32-laion2b_s34b_b79k-whole"
-    assert ModelSpec("open_clip:ViT-B-32", "random", "centre_crop").key == "open_clip-ViT-B-32-random"
-    assert ModelSpec("open_clip:ViT-B-32", "a/b:c").key == "open_clip-ViT-B-32-a_b_c-whole"
+    assert ModelSpec("open_clip:ViT-B-32", "laion2b_s34b_b79k").key == "open_clip-ViT-B-32-laion2b_s34b_b79k"
+    assert ModelSpec("open_clip:ViT-B-32", "random", "whole").key == "open_clip-ViT-B-32-random-whole"
+    assert ModelSpec("open_clip:ViT-B-32", "a/b:c").key == "open_clip-ViT-B-32-a_b_c"
 
 
 def test_checkpoints_with_different_content_get_different_keys(tmp_path: Path) -> None:

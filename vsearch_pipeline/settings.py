@@ -55,7 +55,7 @@ class StorageSettings(Section):
 class ModelSettings(Section):
     name: str = DEFAULT_MODEL
     pretrained: str | None = None
-    view: str = DEFAULT_VIEW  # whole | centre_crop: what of each image the network sees
+    view: str = DEFAULT_VIEW  # centre_crop | whole: what of each image the network sees
     batch_size: int = Field(32, ge=1, le=4096)
     device: str = "cpu"
     precision: str = "fp32"
@@ -132,7 +132,7 @@ class RetrievalSettings(Section):
 
     projection_head: bool = False  # a head trained on the collection (asset projection_head)
     projection_head_images: int = Field(10_000, ge=64)  # images it is trained on at most (a seeded sample)
-    whitening: bool = True  # PCA-whitening fitted on the collection, from 24 photos per axis
+    whitening: bool = False  # PCA-whitening fitted on the collection (asset retrieval_transform)
     whitening_dims: int = Field(256, ge=2)  # axes kept
     whitening_shrinkage: float = Field(1.0, ge=0.0)  # eigenvalues + shrinkage * their mean
     whitening_power: float = Field(1.0, gt=0.0, le=1.0)  # signed power after whitening (1: none)

@@ -34,9 +34,10 @@ from vsearch_pipeline.resources import (
 
 FIT_SAMPLE = 200_000  # vectors the whitening is fitted on at most (a seeded sample)
 # fewer vectors than this many per kept axis leave the vectors unwhitened. Measured on Caltech-101
-# with DBA + QE on top (docs/search-quality.md): whitening to 256 axes lowered mAP@10 on 2,170
-# and 2,893 photos (-0.005, -0.008), was even at 4,338 and raised it on every sample from 5,206
-# to all 8,677 (+0.001 to +0.006); 24 per axis is 6,144 photos at 256 axes
+# with DBA + QE on top (docs/search-quality.md), whole view: whitening to 256 axes lowered mAP@10
+# on 2,170 and 2,893 photos (-0.005, -0.008), was even at 4,338 and raised it on every sample
+# from 5,206 to all 8,677 (+0.001 to +0.006; centre crop +0.001 to +0.002 from 6,073 up);
+# 24 per axis is 6,144 photos at 256 axes
 MIN_VECTORS_PER_DIM = 24
 
 
