@@ -43,8 +43,10 @@ SETTINGS = {
                                                            "query_expansion_rounds": 2},
     "whitening + default": {**DEFAULT_RETRIEVAL, "whitening": True},
     "default + re-ranking": {**DEFAULT_RETRIEVAL, "rerank": "k_reciprocal"},
+    "projection head + default": {**DEFAULT_RETRIEVAL, "projection_head": True},
 }
-REBUILT = [AssetKey("retrieval_transform"), AssetKey("faiss_index"), AssetKey("evaluation")]
+REBUILT = [AssetKey(name) for name in
+           ("projection_head", "retrieval_transform", "faiss_index", "evaluation")]
 LATENCY_QUERIES = 200
 
 

@@ -16,6 +16,7 @@ from vsearch_pipeline.automation import FULL_REBUILD
 from vsearch_pipeline.core.embed import table_vectors
 from vsearch_pipeline.core.index import deserialize, search
 from vsearch_pipeline.core.layout import latest_index_build
+from vsearch_pipeline.core.model_spec import DEFAULT_KEY
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions
 from vsearch_pipeline.runner import open_instance
@@ -90,8 +91,8 @@ class Collection:
 
 
 def _index(collection: Collection) -> tuple[dict, list[str]]:
-    build = latest_index_build(collection.store, "efficientnet-lite0")
-    folder = f"index/efficientnet-lite0/{build['version']}"
+    build = latest_index_build(collection.store, DEFAULT_KEY)
+    folder = f"index/{DEFAULT_KEY}/{build['version']}"
     ids = collection.store.read_parquet(f"{folder}/ids.parquet").column("id").to_pylist()
     return build, ids
 
@@ -99,7 +100,7 @@ def _index(collection: Collection) -> tuple[dict, list[str]]:
 def _search_all(collection: Collection, queries: np.ndarray, k: int = 10):
     build, ids = _index(collection)
     index = deserialize(collection.store.read_bytes(
-        f"index/efficientnet-lite0/{build['version']}/index.faiss"))
+        f"index/{DEFAULT_KEY}/{build['version']}/index.faiss"))
     scores, positions = search(index, queries, k)
     return [[ids[p] for p in row] for row in positions], scores
 
@@ -157,12 +158,12 @@ def test_s3_sensor_turns_new_objects_into_one_partition_and_the_index_grows(
     embedded = sum(m.metadata["embedded_now"].value for m in collection.materializations("embeddings"))
     assert embedded == 70
     shard_ids = [collection.store.read_parquet(p, columns=["id"]).column("id").to_pylist()
-                 for p in collection.store.list("embeddings/efficientnet-lite0", ".parquet")]
+                 for p in collection.store.list(f"embeddings/{DEFAULT_KEY}", ".parquet")]
     assert sum(map(len, shard_ids)) == 70 and len(set().union(*map(set, shard_ids))) == 70
 
     # the incremental index answers exactly as a full rebuild of the same vectors
     queries = np.concatenate([table_vectors(collection.store.read_parquet(p))
-                              for p in collection.store.list("embeddings/efficientnet-lite0",
+                              for p in collection.store.list(f"embeddings/{DEFAULT_KEY}",
                                                              ".parquet")])
     incremental = _search_all(collection, queries)
     collection.run("update_index", run_config=FULL_REBUILD)
@@ -294,7 +295,7 @@ def test_ivf_full_build_goes_shard_by_shard_and_drops_deleted_files(tmp_path):
                                     "clusters": {"min_cluster_size": 3}})
     assert run_pipeline(home, settings, say=print)["success"]
     store = ArtifactStore(str(home / "artifacts"))
-    first = latest_index_build(store, "efficientnet-lite0")
+    first = latest_index_build(store, DEFAULT_KEY)
     assert first["mode"] == "full" and first["params"]["index_type"] == "ivf-flat"
     assert first["recall_at_10"] == 1.0  # every list probed
 
@@ -305,8 +306,8 @@ def test_ivf_full_build_goes_shard_by_shard_and_drops_deleted_files(tmp_path):
     defs = make_definitions(home, settings)
     assert defs.resolve_job_def("update_index").execute_in_process(
         instance=open_instance(home), run_config=FULL_REBUILD).success
-    rebuilt = latest_index_build(store, "efficientnet-lite0")
-    ids = store.read_parquet(f"index/efficientnet-lite0/{rebuilt['version']}/ids.parquet")
+    rebuilt = latest_index_build(store, DEFAULT_KEY)
+    ids = store.read_parquet(f"index/{DEFAULT_KEY}/{rebuilt['version']}/ids.parquet")
     assert rebuilt["removed"] == 1 and rebuilt["count"] == first["count"] - 1
     assert unique["id"] not in ids.column("id").to_pylist()
 
@@ -330,7 +331,7 @@ def test_a_second_model_materializes_side_by_side(tmp_path):
     assert summary["success"] and summary["new_batch"] is None  # same batch, another model
 
     store = ArtifactStore(str(home / "artifacts"))
-    keys = ["efficientnet-lite0", "open_clip-ViT-B-32-random"]
+    keys = [DEFAULT_KEY, "open_clip-ViT-B-32-random"]
     for key in keys:
         shard = store.read_parquet(f"embeddings/{key}/b00001.parquet")
         assert len(shard) == 102 and latest_index_build(store, key)["count"] == 102

@@ -32,10 +32,13 @@ def test_default_retrieval_beats_the_raw_backbone_in_the_evaluation_table(
     assert (defaults.whitening, defaults.database_augmentation_k, defaults.query_expansion_k,
             defaults.query_expansion_rounds, defaults.expansion_alpha, defaults.rerank,
             defaults.near_duplicate_floor) == (False, 10, 10, 1, 3.0, "none", 0.75)
+    # 868 photos are too few to whiten (24 per axis): the whitening rows stay unwhitened
+    assert figures["whitening"]["retrieval"].startswith("whiten=0,")
     assert default["map@10"] > raw["map@10"] + 0.01
     assert default["map@10"] >= figures["DBA + alpha-QE"]["map@10"] - 0.005
     assert figures["DBA k=10"]["map@10"] > raw["map@10"]
     assert figures["k-reciprocal re-ranking"]["map@10"] > raw["map@10"]
     assert figures["alpha-QE k=10"]["map@10"] >= raw["map@10"] - 0.005
+    assert figures["projection head + default"]["retrieval"].startswith(default["retrieval"] + ",head=")
     for row in figures.values():  # each setting was really built and measured
         assert 0 < row["map@10"] <= 1 and row["query_ms"] > 0

@@ -47,7 +47,7 @@ from vsearch_pipeline.core.layout import (
     load_manifests,
     manifest_path,
 )
-from vsearch_pipeline.core.model_spec import ModelSpec
+from vsearch_pipeline.core.model_spec import DEFAULT_KEY
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import METRIC_KINDS, MetricsDB
 from vsearch_pipeline.runner import open_instance, run_pipeline
@@ -57,7 +57,7 @@ pytestmark = pytest.mark.slow
 
 CLASSES = ("accordion", "airplanes", "camera")
 PER_CLASS = 8
-MODEL_KEY = ModelSpec("efficientnet-lite0").key
+MODEL_KEY = DEFAULT_KEY
 SETTINGS = {"clusters": {"min_cluster_size": 3}}
 K = 5
 OUTAGE_S = 15  # longer than s3fs's own retries of one request (~10 s): a step must be retried

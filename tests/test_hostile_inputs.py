@@ -31,6 +31,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
+from vsearch_pipeline.core.model_spec import DEFAULT_KEY
+
 pytestmark = pytest.mark.slow
 
 VSEARCH = str(Path(sys.executable).parent / "vsearch")
@@ -289,7 +291,7 @@ def test_odd_but_valid_images_are_measured_right(hostile):
 
 
 def _embedded(home: Path) -> dict[str, np.ndarray]:
-    shard = pq.read_table(home / "artifacts" / "embeddings" / "efficientnet-lite0" / "b00001.parquet")
+    shard = pq.read_table(home / "artifacts" / "embeddings" / DEFAULT_KEY / "b00001.parquet")
     return {i: np.asarray(v, dtype=np.float32)
             for i, v in zip(shard.column("id").to_pylist(), shard.column("vector").to_pylist(),
                             strict=True)}
@@ -303,7 +305,7 @@ def test_usable_images_are_embedded_hashed_and_indexed(hostile):
     hashes = pq.read_table(hostile["home"] / "artifacts" / "hashes" / "b00001.parquet")
     assert set(hashes.column("id").to_pylist()) == usable
     assert None not in hashes.column("phash").to_pylist()
-    index = next((hostile["home"] / "artifacts" / "index" / "efficientnet-lite0").iterdir())
+    index = next((hostile["home"] / "artifacts" / "index" / DEFAULT_KEY).iterdir())
     assert set(pq.read_table(index / "ids.parquet").column("id").to_pylist()) == usable
     print(f"\nusable: {len(usable)} distinct images, all embedded, hashed and indexed")
 

@@ -75,6 +75,27 @@ def test_default_model_loads_from_packaged_weights(lite0) -> None:
     assert ModelSpec(DEFAULT_MODEL).key == "efficientnet-lite0"
 
 
+def test_whole_view_sees_what_the_centre_crop_throws_away(lite0) -> None:
+    """A wide photo whose sides are painted over: the centre crop (the default) cannot tell the
+    two apart, the whole view can. Each view has its own key and version, so their vectors never
+    mix; the centre crop keeps the key vectors had before views existed."""
+    import skimage.data
+
+    wide = Image.fromarray(skimage.data.astronaut()).resize((600, 300))
+    painted = wide.copy()
+    painted.paste((255, 0, 0), (0, 0, 140, 300))
+    painted.paste((0, 0, 255), (460, 0, 600, 300))
+    whole = load_model(ModelSpec(DEFAULT_MODEL, view="whole"))
+    crop_a, crop_b = lite0.embed_images([wide, painted])
+    whole_a, whole_b = whole.embed_images([wide, painted])
+    assert float(crop_a @ crop_b) > 0.999
+    assert float(whole_a @ whole_b) < 0.95
+    assert ModelSpec(DEFAULT_MODEL, view="whole").key == "efficientnet-lite0-whole"
+    assert whole.version == lite0.version + "; view whole"
+    with pytest.raises(ValueError, match="model.view must be one of"):
+        load_model(ModelSpec(DEFAULT_MODEL, view="tiles"))
+
+
 def test_default_model_gives_unit_float32_vectors(lite0_vectors) -> None:
     assert lite0_vectors.shape == (3, 1280) and lite0_vectors.dtype == np.float32
     assert np.isfinite(lite0_vectors).all()
@@ -175,7 +196,7 @@ def test_open_clip_checkpoint_loads_with_the_same_weights(open_clip_checkpoint, 
 
 def test_model_keys_are_file_name_safe() -> None:
     assert ModelSpec("open_clip:ViT-B-32", "laion2b_s34b_b79k").key == "open_clip-ViT-B-32-laion2b_s34b_b79k"
-    assert ModelSpec("open_clip:ViT-B-32", "random").key == "open_clip-ViT-B-32-random"
+    assert ModelSpec("open_clip:ViT-B-32", "random", "whole").key == "open_clip-ViT-B-32-random-whole"
     assert ModelSpec("open_clip:ViT-B-32", "a/b:c").key == "open_clip-ViT-B-32-a_b_c"
 
 

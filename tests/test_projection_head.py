@@ -10,12 +10,9 @@ from vsearch_pipeline.core.decode import decode_rgb
 from vsearch_pipeline.core.metrics import retrieval_metrics
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec
 from vsearch_pipeline.core.models import load_model
-from vsearch_pipeline.core.projection_head import (
-    ON_BY_DEFAULT,
-    ProjectionHead,
-    train_projection_head,
-    view_vectors,
-)
+from vsearch_pipeline.core.projection_head import train_projection_head, view_vectors
+from vsearch_pipeline.core.retrieval import ProjectionHead
+from vsearch_pipeline.settings import RetrievalSettings
 
 SEEN, PER_CLASS = 20, 20  # classes fitted on: 10 images of each to fit on, 10 to evaluate on
 UNSEEN, PER_UNSEEN = 10, 12  # other classes, not fitted on, to evaluate on
@@ -131,4 +128,4 @@ def test_the_head_gains_on_held_out_images_of_seen_classes_and_not_on_unseen_cla
     assert gains["held"] > 0.01, gains
     assert gains["unseen"] < 0.01, gains
     assert gains["held"] - gains["unseen"] > 0.015, gains
-    assert not ON_BY_DEFAULT
+    assert not RetrievalSettings().projection_head

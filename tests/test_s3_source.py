@@ -9,6 +9,7 @@ import pytest
 
 from vsearch_pipeline.catalog import latest_index_metadata
 from vsearch_pipeline.core.demo import build_demo_corpus
+from vsearch_pipeline.core.model_spec import DEFAULT_KEY
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.runner import open_instance, run_pipeline
 from vsearch_pipeline.search import Searcher
@@ -48,7 +49,7 @@ def test_pipeline_reads_and_writes_s3(s3_endpoint, tmp_path):
     statuses = {r["path"]: r["status"] for r in manifest}
     assert statuses["broken/truncated.jpg"] == "corrupt"
     assert sum(s == "ok" for s in statuses.values()) == uploaded - 1
-    assert store.list("embeddings/efficientnet-lite0", ".parquet")
+    assert store.list(f"embeddings/{DEFAULT_KEY}", ".parquet")
 
     with duckdb.connect(str(home / "vsearch.duckdb"), read_only=True) as con:
         figures = dict(con.execute(

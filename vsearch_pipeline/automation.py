@@ -34,6 +34,7 @@ from vsearch_pipeline.assets.curation import curation_grounding
 from vsearch_pipeline.assets.evaluation import evaluation
 from vsearch_pipeline.assets.hashes import near_duplicate_groups
 from vsearch_pipeline.assets.index import IndexBuildConfig, faiss_index
+from vsearch_pipeline.assets.projection_head import projection_head
 from vsearch_pipeline.assets.retrieval import retrieval_transform
 from vsearch_pipeline.core.batches import batch_key, record_batch, stored_batches, unbatched
 from vsearch_pipeline.core.discovery import SourceCursor, chunked, new_objects, split_images
@@ -50,7 +51,7 @@ refresh_collection_job = define_asset_job(
 )
 update_index_job = define_asset_job(
     "update_index", executor_def=multiprocess_executor,
-    selection=[near_duplicate_groups, retrieval_transform, faiss_index],
+    selection=[near_duplicate_groups, projection_head, retrieval_transform, faiss_index],
     description="New vectors into the index, new pHashes against the old ones (a full rebuild "
                 "when the index asks for one or the run config sets faiss_index.full_rebuild).",
 )

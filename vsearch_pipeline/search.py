@@ -18,7 +18,7 @@ from PIL import Image
 from vsearch_pipeline.catalog import LoadedIndex, load_index_artifacts
 from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS, decode_rgb
 from vsearch_pipeline.core.index import IndexParams, filtered_search
-from vsearch_pipeline.core.model_spec import ModelSpec
+from vsearch_pipeline.core.model_spec import LEGACY_VIEW, ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel, load_model
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
@@ -77,7 +77,7 @@ class Searcher:
         """Load an index; `model` is reused when it is the one the index was built with."""
         loaded = load_index_artifacts(store, metadata)
         build = loaded.build
-        spec = ModelSpec(build["model"], build.get("pretrained"))
+        spec = ModelSpec(build["model"], build.get("pretrained"), build.get("view", LEGACY_VIEW))
         if model is None or model.spec != spec:
             model = load_model(spec, device, engine="auto")  # the fastest measured engine
         if model.version != build["model_version"]:

@@ -23,7 +23,7 @@ from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
 from vsearch_pipeline.core.engines import validate_engine
 from vsearch_pipeline.core.index import IndexParams
 from vsearch_pipeline.core.index import validate_params as validate_index_params
-from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
+from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, DEFAULT_VIEW, ModelSpec, validate_settings
 from vsearch_pipeline.core.retrieval import RERANKERS, QueryPlan
 
 HOME_ENV = "VSEARCH_HOME"
@@ -55,6 +55,7 @@ class StorageSettings(Section):
 class ModelSettings(Section):
     name: str = DEFAULT_MODEL
     pretrained: str | None = None
+    view: str = DEFAULT_VIEW  # centre_crop | whole: what of each image the network sees
     batch_size: int = Field(32, ge=1, le=4096)
     device: str = "cpu"
     precision: str = "fp32"
@@ -129,6 +130,8 @@ class RetrievalSettings(Section):
     each one's measured effect). All of it is recorded in the index's build.json and followed by
     the search service and the evaluation asset alike."""
 
+    projection_head: bool = False  # a head trained on the collection (asset projection_head)
+    projection_head_images: int = Field(10_000, ge=64)  # images it is trained on at most (a seeded sample)
     whitening: bool = False  # PCA-whitening fitted on the collection (asset retrieval_transform)
     whitening_dims: int = Field(256, ge=2)  # axes kept
     whitening_shrinkage: float = Field(1.0, ge=0.0)  # eigenvalues + shrinkage * their mean
@@ -157,7 +160,8 @@ class RetrievalSettings(Section):
 
     def transform_settings(self) -> dict:
         """What the fitted transform depends on: a change means fitting it again."""
-        return {"whitening": self.whitening, "whitening_dims": self.whitening_dims,
+        return {"projection_head": self.projection_head,
+                "whitening": self.whitening, "whitening_dims": self.whitening_dims,
                 "whitening_shrinkage": self.whitening_shrinkage,
                 "whitening_power": self.whitening_power}
 
@@ -263,8 +267,8 @@ class Settings(Section):
 
     def check(self) -> Settings:
         """The checks that need more than a type: run them before any work starts."""
-        validate_settings(ModelSpec(self.model.name, self.model.pretrained), self.model.device,
-                          self.model.precision)
+        validate_settings(ModelSpec(self.model.name, self.model.pretrained, self.model.view),
+                          self.model.device, self.model.precision)
         validate_index_params(self.index.params())
         validate_cluster_params(self.clusters.params())
         return self

@@ -86,3 +86,19 @@ def progress_logger(context: AssetExecutionContext, what: str, every: float = 0.
             state["next"] = done / total + every
 
     return report
+
+
+def refit_reason(previous: dict | None, wanted: dict, model_version: str, count: int,
+                 growth_ratio: float) -> str | None:
+    """Why an artifact fitted on the collection (a transform, a projection head) must be fitted
+    again, or None to keep `previous`: the rule that also retrains the index."""
+    if previous is None:
+        return "no earlier fit for this model"
+    if previous["settings"] != wanted:
+        return "settings changed"
+    if previous["model_version"] != model_version:
+        return "model version changed"
+    grown = count / max(int(previous["fitted_on"]), 1) - 1
+    if grown > growth_ratio:
+        return f"the collection grew {grown:.0%} since the fit (limit {growth_ratio:.0%})"
+    return None

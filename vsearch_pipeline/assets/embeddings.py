@@ -118,7 +118,7 @@ def embeddings(
         metadata={
             **figures,
             "model": model.name, "model_key": model.spec.key, "model_version": version,
-            "pretrained": model.pretrained or "", "device": model.device,
+            "pretrained": model.pretrained or "", "view": model.view, "device": model.device,
             "precision": model.precision, "batch_size": model.batch_size,
             "dimension": int(vectors.shape[1]) if len(vectors) else 0,
             "failed_images": markdown_table(

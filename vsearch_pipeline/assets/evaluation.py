@@ -84,16 +84,18 @@ def evaluation(
 def retrieval_label(build: dict) -> str:
     """The post-processing an index was built and is queried with, in one comparable string,
     e.g. 'whiten=256,dba=10,qe=10x2,alpha=3.0,rerank=none,ndfloor=0.75' (the `retrieval`
-    column; qe is neighbours x rounds)."""
+    column; qe is neighbours x rounds), with ',head=<version>' when a projection head is used."""
     retrieval = build.get("retrieval") or {}
     plan = retrieval.get("query_plan") or {}
-    whitening = (retrieval.get("transform") or {}).get("whitening_dims", 0)
+    transform = retrieval.get("transform") or {}
+    whitening = transform.get("whitening_dims", 0)
     qe_k = plan.get("query_expansion_k", 0)
     qe = f"{qe_k}x{plan.get('query_expansion_rounds', 1)}" if qe_k else "0"
     label = (f"whiten={whitening},dba={retrieval.get('database_augmentation_k', 0)},"
              f"qe={qe},alpha={plan.get('expansion_alpha', 0)},"
              f"rerank={plan.get('rerank', 'none')},ndfloor={plan.get('near_duplicate_floor', 1.0)}")
-    return label
+    head = transform.get("head_version")
+    return f"{label},head={head}" if head else label
 
 
 def _curation_sets(store: ArtifactStore, manifest) -> list[ResolvedGrounding]:

@@ -158,6 +158,7 @@ def faiss_index(
     count = int(built.index.ntotal)
     build = {"version": version, "model": model.name, "model_key": model_key,
              "model_version": built.model_version, "pretrained": model.pretrained,
+             "view": model.view,
              "dimension": int(built.index.d), "count": count,
              "factory": factory_string(built.params, built.index.d),
              "params": built.params.as_dict(), "requested_params": requested,
@@ -343,7 +344,9 @@ def _retrieval_record(settings: PipelineSettings, transform: VectorTransform) ->
     plan = retrieval.query_plan()
     graph_k = retrieval.rerank_k1 if plan.rerank != "none" else 0
     whitening_dims = transform.whitening.dims if transform.whitening else 0
-    return {"transform": {"version": transform.version, "whitening_dims": whitening_dims},
+    head_version = transform.head.version if transform.head else None
+    return {"transform": {"version": transform.version, "whitening_dims": whitening_dims,
+                          "head_version": head_version},
             "database_augmentation_k": retrieval.database_augmentation_k, "graph_k": graph_k,
             "query_plan": plan.__dict__}
 

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from vsearch_pipeline.core.embed import table_vectors
 from vsearch_pipeline.core.grounding import ResolvedGrounding, parse_grounding, resolve_grounding
-from vsearch_pipeline.core.retrieval import NeighbourGraph, VectorTransform
+from vsearch_pipeline.core.retrieval import NeighbourGraph, ProjectionHead, VectorTransform
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
 
@@ -23,6 +23,7 @@ MANIFESTS = "manifest"
 SUBSETS = "subset"
 HASHES = "hashes"
 GRAPH_FILE = "graph.npz"  # an index version's neighbour graph (DBA, re-ranking)
+HEAD_FILE = "head.npz"  # a projection head's weights
 PLAIN_VECTORS_FILE = "plain_vectors.npy"  # the indexed vectors before DBA (float16), when augmented
 
 
@@ -60,9 +61,28 @@ def transform_dir(model_key: str, version: str) -> str:
 
 def latest_transform(store: ArtifactStore, model_key: str) -> dict | None:
     """The record (transform.json) of the newest complete retrieval transform of a model."""
-    for folder in reversed(store.list_folders(f"transforms/{model_key}")):
-        if store.exists(f"{folder}/transform.json"):
-            return store.read_json(f"{folder}/transform.json")
+    return _latest_record(store, f"transforms/{model_key}", "transform.json")
+
+
+def head_dir(model_key: str, version: str) -> str:
+    return f"heads/{model_key}/{version}"
+
+
+def latest_head(store: ArtifactStore, model_key: str) -> dict | None:
+    """The record (head.json) of the newest complete projection head trained for a model."""
+    return _latest_record(store, f"heads/{model_key}", "head.json")
+
+
+def load_head(store: ArtifactStore, record: dict) -> ProjectionHead:
+    return ProjectionHead.from_bytes(store.read_bytes(f"{record['folder']}/{HEAD_FILE}"))
+
+
+def _latest_record(store: ArtifactStore, root: str, name: str) -> dict | None:
+    """The record `name` of the newest version folder under `root` that has one: the record is
+    written last, so a folder without it is an unfinished write."""
+    for folder in reversed(store.list_folders(root)):
+        if store.exists(f"{folder}/{name}"):
+            return store.read_json(f"{folder}/{name}")
     return None
 
 
@@ -91,10 +111,7 @@ def plain_vectors_bytes(vectors: np.ndarray) -> bytes:
 
 def latest_index_build(store: ArtifactStore, model_key: str) -> dict | None:
     """The build record (build.json) of the newest complete index version of a model."""
-    for folder in reversed(store.list_folders(f"index/{model_key}")):
-        if store.exists(f"{folder}/build.json"):
-            return store.read_json(f"{folder}/build.json")
-    return None
+    return _latest_record(store, f"index/{model_key}", "build.json")
 
 
 def manifest_partitions(store: ArtifactStore) -> list[str]:

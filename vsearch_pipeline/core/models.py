@@ -36,6 +36,7 @@ from vsearch_pipeline.core.engines import (
 )
 from vsearch_pipeline.core.model_spec import (
     DEFAULT_MODEL,
+    LEGACY_VIEW,
     OPEN_CLIP_PREFIX,
     ModelSpec,
     file_sha256,
@@ -175,20 +176,32 @@ def _load_efficientnet_lite0(spec: ModelSpec, device: str, precision: str,
 
     # The TF-Lite training recipe scales pixels as (x - 127) / 128.
     transform = transforms.Compose([
-        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(224),
+        *_view_resize(spec.view, 224, crop_from=256),
         transforms.ToTensor(),
         transforms.Normalize([127 / 255] * 3, [128 / 255] * 3),
     ])
     version = (
         f"efficientnet-lite-pytorch {package_version('efficientnet-lite-pytorch')}; "
-        f"weights sha256:{file_sha256(weights)[:12]}"
+        f"weights sha256:{file_sha256(weights)[:12]}{_view_suffix(spec.view)}"
     )
     runner = _exported_runner(FeaturesAndLogits(net), version, engine, precision) \
         if engine != "torch" else None
     return EmbeddingModel(spec, version, 1280, 224, device, precision, features, transform,
                           classifier=net._fc, class_names=imagenet_class_names(), engine=engine,
                           runner=runner, decode_size=2 * 256)
+
+
+def _view_resize(view: str, size: int, crop_from: int) -> list:
+    """The resizing steps of a view: the whole image squashed to size x size, or the shorter
+    side to `crop_from` and the centre size x size square cut out."""
+    bicubic = transforms.InterpolationMode.BICUBIC
+    if view == "whole":
+        return [transforms.Resize((size, size), interpolation=bicubic)]
+    return [transforms.Resize(crop_from, interpolation=bicubic), transforms.CenterCrop(size)]
+
+
+def _view_suffix(view: str) -> str:
+    return "" if view == LEGACY_VIEW else f"; view {view}"
 
 
 def _exported_runner(module: torch.nn.Module, version: str, engine: str, precision: str) -> Runner:
@@ -211,7 +224,12 @@ def _load_open_clip(spec: ModelSpec, device: str, precision: str) -> EmbeddingMo
     image_size = model.visual.image_size
     size = image_size[0] if isinstance(image_size, tuple | list) else int(image_size)
     dim = int(model.visual.output_dim)
-    version = f"open_clip {open_clip.__version__}; pretrained {pretrained_label(spec.pretrained)}"
+    version = (f"open_clip {open_clip.__version__}; pretrained {pretrained_label(spec.pretrained)}"
+               f"{_view_suffix(spec.view)}")
+    if spec.view == "whole":  # open_clip's own: resize the shorter side, centre crop, then the rest
+        steps = [t for t in preprocess.transforms
+                 if not isinstance(t, transforms.Resize | transforms.CenterCrop)]
+        preprocess = transforms.Compose([*_view_resize("whole", size, size), *steps])
     tokenizer = open_clip.get_tokenizer(arch)
 
     def encode_text(texts: Sequence[str]) -> np.ndarray:

@@ -5,7 +5,7 @@ the frozen backbone turns every view into a unit vector once (`view_vectors`, th
 a forward pass per view), and a small MLP (Linear-BN-ReLU-Linear, 1280-1024-256) is trained on
 those cached vectors with NT-Xent, two views of one image being the positive pair and the other
 images of the batch the negatives (`train_projection_head`, seconds). At index and query time
-`ProjectionHead.apply` maps the backbone's ordinary (centre-crop) vectors, in plain NumPy.
+`ProjectionHead.apply` (core/retrieval.py) maps the backbone's ordinary vectors, in plain NumPy.
 
 Measured on Caltech-101 (8,677 images, efficientnet-lite0; fit on one part, retrieval by class
 measured on another with exact cosine kNN; the whole table is in the commit that adds this):
@@ -14,7 +14,7 @@ measured on another with exact cosine kNN; the whole table is in the commit that
   p@1 0.867 raw, 0.861: the head does not carry to content it was not fitted on;
 - Faces / Faces_easy crop pairs (held out): partner ranked first 0.459 raw, 0.463 with the head,
   mean rank 19.4 raw, 8.7: crops of one photo move closer, as trained, but rarely to first place.
-Off by default (`ON_BY_DEFAULT`): it gains a little on the images it was fitted on and loses on
+Off by default (`retrieval.projection_head`): it gains a little on the images it was fitted on and loses on
 new content, and PCA to 256 dimensions fitted on the same part does as well (0.801, 0.820).
 The variant kept is the best of those measured: the head's output alone (mAP@10 0.739 / 0.771),
 the hidden layer (0.780 / 0.809) and a residual head (0.737 / 0.779) did worse than the output
@@ -25,11 +25,8 @@ mAP@10 by under 0.004 at twice the cost. Training: 35 s for 10,000 images on one
 
 from __future__ import annotations
 
-import hashlib
-import io
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -38,11 +35,11 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from vsearch_pipeline.core.models import EmbeddingModel
+from vsearch_pipeline.core.retrieval import ProjectionHead
 
 CROP_SCALE = (0.3, 1.0)  # share of the image's area a random crop keeps
 CROP_RATIO = (3 / 4, 4 / 3)
 JITTER = 0.3  # brightness, contrast and saturation each scaled by a factor in [1 - J, 1 + J]
-ON_BY_DEFAULT = False  # measured: see the module notes above
 GEOMETRIC_STEPS = (transforms.Resize, transforms.CenterCrop, transforms.RandomResizedCrop)
 
 
@@ -86,10 +83,11 @@ def tensor_steps(model: EmbeddingModel) -> Callable[[Image.Image], torch.Tensor]
     return transforms.Compose([s for s in steps if not isinstance(s, GEOMETRIC_STEPS)])
 
 
-def view_vectors(model: EmbeddingModel, images: Sequence[Image.Image], views: int, seed: int,
+def view_vectors(model: EmbeddingModel, images: Iterable[Image.Image], views: int, seed: int,
                  batch_size: int = 64) -> np.ndarray:
     """(n, views, dim) float32: the frozen backbone's unit vectors of `views` random augmentations
-    of each image. Image i's views depend only on (seed, i), not on the batching."""
+    of each image. Image i's views depend only on (seed, i), not on the batching. `images` may be
+    a generator: each image is let go once its views are made."""
     finish = tensor_steps(model)
 
     def tensors() -> Iterator[torch.Tensor]:
@@ -98,12 +96,9 @@ def view_vectors(model: EmbeddingModel, images: Sequence[Image.Image], views: in
             for _ in range(views):
                 yield finish(augment(image, model.image_size, rng))
 
-    out = np.empty((len(images) * views, model.dim), dtype=np.float32)
-    start = 0
-    for batch in _batches(tensors(), batch_size):
-        out[start:start + len(batch)] = model.embed_tensors(torch.stack(batch))
-        start += len(batch)
-    return out.reshape(len(images), views, model.dim)
+    chunks = [model.embed_tensors(torch.stack(batch)) for batch in _batches(tensors(), batch_size)]
+    out = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
+    return out.astype(np.float32).reshape(-1, views, model.dim)
 
 
 def _batches(items: Iterator[torch.Tensor], size: int) -> Iterator[list[torch.Tensor]]:
@@ -118,61 +113,6 @@ def _batches(items: Iterator[torch.Tensor], size: int) -> Iterator[list[torch.Te
 
 
 # --------------------------------------------------------------------------- the head
-
-
-@dataclass(frozen=True)
-class ProjectionHead:
-    """The trained head as NumPy weights, the batch norm folded into the first layer.
-
-    `apply` returns normalize([x / |x|, z / |z|]) with z = relu(x @ w1 + b1) @ w2 + b2: the raw
-    vector and the head's output side by side, so that cosine similarity is the mean of the raw
-    and the head's similarities (measured better than the head's output alone; module notes)."""
-
-    w1: np.ndarray  # (in_dim, hidden)
-    b1: np.ndarray
-    w2: np.ndarray  # (hidden, out_dim)
-    b2: np.ndarray
-
-    @property
-    def in_dim(self) -> int:
-        return int(self.w1.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """The length of the vectors `apply` returns."""
-        return self.in_dim + int(self.w2.shape[1])
-
-    def apply(self, vectors: np.ndarray) -> np.ndarray:
-        """Unit float32 vectors for backbone vectors (n, in_dim), or for one vector (in_dim,)."""
-        x = np.asarray(vectors, dtype=np.float32)
-        if x.shape[-1] != self.in_dim:
-            raise ValueError(f"head expects {self.in_dim}-d vectors, got {x.shape[-1]}-d")
-        z = np.maximum(x @ self.w1 + self.b1, 0) @ self.w2 + self.b2
-        out = np.concatenate([_unit(x), _unit(z)], axis=-1) / np.sqrt(2)
-        return out.astype(np.float32)
-
-    def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        np.savez(buffer, w1=self.w1, b1=self.b1, w2=self.w2, b2=self.b2)
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ProjectionHead:
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            return cls(arrays["w1"], arrays["b1"], arrays["w2"], arrays["b2"])
-
-    @property
-    def version(self) -> str:
-        """Short sha256 of the weights (not of the npz, whose zip entries carry times)."""
-        digest = hashlib.sha256()
-        for array in (self.w1, self.b1, self.w2, self.b2):
-            digest.update(str(array.shape).encode())
-            digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
-        return digest.hexdigest()[:12]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 class _Mlp(torch.nn.Module):

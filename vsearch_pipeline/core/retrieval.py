@@ -104,6 +104,57 @@ def fit_whitening(vectors: np.ndarray, dims: int, shrinkage: float, power: float
     return Whitening(mean.astype(np.float32), (axes[:, keep] * scale).astype(np.float32), power)
 
 
+@dataclass(frozen=True)
+class ProjectionHead:
+    """The trained head as NumPy weights, the batch norm folded into the first layer.
+
+    `apply` returns normalize([x / |x|, z / |z|]) with z = relu(x @ w1 + b1) @ w2 + b2: the raw
+    vector and the head's output side by side, so that cosine similarity is the mean of the raw
+    and the head's similarities (measured better than the head's output alone: core/projection_head.py)."""
+
+    w1: np.ndarray  # (in_dim, hidden)
+    b1: np.ndarray
+    w2: np.ndarray  # (hidden, out_dim)
+    b2: np.ndarray
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.w1.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """The length of the vectors `apply` returns."""
+        return self.in_dim + int(self.w2.shape[1])
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        """Unit float32 vectors for backbone vectors (n, in_dim), or for one vector (in_dim,)."""
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(f"head expects {self.in_dim}-d vectors, got {x.shape[-1]}-d")
+        z = np.maximum(x @ self.w1 + self.b1, 0) @ self.w2 + self.b2
+        out = np.concatenate([unit(x), unit(z)], axis=-1) / np.sqrt(2)
+        return out.astype(np.float32)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, w1=self.w1, b1=self.b1, w2=self.w2, b2=self.b2)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ProjectionHead:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return cls(arrays["w1"], arrays["b1"], arrays["w2"], arrays["b2"])
+
+    @property
+    def version(self) -> str:
+        """Short sha256 of the weights (not of the npz, whose zip entries carry times)."""
+        digest = hashlib.sha256()
+        for array in (self.w1, self.b1, self.w2, self.b2):
+            digest.update(str(array.shape).encode())
+            digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        return digest.hexdigest()[:12]
+
+
 def neighbour_weights(scores: np.ndarray, alpha: float) -> np.ndarray:
     return np.clip(scores, 0, None) ** alpha
 
@@ -302,26 +353,31 @@ def near_duplicates_first(query: np.ndarray, scores: np.ndarray, positions: np.n
 
 @dataclass(frozen=True)
 class VectorTransform:
-    """Model vectors -> index vectors: the fitted whitening (or none). Stored as files beside
-    the index, so each index version answers queries with the transform it was built with."""
+    """Model vectors -> index vectors: the projection head trained on the collection (or none),
+    then the fitted whitening (or none). Stored as files beside the index, so each index version
+    answers queries with the transform it was built with."""
 
     whitening: Whitening | None = None
-
-    FILES = ("whitening.npz",)
+    head: ProjectionHead | None = None
 
     @property
     def version(self) -> str:
-        return self.whitening.version if self.whitening else "none"
+        parts = [part.version for part in (self.head, self.whitening) if part is not None]
+        return "+".join(parts) or "none"
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.atleast_2d(vectors).astype(np.float32)
+        if self.head:
+            vectors = self.head.apply(vectors)
         return self.whitening.apply(vectors) if self.whitening else vectors
 
     def files(self) -> dict[str, bytes]:
-        return {"whitening.npz": self.whitening.to_bytes()} if self.whitening else {}
+        parts = {"whitening.npz": self.whitening, "projection_head.npz": self.head}
+        return {name: part.to_bytes() for name, part in parts.items() if part is not None}
 
     @classmethod
     def from_files(cls, read: Callable[[str], bytes | None]) -> VectorTransform:
         """`read(name)` gives a file's bytes, or None where the transform has no such file."""
-        data = read("whitening.npz")
-        return cls(Whitening.from_bytes(data) if data else None)
+        whitening, head = read("whitening.npz"), read("projection_head.npz")
+        return cls(Whitening.from_bytes(whitening) if whitening else None,
+                   ProjectionHead.from_bytes(head) if head else None)

@@ -28,6 +28,7 @@ METRIC_KINDS: dict[str, tuple[str, ...]] = {
     "cluster": ("model", "method", "reduce", "params", "grounding_set"),
     "retrieval": ("model", "index_type", "index_version", "grounding_set", "retrieval"),
     "transform": ("model", "transform_version"),
+    "projection_head": ("model", "head_version"),
 }
 
 SCHEMA = """
