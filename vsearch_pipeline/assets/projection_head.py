@@ -1,7 +1,7 @@
 """Asset: a projection head trained on the collection itself, self-supervised (optional)."""
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -117,8 +117,9 @@ def training_rows(count: int, limit: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
 
 
-def decoded_images(uris: list[str], read, min_size: int, rows: np.ndarray, used: list[int],
-                   failed: dict[str, str], progress) -> Iterator[Image.Image]:
+def decoded_images(uris: list[str], read: Callable[[str], bytes], min_size: int,
+                   rows: np.ndarray, used: list[int], failed: dict[str, str],
+                   progress: Callable[[int, int], None]) -> Iterator[Image.Image]:
     """The images at `uris`, decoded two ahead on worker threads; each row decoded is appended
     to `used` as its image is yielded, a file that does not decode goes to `failed` instead."""
 
