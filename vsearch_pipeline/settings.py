@@ -159,9 +159,9 @@ class RetrievalSettings(Section):
                          self.rerank_k1, self.near_duplicate_floor)
 
     def transform_settings(self) -> dict:
-        """What the fitted transform depends on: a change means fitting it again."""
-        return {"projection_head": self.projection_head,
-                "whitening": self.whitening, "whitening_dims": self.whitening_dims,
+        """What the fitted whitening depends on: a change means fitting it again (the head is
+        compared by its version, which says whether there is one)."""
+        return {"whitening": self.whitening, "whitening_dims": self.whitening_dims,
                 "whitening_shrinkage": self.whitening_shrinkage,
                 "whitening_power": self.whitening_power}
 

@@ -23,7 +23,12 @@ from vsearch_pipeline.core.layout import (
     load_head,
     transform_dir,
 )
-from vsearch_pipeline.core.retrieval import ProjectionHead, VectorTransform, fit_whitening
+from vsearch_pipeline.core.retrieval import (
+    ProjectionHead,
+    VectorTransform,
+    Whitening,
+    fit_whitening,
+)
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.resources import (
     ArtifactStorage,
@@ -111,16 +116,19 @@ def fit_transform(vectors: np.ndarray, retrieval, head: ProjectionHead | None = 
                   ) -> tuple[VectorTransform, dict]:
     """The transform the settings ask for, with the figures that describe the fit. Whitening is
     fitted on the head's output when there is a head."""
-    figures = {"head_dims": head.dim if head else 0, "whitening_dims": 0}
     if head is not None:
         vectors = head.apply(vectors)
-    if not retrieval.whitening:
-        return VectorTransform(head=head), figures
+    whitening = _fitted_whitening(vectors, retrieval) if retrieval.whitening else None
+    return VectorTransform(whitening, head), {"head_dims": head.dim if head else 0,
+                                              "whitening_dims": whitening.dims if whitening else 0}
+
+
+def _fitted_whitening(vectors: np.ndarray, retrieval) -> Whitening | None:
+    """None when there are too few vectors to estimate the covariance of the kept axes."""
     if len(vectors) < MIN_VECTORS_PER_DIM * retrieval.whitening_dims:
-        return VectorTransform(head=head), figures  # too few to estimate the covariance
+        return None
     if len(vectors) > FIT_SAMPLE:
         rows = np.random.default_rng(0).choice(len(vectors), FIT_SAMPLE, replace=False)
         vectors = vectors[np.sort(rows)]
-    whitening = fit_whitening(vectors, retrieval.whitening_dims, retrieval.whitening_shrinkage,
-                              retrieval.whitening_power)
-    return VectorTransform(whitening, head), {**figures, "whitening_dims": whitening.dims}
+    return fit_whitening(vectors, retrieval.whitening_dims, retrieval.whitening_shrinkage,
+                         retrieval.whitening_power)
