@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vsearch_pipeline.core.store import METRIC_KINDS, MetricsDB
+from vsearch_pipeline.core.store import METRIC_KINDS, MetricsDB, validate_tag
 
 RUN = {"run_id": "run-1", "asset": "vector_index", "partition": None}
 
@@ -157,3 +157,17 @@ def test_queued_metrics_are_filed_once_even_when_filed_twice(tmp_path) -> None:
     assert _rows(db, "SELECT partition, model, metric, value FROM embedding_metrics "
                      "ORDER BY metric") == [("b00001", "m", "images", 5.0),
                                             ("b00001", "m", "seconds", 1.5)]
+
+
+@pytest.mark.parametrize("tag", ["", "   ", "x" * 101, "a\x00b", "tab\there", "del\x7f",
+                                 "two\u2028lines", "para\u2029graph", "evil\u202etxt.exe",
+                                 "\u2066isolated\u2069"])
+def test_tags_refuse_what_does_not_print_as_itself(tag: str) -> None:
+    with pytest.raises(ValueError, match="a tag is 1 to 100 printable characters"):
+        validate_tag(tag)
+
+
+@pytest.mark.parametrize("tag", ["drinks", "  padded  ", "café au lait", "東京", "x" * 100,
+                                 "family 👨\u200d👩\u200d👧", "x'); DROP TABLE tags; --"])
+def test_tags_keep_ordinary_text(tag: str) -> None:
+    assert validate_tag(tag) == tag.strip()

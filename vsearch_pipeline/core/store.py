@@ -14,6 +14,7 @@ import os
 import random
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator, Mapping
 
 import duckdb
@@ -202,9 +203,16 @@ CREATE VIEW IF NOT EXISTS ctr_by_query AS
 MAX_TAG_LENGTH = 100
 
 
+# Characters a tag may not hold: control characters (DEL included), line and paragraph
+# separators, surrogates, and the bidirectional overrides that make a tag read as another one.
+UNPRINTABLE_CATEGORIES = ("Cc", "Cs", "Zl", "Zp")
+BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def validate_tag(tag: str) -> str:
     tag = tag.strip()
-    if not tag or len(tag) > MAX_TAG_LENGTH or any(ord(c) < 32 for c in tag):
+    if not tag or len(tag) > MAX_TAG_LENGTH or any(
+            unicodedata.category(c) in UNPRINTABLE_CATEGORIES or c in BIDI_CONTROLS for c in tag):
         raise ValueError(f"a tag is 1 to {MAX_TAG_LENGTH} printable characters, got {tag!r}")
     return tag
 
