@@ -119,7 +119,8 @@ def write_version(store: ArtifactStore, index: faiss.Index, params: IndexParams,
     Path(store.path(folder)).mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, store.path(f"{folder}/index.faiss"))  # the format serialize() writes
     build = {"version": version, "model": model.name, "model_key": model.spec.key,
-             "model_version": model.version, "pretrained": model.spec.pretrained, "dimension": index.d,
+             "model_version": model.version, "pretrained": model.spec.pretrained,
+             "view": model.spec.view, "dimension": index.d,
              "count": int(index.ntotal), "factory": factory_string(params, index.d),
              "params": params.as_dict(), "mode": "full", "build_seconds": round(build_s, 1),
              "recall_at_10": recall}
