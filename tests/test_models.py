@@ -72,13 +72,16 @@ def test_default_model_loads_from_packaged_weights(lite0) -> None:
     assert lite0.dim == 1280 and lite0.image_size == 224
     assert lite0.device == "cpu" and lite0.precision == "fp32"
     assert "weights sha256:" in lite0.version
+    # the centre crop keeps the key vectors had before views existed; it is also the view
+    # near-duplicate detection reads
     assert ModelSpec(DEFAULT_MODEL).key == "efficientnet-lite0"
+    assert ModelSpec(DEFAULT_MODEL, view="whole").copy_spec == ModelSpec(DEFAULT_MODEL)
 
 
 def test_whole_view_sees_what_the_centre_crop_throws_away(lite0) -> None:
     """A wide photo whose sides are painted over: the centre crop (the default) cannot tell the
-    two apart, the whole view can. Each view has its own key and version, so their vectors never
-    mix; the centre crop keeps the key vectors had before views existed."""
+    two apart, the whole view can. Each view has its own key and version, so their vectors
+    never mix."""
     import skimage.data
 
     wide = Image.fromarray(skimage.data.astronaut()).resize((600, 300))
@@ -162,7 +165,7 @@ def open_clip_checkpoint(tmp_path_factory: pytest.TempPathFactory):
 
 def test_open_clip_checkpoint_loads_with_the_same_weights(open_clip_checkpoint, photos) -> None:
     original, preprocess, ckpt = open_clip_checkpoint
-    spec = ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", pretrained=str(ckpt))
+    spec = ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", pretrained=str(ckpt))  # a centre crop, as open_clip's own
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", _no_network)
         mp.setattr(socket, "create_connection", _no_network)
@@ -289,6 +292,32 @@ def test_embed_files_when_everything_fails(lite0) -> None:
     result = embed_files(lite0, ["a", "b"], ["/nope/a.jpg", "/nope/b.jpg"], read)
     assert result.ids == [] and set(result.failed) == {"a", "b"}
     assert result.vectors.shape == (0, 1280) and result.vectors.dtype == np.float32
+
+
+def test_embed_files_with_a_copy_model_reads_each_file_once(lite0, cases: Path) -> None:
+    """Search and copy views from one read and decode of each file, each view's vectors the
+    same as that view embedded alone, row for row; a file that fails, fails for both."""
+    files = [cases / "mixed_images" / n for n in
+             ("ukbench00120.jpg", "ukbench00120_resize.jpg", "ukbench09268_corrupt.jpg",
+              "ukbench09268.jpg", "ukbench00120_rotation.jpg")]
+    whole = load_model(ModelSpec(DEFAULT_MODEL, view="whole"))
+    reads: list[str] = []
+
+    def read(uri: str) -> bytes:
+        reads.append(uri)
+        return read_object(uri)
+
+    uris = [str(f) for f in files]
+    both = embed_files(whole, uris, uris, read, batch_size=2, copy_model=lite0)
+    assert sorted(reads) == sorted(uris)
+    assert list(both.failed) == [uris[2]] and both.ids == uris[:2] + uris[3:]
+    alone = embed_files(lite0, uris, uris, read_object, batch_size=2)
+    np.testing.assert_allclose(both.copy_vectors, alone.vectors, atol=1e-5)
+    assert both.copy_labels == alone.labels
+    np.testing.assert_allclose(both.vectors, embed_files(whole, uris, uris, read_object).vectors,
+                               atol=1e-5)
+    # the views see different pixels: the vectors of a file differ between them
+    assert float(np.max(np.sum(both.vectors * both.copy_vectors, axis=1))) < 0.99
 
 
 # ----------------------------------------------------------------------------- shard tables

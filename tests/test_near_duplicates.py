@@ -55,7 +55,8 @@ def corpus(shared_data: Path, cases: Path) -> dict:
     edits = sorted(str(p.relative_to(shared_data)) for p in (cases / "mixed_images").iterdir())
     paths = [f"caltech101/{side}/{n}" for n in faces for side in ("Faces", "Faces_easy")]
     paths += distractors + edits
-    model = load_model(ModelSpec("efficientnet-lite0"), engine="auto")
+    # the view the pipeline's near-duplicate step reads, whatever the search view is
+    model = load_model(ModelSpec("efficientnet-lite0").copy_spec, engine="auto")
     embedded = embed_files(model, paths, paths, lambda p: (shared_data / p).read_bytes())
     hashes = np.array([_phash(shared_data / p) for p in embedded.ids], dtype=np.uint64)
     halves = rng.permutation(faces)
@@ -236,13 +237,21 @@ def test_asset_groups_edited_copies_and_records_its_thresholds(shared_data, case
         (images / name).mkdir(parents=True)
         for photo in sorted((shared_data / "caltech101" / name).glob("*.jpg"))[:12]:
             shutil.copy(photo, images / name / photo.name)
-    settings = load_settings(home, {"source": {"uri": str(images)}})
+    # search on the whole view: the groups must still come from the centre crop
+    settings = load_settings(home, {"source": {"uri": str(images)}, "model": {"view": "whole"}})
     assert run_pipeline(home, settings, say=print)["success"]
 
     metadata = latest_metadata(open_instance(home), DUPLICATES_ASSET)
     assert metadata_value(metadata, "method") == "combined"
     assert "Otsu" in metadata_value(metadata, "threshold_choice")
     assert metadata_value(metadata, "hamming_threshold") == HAMMING  # what the service folds by
+    # search embeds the whole image; copies are found in centre-crop vectors, embedded beside
+    spec = ModelSpec("efficientnet-lite0", view="whole")
+    assert metadata_value(metadata, "model") == spec.copy_spec.key == "efficientnet-lite0"
+    shards = {key: pq.read_table(home / "artifacts" / "embeddings" / key / "b00001.parquet")
+              for key in (spec.key, spec.copy_spec.key)}
+    assert [sorted(t.column("id").to_pylist()) for t in shards.values()].count(
+        sorted(shards[spec.key].column("id").to_pylist())) == 2
     table = pq.read_table(home / "artifacts" / metadata_value(metadata, "artifact"))
     group = dict(zip(table.column("id").to_pylist(), table.column("group").to_pylist(), strict=True))
     with duckdb.connect(str(home / "vsearch.duckdb"), read_only=True) as con:

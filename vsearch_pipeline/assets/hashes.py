@@ -169,7 +169,7 @@ def near_duplicate_groups(
     if rule.method == "phash":
         grouping = _phash_grouping(storage.store, ids, hashes, rule.hamming_threshold)
     else:
-        grouping = _combined_grouping(storage.store, model.spec.key, ids, hashes, rule)
+        grouping = _combined_grouping(storage.store, model.spec.copy_spec.key, ids, hashes, rule)
     seconds = time.perf_counter() - start
     labels = grouping.labels
     grouped = np.flatnonzero(labels >= 0)

@@ -21,18 +21,23 @@ class EmbeddingResult:
     vectors: np.ndarray  # (len(ids), dim) float32, unit length
     failed: dict[str, str]  # id -> reason, for files that no longer decode
     labels: list[list[tuple[str, float]]]  # per id, predicted classes and probabilities
+    # the copy model's vectors and predicted classes, row for row, when one was given
+    copy_vectors: np.ndarray | None = None
+    copy_labels: list[list[tuple[str, float]]] | None = None
 
 
-def _prepare(model: EmbeddingModel, read: Callable[[str], bytes], uri: str) -> torch.Tensor | str:
-    """Read, decode and preprocess one file (on a worker thread); the reason when it fails.
+def _prepare(models: Sequence[EmbeddingModel], read: Callable[[str], bytes], uri: str
+             ) -> list[torch.Tensor] | str:
+    """Read and decode one file once, and preprocess it for each model (on a worker thread);
+    the reason when it fails.
 
-    Large JPEGs decode at reduced scale (DCT scaling), down to the model's `decode_size` only:
+    Large JPEGs decode at reduced scale (DCT scaling), down to the models' `decode_size` only:
     the speed of a reduced decode without moving the vectors away from a full-size decode."""
     try:
-        image = decode_rgb(read(uri), min_size=model.decode_min_size)
+        image = decode_rgb(read(uri), min_size=max(m.decode_min_size for m in models))
     except (ImageError, OSError) as err:
         return str(err)
-    return model.transform(image)
+    return [model.transform(image) for model in models]
 
 
 def bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, ahead: int) -> Iterator:
@@ -55,19 +60,26 @@ def embed_files(
     batch_size: int = 32,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    copy_model: EmbeddingModel | None = None,
 ) -> EmbeddingResult:
-    """Embed the files at `uris` (one per id). Decoding of the next images overlaps inference."""
+    """Embed the files at `uris` (one per id). Decoding of the next images overlaps inference.
+
+    With a `copy_model` (the same network seeing another view) each file is decoded once and
+    embedded by both; its vectors are `copy_vectors`, row for row with `vectors`."""
+    models = [model] if copy_model is None else [model, copy_model]
     done_ids: list[str] = []
-    chunks: list[np.ndarray] = []
-    labels: list[list[tuple[str, float]]] = []
+    chunks: list[list[np.ndarray]] = [[] for _ in models]
+    labels: list[list[list[tuple[str, float]]]] = [[] for _ in models]
     failed: dict[str, str] = {}
-    tensors, kept = [], []
+    tensors: list[list[torch.Tensor]] = []
+    kept: list[str] = []
 
     def flush() -> None:
         if tensors:
-            vectors, predicted = model.embed_and_label(torch.stack(tensors))
-            chunks.append(vectors)
-            labels.extend(predicted)
+            for view, each in enumerate(models):
+                vectors, predicted = each.embed_and_label(torch.stack([t[view] for t in tensors]))
+                chunks[view].append(vectors)
+                labels[view].extend(predicted)
             done_ids.extend(kept)
             tensors.clear()
             kept.clear()
@@ -75,7 +87,7 @@ def embed_files(
             progress(len(done_ids) + len(failed), len(ids))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        prepared = bounded_map(pool, lambda u: _prepare(model, read, u), uris, 2 * batch_size)
+        prepared = bounded_map(pool, lambda u: _prepare(models, read, u), uris, 2 * batch_size)
         for image_id, item in zip(ids, prepared, strict=True):
             if isinstance(item, str):
                 failed[image_id] = item
@@ -85,8 +97,11 @@ def embed_files(
             if len(tensors) == batch_size:
                 flush()
         flush()
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
-    return EmbeddingResult(done_ids, vectors, failed, labels)
+    stacked = [np.concatenate(c) if c else np.zeros((0, m.dim), np.float32)
+               for c, m in zip(chunks, models, strict=True)]
+    if copy_model is None:
+        return EmbeddingResult(done_ids, stacked[0], failed, labels[0])
+    return EmbeddingResult(done_ids, stacked[0], failed, labels[0], stacked[1], labels[1])
 
 
 def embeddings_table(ids: Sequence[str], vectors: np.ndarray, model: str, version: str,

@@ -94,6 +94,7 @@ class EmbeddingModelResource(ConfigurableResource):
         return ModelSpec(self.name, self.pretrained, self.view)
 
     _model: EmbeddingModel | None = PrivateAttr(None)
+    _copy_model: EmbeddingModel | None = PrivateAttr(None)
 
     @property
     def model(self) -> EmbeddingModel:
@@ -101,6 +102,17 @@ class EmbeddingModelResource(ConfigurableResource):
         if self._model is None:
             self._model = load_model(self.spec, self.device, self.precision, self.engine)
         return self._model
+
+    @property
+    def copy_model(self) -> EmbeddingModel:
+        """The same network seeing the copy view (near-duplicate detection's vectors); the
+        search model itself when its view is the copy view."""
+        if self.spec.copy_spec == self.spec:
+            return self.model
+        if self._copy_model is None:
+            self._copy_model = load_model(self.spec.copy_spec, self.device, self.precision,
+                                          self.engine)
+        return self._copy_model
 
 
 class PipelineSettings(ConfigurableResource):
