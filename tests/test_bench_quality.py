@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.quality import SETTINGS
 from vsearch_pipeline.settings import RetrievalSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,8 @@ def test_default_retrieval_beats_the_raw_backbone_in_the_evaluation_table(
     print(json.dumps(figures, indent=1))
     raw = figures["raw backbone"]
     assert raw["retrieval"].startswith("whiten=0,dba=0,qe=0") and raw["queries"] > 800
+    first = figures["first run"]  # the embeddings step, read back from its metrics
+    assert first["embedded"] == raw["queries"] and first["embedding_seconds"] > 0
     (default,) = [row for name, row in figures.items() if name.endswith("(default)")]
     assert default["retrieval"] == "whiten=0,dba=10,qe=10x1,alpha=3.0,rerank=none,ndfloor=0.75"
     defaults = RetrievalSettings()  # the row called default is measured with the defaults
@@ -40,5 +43,7 @@ def test_default_retrieval_beats_the_raw_backbone_in_the_evaluation_table(
     assert figures["k-reciprocal re-ranking"]["map@10"] > raw["map@10"]
     assert figures["alpha-QE k=10"]["map@10"] >= raw["map@10"] - 0.005
     assert figures["projection head + default"]["retrieval"].startswith(default["retrieval"] + ",head=")
-    for row in figures.values():  # each setting was really built and measured
+    assert [name for name in figures if name != "first run"] == list(SETTINGS)
+    for name in SETTINGS:  # each setting was really built and measured
+        row = figures[name]
         assert 0 < row["map@10"] <= 1 and row["query_ms"] > 0
