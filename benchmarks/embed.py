@@ -23,7 +23,7 @@ from PIL import Image
 
 from vsearch_pipeline.core.embed import _prepare, embed_files
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec
-from vsearch_pipeline.core.models import EmbeddingModel, load_model
+from vsearch_pipeline.core.models import EmbeddingModel, Prepared, load_model
 
 DATA_ENV = "VSEARCH_TEST_DATA"
 BATCH = 32
@@ -50,21 +50,21 @@ def plain_loop(model: EmbeddingModel, files: list[Path]) -> tuple[np.ndarray, li
     vectors, top1, in_model = [], [], 0.0
     start = time.perf_counter()
     for path in files:
-        pixels = model.transform(Image.open(path).convert("RGB")).unsqueeze(0)
+        pixels = model.prepare(Image.open(path).convert("RGB"))
         t0 = time.perf_counter()
-        vector, labels = model.embed_and_label(pixels)
+        vector, labels = model.embed_prepared([pixels])
         in_model += time.perf_counter() - t0
         vectors.append(vector[0])
         top1.append(labels[0][0][0])
     return np.stack(vectors), top1, time.perf_counter() - start, in_model
 
 
-def model_alone(model: EmbeddingModel, pixels: torch.Tensor, batch: int, top: int = 3) -> float:
+def model_alone(model: EmbeddingModel, pixels: list[Prepared], batch: int, top: int = 3) -> float:
     """Images per second of the network (and head) alone on prepared pixels, after a warm-up."""
-    model.embed_and_label(pixels[:batch], top=top)
+    model.embed_prepared(pixels[:batch], top=top)
     start = time.perf_counter()
     for i in range(0, len(pixels), batch):
-        model.embed_and_label(pixels[i:i + batch], top=top)
+        model.embed_prepared(pixels[i:i + batch], top=top)
     return len(pixels) / (time.perf_counter() - start)
 
 
@@ -80,8 +80,8 @@ def _read(uri: str) -> bytes:
     return Path(uri).read_bytes()
 
 
-def _prepared(model: EmbeddingModel, files: list[Path]) -> torch.Tensor:
-    return torch.stack([_prepare([model], _read, str(f))[0] for f in files])
+def _prepared(model: EmbeddingModel, files: list[Path]) -> list[Prepared]:
+    return [_prepare([model], _read, str(f))[0] for f in files]
 
 
 def _say(figures: dict, key: str, value: float, unit: str = "") -> None:
@@ -102,14 +102,13 @@ def default_model(quick: bool, figures: dict) -> None:
     _say(figures, "plain_end_to_end_images_per_s", len(files) / ref_total)
     _say(figures, "plain_model_alone_images_per_s", len(files) / ref_model)
 
-    fast.embed_and_label(_prepared(fast, files[:BATCH]))  # warm-up, as the plain loop had none
+    fast.embed_prepared(_prepared(fast, files[:BATCH]))  # warm-up, as the plain loop had none
     start = time.perf_counter()
     result = embed_files(fast, [str(f) for f in files], [str(f) for f in files], _read,
                          batch_size=BATCH, workers=2)
     total = time.perf_counter() - start
     assert not result.failed, result.failed
     _say(figures, "vsearch_end_to_end_images_per_s", len(files) / total)
-    _say(figures, "pipeline_with_copy_view_images_per_s", with_copy_view(fast, files))
     pixels = _prepared(fast, files)
     _say(figures, "vsearch_model_alone_images_per_s", model_alone(fast, pixels, BATCH))
     _say(figures, "ratio_end_to_end", figures["vsearch_end_to_end_images_per_s"]
@@ -118,17 +117,6 @@ def default_model(quick: bool, figures: dict) -> None:
          / figures["plain_model_alone_images_per_s"], "x")
     agreement(figures, ref_vectors, ref_top1, result.vectors, result.labels, labels)
     engines(figures, spec, pixels[: 64 if quick else 256])
-
-
-def with_copy_view(search: EmbeddingModel, files: list[Path]) -> float:
-    """Images per second of what the embeddings asset runs when the search view is not the copy
-    view: one decode, both views through the network (near-duplicate detection reads the second)."""
-    copy_spec = search.spec.copy_spec
-    copies = None if copy_spec == search.spec else load_model(copy_spec, engine=search.engine)
-    start = time.perf_counter()
-    embed_files(search, [str(f) for f in files], [str(f) for f in files], _read,
-                batch_size=BATCH, workers=2, copy_model=copies)
-    return len(files) / (time.perf_counter() - start)
 
 
 def agreement(figures: dict, ref: np.ndarray, ref_top1: list[str], vectors: np.ndarray,
@@ -145,7 +133,7 @@ def agreement(figures: dict, ref: np.ndarray, ref_top1: list[str], vectors: np.n
                                                          - figures["precision_at_1_reference"]))
 
 
-def engines(figures: dict, spec: ModelSpec, pixels: torch.Tensor) -> None:
+def engines(figures: dict, spec: ModelSpec, pixels: list[Prepared]) -> None:
     """Every engine's model-alone speed on the same pixels: how `auto` was chosen."""
     print(f"# default model alone by engine, {len(pixels)} images (images/s)", flush=True)
     runs: list[tuple[str, str, int]] = [("torch", "fp32", 1), ("torch", "fp32", 8), ("torch", "bf16", 8),
@@ -172,7 +160,7 @@ def open_clip_vit(quick: bool, figures: dict) -> None:
         _say(figures, f"vit_b32_bf16_over_fp32_batch{batch}",
              figures[f"vit_b32_bf16_batch{batch}_images_per_s"]
              / figures[f"vit_b32_fp32_batch{batch}_images_per_s"], "x")
-    cosines = (fp32.embed_tensors(pixels) * bf16.embed_tensors(pixels)).sum(axis=1)
+    cosines = (fp32.embed_prepared(pixels, top=0)[0] * bf16.embed_prepared(pixels, top=0)[0]).sum(axis=1)
     _say(figures, "vit_b32_bf16_cosine_min", cosines.min())
 
 

@@ -44,8 +44,7 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory):
 
 def _reference(model, files: list[Path]) -> tuple[np.ndarray, list]:
     """The plain way: full-size decode, the model's transform, eager fp32."""
-    pixels = torch.stack([model.transform(Image.open(f).convert("RGB")) for f in files])
-    return model.embed_and_label(pixels)
+    return model.embed_prepared([model.prepare(Image.open(f).convert("RGB")) for f in files])
 
 
 def test_onnx_engine_agrees_with_torch_on_real_photos(torch_model, onnx_model, caltech) -> None:
@@ -126,8 +125,8 @@ def test_reduced_jpeg_decoding_keeps_vectors(onnx_model, shared_data: Path) -> N
     reduced = [decode_rgb(p.read_bytes(), min_size=onnx_model.decode_size) for p in photos]
     assert all(min(r.size) < min(f.size) for r, f in zip(reduced, full, strict=True))
     assert all(min(r.size) >= onnx_model.decode_size for r in reduced)
-    a, labels_a = onnx_model.embed_and_label(torch.stack([onnx_model.transform(im) for im in full]))
-    b, labels_b = onnx_model.embed_and_label(torch.stack([onnx_model.transform(im) for im in reduced]))
+    a, labels_a = onnx_model.embed_prepared([onnx_model.prepare(im) for im in full])
+    b, labels_b = onnx_model.embed_prepared([onnx_model.prepare(im) for im in reduced])
     # libjpeg's scaled decode moves these 12-megapixel photos by up to ~0.003 (measured minimum
     # 0.9963 over the 108 large Caltech photos at this decode size); labels stay.
     assert (a * b).sum(axis=1).min() >= 0.995

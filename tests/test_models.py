@@ -30,7 +30,7 @@ from vsearch_pipeline.core.model_spec import (
     file_sha256,
     validate_settings,
 )
-from vsearch_pipeline.core.models import load_model
+from vsearch_pipeline.core.models import aspect_size, load_model
 from vsearch_pipeline.core.sources import read_object
 
 OPEN_CLIP_ARCH = "ViT-S-32-alt"  # the smallest plain ViT in open_clip's list (~43M parameters)
@@ -56,7 +56,7 @@ def lite0():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(socket.socket, "connect", _no_network)
         mp.setattr(socket, "create_connection", _no_network)
-        return load_model(ModelSpec(DEFAULT_MODEL))
+        return load_model(ModelSpec(DEFAULT_MODEL, view="centre_crop"))
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +72,14 @@ def test_default_model_loads_from_packaged_weights(lite0) -> None:
     assert lite0.dim == 1280 and lite0.image_size == 224
     assert lite0.device == "cpu" and lite0.precision == "fp32"
     assert "weights sha256:" in lite0.version
-    # the centre crop keeps the key vectors had before views existed; it is also the view
-    # near-duplicate detection reads
-    assert ModelSpec(DEFAULT_MODEL).key == "efficientnet-lite0"
-    assert ModelSpec(DEFAULT_MODEL, view="whole").copy_spec == ModelSpec(DEFAULT_MODEL)
+    # the centre crop keeps the key vectors had before views existed; it is the view
+    # near-duplicate detection reads when the search view is the squashed whole image
+    centre = ModelSpec(DEFAULT_MODEL, view="centre_crop")
+    assert centre.key == "efficientnet-lite0"
+    assert ModelSpec(DEFAULT_MODEL, view="whole").copy_spec == centre
+    # the default view: multi for the default model, the centre crop for open_clip models
+    assert ModelSpec(DEFAULT_MODEL) == ModelSpec(DEFAULT_MODEL, view="multi")
+    assert ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", "random").view == "centre_crop"
 
 
 def test_whole_view_sees_what_the_centre_crop_throws_away(lite0) -> None:
@@ -118,7 +122,7 @@ def test_default_model_labels_what_it_sees(lite0) -> None:
     import skimage.data
 
     photos = [Image.fromarray(skimage.data.chelsea()), Image.fromarray(skimage.data.coffee())]
-    vectors, labels = lite0.embed_and_label(torch.stack([lite0.transform(p) for p in photos]))
+    vectors, labels = lite0.embed_prepared([lite0.prepare(p) for p in photos])
     np.testing.assert_allclose(vectors, lite0.embed_images(photos), atol=1e-6)
     cat, coffee = ([name for name, _ in row] for row in labels)
     assert len(cat) == len(coffee) == 3
@@ -139,7 +143,7 @@ def test_edited_copy_is_closer_than_an_unrelated_photo(lite0_vectors) -> None:
 
 
 def test_bf16_is_close_to_fp32(photos, lite0_vectors) -> None:
-    bf16 = load_model(ModelSpec(DEFAULT_MODEL), precision="bf16")
+    bf16 = load_model(ModelSpec(DEFAULT_MODEL, view="centre_crop"), precision="bf16")
     assert bf16.precision == "bf16"
     vectors = bf16.embed_images([photos["original"], photos["resized"], photos["unrelated"]])
     assert vectors.dtype == np.float32
@@ -225,6 +229,73 @@ def test_key_follows_a_checkpoint_overwritten_in_place(tmp_path: Path) -> None:
     assert after != before
 
 
+@pytest.mark.parametrize(("width", "height", "expected"), [
+    (300, 300, (224, 224)),  # square: one shape
+    (300, 200, (224, 32 * round(1.5 * 7))),  # 3:2 landscape: the longer side to a multiple of 32
+    (200, 300, (32 * round(1.5 * 7), 224)),  # portrait: the same, turned
+    (2000, 300, (224, 448)),  # a panorama: at most twice the shorter side
+    (231, 224, (224, 224)),  # nearly square rounds to the square
+])
+def test_aspect_kept_view_falls_into_few_shapes(width: int, height: int,
+                                                expected: tuple[int, int]) -> None:
+    assert aspect_size(width, height, 224) == expected
+
+
+@pytest.fixture(scope="module")
+def multi():
+    return load_model(ModelSpec(DEFAULT_MODEL, view="multi"))
+
+
+def test_multi_view_is_the_squashed_and_the_aspect_kept_vector_side_by_side(multi, photos) -> None:
+    """Each half is a unit vector over sqrt 2: the first is the whole view's own vector, the
+    second the aspect-kept view GeM-pooled, which differs from it (else there is no point)."""
+    import skimage.data
+
+    images = [photos["original"], photos["unrelated"], Image.fromarray(skimage.data.astronaut())]
+    vectors = multi.embed_images(images)
+    assert vectors.shape == (3, 2560) and multi.dim == 2560 and vectors.dtype == np.float32
+    square, aspect = vectors[:, :1280] * np.sqrt(2), vectors[:, 1280:] * np.sqrt(2)
+    np.testing.assert_allclose(np.linalg.norm(square, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(aspect, axis=1), 1, atol=1e-5)
+    whole = load_model(ModelSpec(DEFAULT_MODEL, view="whole"))
+    np.testing.assert_allclose(square, whole.embed_images(images), atol=1e-5)
+    assert ((square * aspect).sum(axis=1) < 0.99).all()
+    assert ModelSpec(DEFAULT_MODEL, view="multi").key == "efficientnet-lite0-multi"
+    assert "view multi" in multi.version and "GeM p=3" in multi.version
+    assert ModelSpec(DEFAULT_MODEL, view="multi").copy_spec.view == "centre_crop"
+
+
+def test_multi_view_batches_images_of_several_shapes_in_order(multi, photos) -> None:
+    """A batch that mixes landscape, portrait and square images gives each image the vector it
+    gets alone, in the order given; the ONNX engine agrees with eager torch."""
+    import skimage.data
+
+    base = Image.fromarray(skimage.data.chelsea())  # 451 x 300
+    images = [base, base.transpose(Image.Transpose.ROTATE_90), photos["original"],
+              base.crop((0, 0, 300, 300)), photos["unrelated"], base.resize((900, 300))]
+    shapes = {tuple(multi.prepare(image)[1].shape) for image in images}
+    assert len(shapes) >= 4
+    batched, labels = multi.embed_prepared([multi.prepare(image) for image in images])
+    alone = np.concatenate([multi.embed_images([image]) for image in images])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    assert labels[0][0][0] in ("tabby", "tiger cat", "Egyptian cat")
+    onnx = load_model(ModelSpec(DEFAULT_MODEL, view="multi"), engine="onnx")
+    assert onnx.version == multi.version
+    assert ((onnx.embed_images(images) * batched).sum(axis=1) > 0.999).all()
+
+
+def test_multi_view_finds_the_cropped_copy_the_whole_view_misses(multi) -> None:
+    """The aspect-kept half sees a wide photo at its own proportions, as a crop of it is seen:
+    the crop's nearest photo is its original, nearer than with the squashed view alone."""
+    import skimage.data
+
+    wide = Image.fromarray(skimage.data.astronaut()).resize((900, 450))
+    crop = wide.crop((150, 0, 750, 450))
+    whole = load_model(ModelSpec(DEFAULT_MODEL, view="whole"))
+    (w_wide, w_crop), (m_wide, m_crop) = whole.embed_images([wide, crop]), multi.embed_images([wide, crop])
+    assert float(m_wide @ m_crop) > float(w_wide @ w_crop)
+
+
 # ----------------------------------------------------------------------------- settings
 
 
@@ -236,6 +307,8 @@ def test_key_follows_a_checkpoint_overwritten_in_place(tmp_path: Path) -> None:
         (ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}"), "cpu", "fp32", r"model\.pretrained is required"),
         (ModelSpec(DEFAULT_MODEL), "tpu", "fp32", r"model\.device must be one of"),
         (ModelSpec(DEFAULT_MODEL), "cpu", "fp16", r"model\.precision must be one of"),
+        (ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", "random", "multi"), "cpu", "fp32",
+         r"model\.view 'multi' needs a convolutional network"),
     ],
 )
 def test_validate_settings_errors(spec: ModelSpec, device: str, precision: str, message: str) -> None:

@@ -131,7 +131,7 @@ def embeddings(
 
     Two views are embedded when the search view (`model.view`) is not the centre crop: the search
     vectors, and the centre-crop vectors that near-duplicate detection reads (the centre crop
-    finds more cropped copies). Each file is decoded once for both.
+    finds more cropped and rotated copies). Each file is decoded once for both.
 
     Vectors are cached by content id and model view: an image that any shard of this view already
     holds is copied, not embedded again. A model is loaded only when something is new.
@@ -169,7 +169,7 @@ def embeddings(
         metadata={
             **figures,
             "model": model.name, "model_key": model.spec.key, "model_version": version,
-            "pretrained": model.pretrained or "", "view": model.view, "device": model.device,
+            "pretrained": model.pretrained or "", "view": model.spec.view, "device": model.device,
             "precision": model.precision, "batch_size": model.batch_size,
             "dimension": int(vectors.shape[1]) if len(vectors) else 0,
             "failed_images": markdown_table(

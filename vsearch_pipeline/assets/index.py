@@ -158,7 +158,7 @@ def faiss_index(
     count = int(built.index.ntotal)
     build = {"version": version, "model": model.name, "model_key": model_key,
              "model_version": built.model_version, "pretrained": model.pretrained,
-             "view": model.view,
+             "view": model.spec.view,
              "dimension": int(built.index.d), "count": count,
              "factory": factory_string(built.params, built.index.d),
              "params": built.params.as_dict(), "requested_params": requested,

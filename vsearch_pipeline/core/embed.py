@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
-from vsearch_pipeline.core.models import EmbeddingModel
+from vsearch_pipeline.core.models import EmbeddingModel, Prepared
 
 
 @dataclass
@@ -27,7 +26,7 @@ class EmbeddingResult:
 
 
 def _prepare(models: Sequence[EmbeddingModel], read: Callable[[str], bytes], uri: str
-             ) -> list[torch.Tensor] | str:
+             ) -> list[Prepared] | str:
     """Read and decode one file once, and preprocess it for each model (on a worker thread);
     the reason when it fails.
 
@@ -37,7 +36,7 @@ def _prepare(models: Sequence[EmbeddingModel], read: Callable[[str], bytes], uri
         image = decode_rgb(read(uri), min_size=max(m.decode_min_size for m in models))
     except (ImageError, OSError) as err:
         return str(err)
-    return [model.transform(image) for model in models]
+    return [model.prepare(image) for model in models]
 
 
 def bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, ahead: int) -> Iterator:
@@ -71,13 +70,13 @@ def embed_files(
     chunks: list[list[np.ndarray]] = [[] for _ in models]
     labels: list[list[list[tuple[str, float]]]] = [[] for _ in models]
     failed: dict[str, str] = {}
-    tensors: list[list[torch.Tensor]] = []
+    tensors: list[list[Prepared]] = []
     kept: list[str] = []
 
     def flush() -> None:
         if tensors:
             for view, each in enumerate(models):
-                vectors, predicted = each.embed_and_label(torch.stack([t[view] for t in tensors]))
+                vectors, predicted = each.embed_prepared([t[view] for t in tensors])
                 chunks[view].append(vectors)
                 labels[view].extend(predicted)
             done_ids.extend(kept)

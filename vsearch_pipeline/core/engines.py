@@ -63,9 +63,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vsearch")
 
 
-def exported_onnx(module: object, example: object, model_version: str) -> Path:
+def exported_onnx(module: object, example: object, model_version: str,
+                  size_varies: bool = False) -> Path:
     """The ONNX file of `module` (a torch module returning features and logits), exported once
-    and cached by model version, torch version and opset: a stale graph is never reused."""
+    and cached by model version, torch version and opset: a stale graph is never reused. With
+    `size_varies` the graph takes pixels of any height and width, else only the example's."""
     import torch
 
     identity = f"{model_version}|torch {torch.__version__}|opset {ONNX_OPSET}"
@@ -76,7 +78,7 @@ def exported_onnx(module: object, example: object, model_version: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
-        _export(module, example, tmp)
+        _export(module, example, tmp, size_varies)
         os.replace(tmp, path)  # atomic: a concurrent process sees no half-written file
     finally:
         if os.path.exists(tmp):
@@ -84,7 +86,7 @@ def exported_onnx(module: object, example: object, model_version: str) -> Path:
     return path
 
 
-def _export(module: object, example: object, target: str) -> None:
+def _export(module: object, example: object, target: str, size_varies: bool) -> None:
     import warnings
 
     import torch
@@ -93,7 +95,8 @@ def _export(module: object, example: object, target: str) -> None:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(module, (example,), target, input_names=["pixels"],
                           output_names=["features", "logits"], opset_version=ONNX_OPSET,
-                          dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}, "logits": {0: "n"}},
+                          dynamic_axes={"pixels": {0: "n", 2: "h", 3: "w"} if size_varies else {0: "n"},
+                                        "features": {0: "n"}, "logits": {0: "n"}},
                           dynamo=False)
 
 

@@ -61,6 +61,10 @@ def imagenet_class_names() -> list[str]:
     return names
 
 
+# One image as the network takes it: a tensor, or (view 'multi') the squashed and aspect-kept ones
+Prepared = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
 @dataclass
 class EmbeddingModel:
     """A loaded image encoder: PIL image in, L2-normalised float32 vector out."""
@@ -85,6 +89,10 @@ class EmbeddingModel:
     # first resize's target, since libjpeg's scaled decode moves vectors (measured: cosine 0.95
     # against a full decode when drafting to the resize target itself, above 0.996 at twice it)
     decode_size: int = 0
+    # View 'multi': the whole image once more at its own aspect ratio (`aspect_transform`), its
+    # feature map GeM-pooled by `aspect_runner` (pixels of one shape in, features and logits out)
+    aspect_transform: Callable[[Image.Image], torch.Tensor] | None = None
+    aspect_runner: Runner | None = None
 
     @property
     def name(self) -> str:
@@ -96,13 +104,34 @@ class EmbeddingModel:
         queries alike, so that a query is embedded exactly as the collection was."""
         return self.decode_size or self.image_size
 
-    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
-        return self.embed_and_label(batch, top=0)[0]
+    def prepare(self, image: Image.Image) -> Prepared:
+        """What the network takes of one image: its tensor, or with view 'multi' the squashed
+        square and the aspect-kept tensor (whose shape varies with the image's)."""
+        square = self.transform(image)
+        return square if self.aspect_transform is None else (square, self.aspect_transform(image))
 
-    def embed_and_label(self, batch: torch.Tensor, top: int = LABELS_PER_IMAGE
+    def embed_prepared(self, items: Sequence[Prepared], top: int = LABELS_PER_IMAGE
+                       ) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+        """Unit vectors and predicted classes of prepared images (`prepare`), batched. With view
+        'multi' each vector is the squashed view's unit vector and the aspect-kept view's side by
+        side (divided by sqrt 2), the aspect-kept images run one shape at a time."""
+        if self.aspect_transform is None:
+            return self._unit_and_label(torch.stack(list(items)), top)
+        square, labels = self._unit_and_label(torch.stack([item[0] for item in items]), top)
+        aspect = np.zeros_like(square)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for row, (_, pixels) in enumerate(items):
+            by_shape.setdefault(tuple(pixels.shape), []).append(row)
+        for rows in by_shape.values():
+            features, _ = self.aspect_runner(torch.stack([items[r][1] for r in rows]).numpy())
+            aspect[rows] = torch.nn.functional.normalize(torch.from_numpy(features).float(),
+                                                         dim=-1).numpy()
+        return (np.hstack([square, aspect]) / np.sqrt(2)).astype(np.float32), labels
+
+    def _unit_and_label(self, batch: torch.Tensor, top: int
                         ) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
-        """Unit vectors, and each image's `top` predicted classes with their probabilities
-        (no labels for a model without a classifier head)."""
+        """Unit vectors of a batch of `transform`ed images, and each one's `top` predicted classes
+        with their probabilities (none for a model without a classifier head)."""
         features, logits = self._forward(batch, top)
         vectors = torch.nn.functional.normalize(features.float(), dim=-1)
         labels: list[list[tuple[str, float]]] = [[] for _ in range(len(batch))]
@@ -126,7 +155,7 @@ class EmbeddingModel:
         return features, logits
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.embed_tensors(torch.stack([self.transform(img) for img in images]))
+        return self.embed_prepared([self.prepare(image) for image in images], top=0)[0]
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         if self.text_encoder is None:
@@ -149,6 +178,32 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32",
     return _load_open_clip(spec, device, precision)
 
 
+# The aspect-kept view of view 'multi' (docs/search-quality.md has the figures)
+ASPECT_STEP = 32  # the network's stride: the longer side is rounded to a multiple of it
+ASPECT_MOST = 2.0  # the longer side at most twice the shorter: longer panoramas are squashed to 2:1
+GEM_POWER = 3.0  # generalised mean pooling: between average (1) and max pooling
+
+
+def aspect_size(width: int, height: int, short: int) -> tuple[int, int]:
+    """(height, width) of the aspect-kept view: the shorter side `short`, the longer side the
+    image's ratio (at most ASPECT_MOST) times that, rounded to a multiple of ASPECT_STEP, so that
+    a collection falls into a few shapes that batch together."""
+    ratio = min(max(width, height) / max(min(width, height), 1), ASPECT_MOST)
+    longer = max(short, round(ratio * short / ASPECT_STEP) * ASPECT_STEP)
+    return (short, longer) if width >= height else (longer, short)
+
+
+@dataclass(frozen=True)
+class AspectResize:
+    """The image resized to `aspect_size` (bicubic, as the square views are)."""
+
+    short: int
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        height, width = aspect_size(image.width, image.height, self.short)
+        return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
 class FeaturesAndLogits(torch.nn.Module):
     """EfficientNet-Lite0 as one module with both outputs the pipeline stores (for export)."""
 
@@ -159,6 +214,29 @@ class FeaturesAndLogits(torch.nn.Module):
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.net.extract_features(batch).mean(dim=(2, 3))
         return features, self.net._fc(features)
+
+
+class GemFeaturesAndLogits(torch.nn.Module):
+    """EfficientNet-Lite0 with its feature map GeM-pooled, for inputs of any size (the
+    aspect-kept view); the logits keep the runners' two outputs."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.net.extract_features(batch).clamp(min=1e-6)
+        features = maps.pow(GEM_POWER).mean(dim=(2, 3)).pow(1 / GEM_POWER)
+        return features, self.net._fc(features)
+
+
+def _torch_runner(module: torch.nn.Module, device: str, precision: str) -> Runner:
+    def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode(), _autocast(device, precision):
+            features, logits = module(torch.from_numpy(pixels).to(device))
+        return features.float().cpu().numpy(), logits.float().cpu().numpy()
+
+    return run
 
 
 def _load_efficientnet_lite0(spec: ModelSpec, device: str, precision: str,
@@ -175,37 +253,51 @@ def _load_efficientnet_lite0(spec: ModelSpec, device: str, precision: str,
         return net.extract_features(batch).mean(dim=(2, 3))
 
     # The TF-Lite training recipe scales pixels as (x - 127) / 128.
-    transform = transforms.Compose([
-        *_view_resize(spec.view, 224, crop_from=256),
-        transforms.ToTensor(),
-        transforms.Normalize([127 / 255] * 3, [128 / 255] * 3),
-    ])
+    to_pixels = [transforms.ToTensor(), transforms.Normalize([127 / 255] * 3, [128 / 255] * 3)]
+    transform = transforms.Compose([*_view_resize(spec.view, 224, crop_from=256), *to_pixels])
     version = (
         f"efficientnet-lite-pytorch {package_version('efficientnet-lite-pytorch')}; "
         f"weights sha256:{file_sha256(weights)[:12]}{_view_suffix(spec.view)}"
     )
     runner = _exported_runner(FeaturesAndLogits(net), version, engine, precision) \
         if engine != "torch" else None
-    return EmbeddingModel(spec, version, 1280, 224, device, precision, features, transform,
+    aspect_transform = aspect_runner = None
+    if spec.view == "multi":
+        aspect_transform = transforms.Compose([AspectResize(224), *to_pixels])
+        gem = GemFeaturesAndLogits(net).eval()
+        aspect_runner = (_exported_runner(gem, f"{version}; aspect view", engine, precision,
+                                          example=torch.zeros(2, 3, 224, 320))
+                         if engine != "torch" else _torch_runner(gem, device, precision))
+    dim = 2 * 1280 if spec.view == "multi" else 1280
+    return EmbeddingModel(spec, version, dim, 224, device, precision, features, transform,
                           classifier=net._fc, class_names=imagenet_class_names(), engine=engine,
-                          runner=runner, decode_size=2 * 256)
+                          runner=runner, decode_size=2 * 256, aspect_transform=aspect_transform,
+                          aspect_runner=aspect_runner)
 
 
 def _view_resize(view: str, size: int, crop_from: int) -> list:
     """The resizing steps of a view: the whole image squashed to size x size, or the shorter
     side to `crop_from` and the centre size x size square cut out."""
     bicubic = transforms.InterpolationMode.BICUBIC
-    if view == "whole":
+    if view in ("whole", "multi"):
         return [transforms.Resize((size, size), interpolation=bicubic)]
     return [transforms.Resize(crop_from, interpolation=bicubic), transforms.CenterCrop(size)]
 
 
 def _view_suffix(view: str) -> str:
+    if view == "multi":
+        return (f"; view multi (squashed + aspect kept, step {ASPECT_STEP}, at most "
+                f"{ASPECT_MOST:g}:1, GeM p={GEM_POWER:g})")
     return "" if view == LEGACY_VIEW else f"; view {view}"
 
 
-def _exported_runner(module: torch.nn.Module, version: str, engine: str, precision: str) -> Runner:
-    path = exported_onnx(module.eval(), torch.zeros(2, 3, 224, 224), version)
+def _exported_runner(module: torch.nn.Module, version: str, engine: str, precision: str,
+                     example: torch.Tensor | None = None) -> Runner:
+    """`module` exported to ONNX and run by `engine`; an `example` of another size than the
+    square input exports a graph that takes any height and width."""
+    size_varies = example is not None
+    example = torch.zeros(2, 3, 224, 224) if example is None else example
+    path = exported_onnx(module.eval(), example, version, size_varies=size_varies)
     return onnx_runner(path) if engine == "onnx" else openvino_runner(path, precision)
 
 

@@ -34,7 +34,7 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
-from vsearch_pipeline.core.models import EmbeddingModel
+from vsearch_pipeline.core.models import EmbeddingModel, Prepared
 from vsearch_pipeline.core.retrieval import ProjectionHead
 
 CROP_SCALE = (0.3, 1.0)  # share of the image's area a random crop keeps
@@ -90,19 +90,21 @@ def view_vectors(model: EmbeddingModel, images: Iterable[Image.Image], views: in
     a generator: each image is let go once its views are made."""
     finish = tensor_steps(model)
 
-    def tensors() -> Iterator[torch.Tensor]:
+    def prepared() -> Iterator[Prepared]:
         for index, image in enumerate(images):
             rng = np.random.default_rng([seed, index])
             for _ in range(views):
-                yield finish(augment(image, model.image_size, rng))
+                pixels = finish(augment(image, model.image_size, rng))
+                # view 'multi': a square view is its own aspect-kept view
+                yield pixels if model.aspect_transform is None else (pixels, pixels)
 
-    chunks = [model.embed_tensors(torch.stack(batch)) for batch in _batches(tensors(), batch_size)]
+    chunks = [model.embed_prepared(batch, top=0)[0] for batch in _batches(prepared(), batch_size)]
     out = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
     return out.astype(np.float32).reshape(-1, views, model.dim)
 
 
-def _batches(items: Iterator[torch.Tensor], size: int) -> Iterator[list[torch.Tensor]]:
-    batch: list[torch.Tensor] = []
+def _batches(items: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
+    batch: list[Prepared] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:
