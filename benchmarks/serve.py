@@ -75,11 +75,14 @@ TARGET_SIMILAR_P95_MS, TARGET_SIMILAR_RPS, TARGET_SEARCH_P95_MS = 20.0, 300.0, 1
 # ----------------------------------------------------------------------------- the served home
 
 
-def model_space_vectors(n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """n base and n_queries query vectors in the model's space, generated as benchmarks.ann does."""
+def model_space_vectors(n: int, n_queries: int, dim: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """n base and n_queries query vectors in the model's space (`dim` wide, so that the served
+    model's queries search them), generated as benchmarks.ann does."""
     vectors, source = real_vectors()
     if vectors is None:
-        vectors = synthetic_seed_vectors()
+        vectors = synthetic_seed_vectors(d=dim)
+    if vectors.shape[1] != dim:
+        raise ValueError(f"{source}: {vectors.shape[1]} dimensions, but the model's are {dim}")
     basis = pca_basis(vectors, vectors.shape[1])  # a full rotation: generate there, rotate back
     seeds, variance = pca_reduce(vectors, vectors.shape[1])
     rng = np.random.default_rng(SEED)
@@ -139,7 +142,8 @@ def report(instance, store: ArtifactStore, build: dict) -> None:
 def prepare_home(home: Path, n: int) -> dict:
     """The served home, built or (when its record matches) reused; returns the record."""
     record_path = home / "bench-serve.json"
-    wanted = {"n": n, "hnsw": HNSW.as_dict(), "seed": SEED, "vectors": os.environ.get(VECTORS_ENV)}
+    wanted = {"n": n, "hnsw": HNSW.as_dict(), "seed": SEED, "vectors": os.environ.get(VECTORS_ENV),
+              "model_key": ModelSpec(DEFAULT_MODEL).key}
     serving = {"serving": {"query_cache_size": 0, "rate_limit_per_s": 0,  # wrk is one client
                            "api_keys_file": str(home / "api-keys")}}
     if record_path.exists() and json.loads(record_path.read_text()).get("wanted") == wanted:
@@ -153,7 +157,7 @@ def prepare_home(home: Path, n: int) -> dict:
     store = ArtifactStore(str(home / "artifacts"))
     model = load_model(ModelSpec(DEFAULT_MODEL))
     start = time.perf_counter()
-    base, queries, source = model_space_vectors(n, RECALL_QUERIES)
+    base, queries, source = model_space_vectors(n, RECALL_QUERIES, model.dim)
     print(f"# data: {n} x {base.shape[1]}; {source}; generated in {time.perf_counter() - start:.0f} s",
           flush=True)
     ids = fake_ids(n)
