@@ -55,7 +55,7 @@ class StorageSettings(Section):
 class ModelSettings(Section):
     name: str = DEFAULT_MODEL
     pretrained: str | None = None
-    view: str | None = None  # centre_crop | whole | multi; None: multi, or centre_crop for open_clip
+    view: str | None = None  # centre_crop | whole | multi; None: centre_crop
     batch_size: int = Field(32, ge=1, le=4096)
     device: str = "cpu"
     precision: str = "fp32"
@@ -143,7 +143,7 @@ class RetrievalSettings(Section):
     rerank: str = "none"  # none | k_reciprocal
     rerank_depth: int = Field(100, ge=1, le=10_000)  # candidates re-ranked and checked for near-duplicates
     rerank_k1: int = Field(20, ge=1, le=100)  # neighbourhood size of the k-reciprocal sets
-    near_duplicate_floor: float = Field(0.7, ge=0.0, le=1.0)  # plain cosine lifting a candidate; 1: off
+    near_duplicate_floor: float = Field(0.75, ge=0.0, le=1.0)  # plain cosine lifting a candidate; 1: off
 
     @field_validator("rerank")
     @classmethod
