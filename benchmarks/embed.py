@@ -91,6 +91,10 @@ def _say(figures: dict, key: str, value: float, unit: str = "") -> None:
 
 def default_model(quick: bool, figures: dict) -> None:
     files, labels = caltech_sample(200 if quick else 2000)
+    if quick:  # two photos of every third class: the plain loop runs both views eagerly, slowly
+        kept = sorted(set(labels))[::3]
+        files, labels = map(list, zip(*[(f, c) for f, c in zip(files, labels, strict=True)
+                                        if c in kept], strict=True))
     spec = ModelSpec(DEFAULT_MODEL)
     reference = load_model(spec, engine="torch")
     fast = load_model(spec, engine="auto")
@@ -116,7 +120,7 @@ def default_model(quick: bool, figures: dict) -> None:
     _say(figures, "ratio_model_alone", figures["vsearch_model_alone_images_per_s"]
          / figures["plain_model_alone_images_per_s"], "x")
     agreement(figures, ref_vectors, ref_top1, result.vectors, result.labels, labels)
-    engines(figures, spec, pixels[: 64 if quick else 256])
+    engines(figures, spec, pixels[: 32 if quick else 256])
 
 
 def agreement(figures: dict, ref: np.ndarray, ref_top1: list[str], vectors: np.ndarray,
