@@ -91,7 +91,7 @@ def _say(figures: dict, key: str, value: float, unit: str = "") -> None:
 
 def default_model(quick: bool, figures: dict) -> None:
     files, labels = caltech_sample(200 if quick else 2000)
-    if quick:  # two photos of every third class: the plain loop runs both views eagerly, slowly
+    if quick:  # two photos of every third class: the plain eager loop is slow (multi: 2 photos/s)
         kept = sorted(set(labels))[::3]
         files, labels = map(list, zip(*[(f, c) for f, c in zip(files, labels, strict=True)
                                         if c in kept], strict=True))
