@@ -23,7 +23,7 @@ from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
 from vsearch_pipeline.core.engines import validate_engine
 from vsearch_pipeline.core.index import IndexParams
 from vsearch_pipeline.core.index import validate_params as validate_index_params
-from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
+from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, DEFAULT_VIEW, ModelSpec, validate_settings
 from vsearch_pipeline.core.retrieval import RERANKERS, QueryPlan
 
 HOME_ENV = "VSEARCH_HOME"
@@ -55,7 +55,7 @@ class StorageSettings(Section):
 class ModelSettings(Section):
     name: str = DEFAULT_MODEL
     pretrained: str | None = None
-    view: str | None = None  # centre_crop | whole | multi; None: centre_crop
+    view: str = DEFAULT_VIEW  # centre_crop | whole | multi: what of each image the network sees
     batch_size: int = Field(32, ge=1, le=4096)
     device: str = "cpu"
     precision: str = "fp32"
