@@ -198,20 +198,45 @@ def build_hostile_corpus(shared: Path, root: Path) -> list[Planted]:
     return planted
 
 
+# Runs argv[2:] and writes its peak resident memory (MB) to argv[1]. A child's ru_maxrss starts
+# at the high-water mark of the process that spawned it (Linux records the old memory map's peak
+# at exec, and a vfork child's old map is its parent's), so a child spawned by pytest straight
+# away would report pytest's own peak; spawned by this small process, it reports its own.
+PEAK_MEMORY_OF = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss / 1024))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _materialize(corpus: Path, home: Path) -> dict:
     """`vsearch materialize` in a child process (without the capabilities that let root read a
-    mode-000 file); its exit status, output and peak resident memory from wait4."""
+    mode-000 file); its exit status, output and peak resident memory."""
     env = {**os.environ, "VSEARCH_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     command = [VSEARCH, "materialize", "--home", str(home), "--source", str(corpus)]
     if os.geteuid() == 0:
         command = DROP_READ_CAPS + command
-    out, err = home.parent / "stdout.txt", home.parent / "stderr.txt"
+    out, err, peak = (home.parent / name for name in ("stdout.txt", "stderr.txt", "peak_mb.txt"))
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        child = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=home.parent)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-    return {"returncode": child.returncode, "stdout": out.read_text(), "stderr": err.read_text(),
-            "peak_rss_mb": usage.ru_maxrss / 1024}
+        done = subprocess.run([sys.executable, "-c", PEAK_MEMORY_OF, str(peak), *command],
+                              stdout=stdout, stderr=stderr, env=env, cwd=home.parent)
+    return {"returncode": done.returncode, "stdout": out.read_text(), "stderr": err.read_text(),
+            "peak_rss_mb": float(peak.read_text())}
+
+
+def test_the_measured_peak_is_the_childs_own_not_pytests(tmp_path):
+    """A child that holds 300 MB reports about that, though pytest has just held a gigabyte more
+    than it ever had: spawned straight from pytest it would report pytest's peak."""
+    ballast = np.ones(2**27)  # 1 GiB, written, so resident
+    ballast.sum()
+    del ballast
+    peak = tmp_path / "peak.txt"
+    hold = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+    subprocess.run([sys.executable, "-c", PEAK_MEMORY_OF, str(peak), sys.executable, "-c", hold],
+                   check=True)
+    assert 300 < float(peak.read_text()) < 600
 
 
 @pytest.fixture(scope="module")
