@@ -32,7 +32,7 @@ from vsearch_pipeline.settings import load_settings
 OFF = {"whitening": False, "database_augmentation_k": 0, "query_expansion_k": 0,
        "query_expansion_rounds": 1, "rerank": "none", "near_duplicate_floor": 1.0}
 DBA_QE = {**OFF, "database_augmentation_k": 10, "query_expansion_k": 10}
-DEFAULT_RETRIEVAL = {**DBA_QE, "near_duplicate_floor": 0.75}
+DEFAULT_RETRIEVAL = {**DBA_QE, "near_duplicate_floor": 0.7}
 SETTINGS = {
     "raw backbone": OFF,
     "whitening": {**OFF, "whitening": True},

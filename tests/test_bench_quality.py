@@ -30,11 +30,11 @@ def test_default_retrieval_beats_the_raw_backbone_in_the_evaluation_table(
     first = figures["first run"]  # the embeddings step, read back from its metrics
     assert first["embedded"] == raw["queries"] and first["embedding_seconds"] > 0
     (default,) = [row for name, row in figures.items() if name.endswith("(default)")]
-    assert default["retrieval"] == "whiten=0,dba=10,qe=10x1,alpha=3.0,rerank=none,ndfloor=0.75"
+    assert default["retrieval"] == "whiten=0,dba=10,qe=10x1,alpha=3.0,rerank=none,ndfloor=0.7"
     defaults = RetrievalSettings()  # the row called default is measured with the defaults
     assert (defaults.whitening, defaults.database_augmentation_k, defaults.query_expansion_k,
             defaults.query_expansion_rounds, defaults.expansion_alpha, defaults.rerank,
-            defaults.near_duplicate_floor) == (False, 10, 10, 1, 3.0, "none", 0.75)
+            defaults.near_duplicate_floor) == (False, 10, 10, 1, 3.0, "none", 0.7)
     # 868 photos are too few to whiten (24 per axis): the whitening rows stay unwhitened
     assert figures["whitening"]["retrieval"].startswith("whiten=0,")
     assert default["map@10"] > raw["map@10"] + 0.01

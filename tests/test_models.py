@@ -77,7 +77,8 @@ def test_default_model_loads_from_packaged_weights(lite0) -> None:
     centre = ModelSpec(DEFAULT_MODEL, view="centre_crop")
     assert centre.key == "efficientnet-lite0"
     assert ModelSpec(DEFAULT_MODEL, view="whole").copy_spec == centre
-    assert ModelSpec(DEFAULT_MODEL) == centre  # the default view
+    # the default view: multi for the default model, the centre crop for open_clip models
+    assert ModelSpec(DEFAULT_MODEL) == ModelSpec(DEFAULT_MODEL, view="multi")
     assert ModelSpec(f"open_clip:{OPEN_CLIP_ARCH}", "random").view == "centre_crop"
 
 

@@ -23,7 +23,7 @@ from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
 from vsearch_pipeline.core.engines import validate_engine
 from vsearch_pipeline.core.index import IndexParams
 from vsearch_pipeline.core.index import validate_params as validate_index_params
-from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, DEFAULT_VIEW, ModelSpec, validate_settings
+from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
 from vsearch_pipeline.core.retrieval import RERANKERS, QueryPlan
 
 HOME_ENV = "VSEARCH_HOME"
@@ -55,7 +55,7 @@ class StorageSettings(Section):
 class ModelSettings(Section):
     name: str = DEFAULT_MODEL
     pretrained: str | None = None
-    view: str = DEFAULT_VIEW  # centre_crop | whole | multi: what of each image the network sees
+    view: str | None = None  # centre_crop | whole | multi; None: multi, or centre_crop for open_clip
     batch_size: int = Field(32, ge=1, le=4096)
     device: str = "cpu"
     precision: str = "fp32"
@@ -143,7 +143,7 @@ class RetrievalSettings(Section):
     rerank: str = "none"  # none | k_reciprocal
     rerank_depth: int = Field(100, ge=1, le=10_000)  # candidates re-ranked and checked for near-duplicates
     rerank_k1: int = Field(20, ge=1, le=100)  # neighbourhood size of the k-reciprocal sets
-    near_duplicate_floor: float = Field(0.75, ge=0.0, le=1.0)  # plain cosine lifting a candidate; 1: off
+    near_duplicate_floor: float = Field(0.7, ge=0.0, le=1.0)  # plain cosine lifting a candidate; 1: off
 
     @field_validator("rerank")
     @classmethod

@@ -22,10 +22,6 @@ OPEN_CLIP_PREFIX = "open_clip:"
 # embedded beside the search view's. `multi` needs a network that takes any input size
 # (docs/search-quality.md has the figures).
 VIEWS = ("centre_crop", "whole", "multi")
-# `multi` reaches mAP@10 0.8806 on Caltech-101 against the centre crop's 0.8601, but its first
-# clean-clone CI run measured the hostile-corpus run's peak memory at 5.3 GB against the 4 GB bound
-# (2.2 GB when run alone here), so the centre crop stays the default until that is understood.
-DEFAULT_VIEW = "centre_crop"
 COPY_VIEW = "centre_crop"  # the view near-duplicate detection reads
 LEGACY_VIEW = "centre_crop"  # what vectors without a recorded view were made with
 
@@ -36,7 +32,11 @@ class ModelSpec:
 
     name: str
     pretrained: str | None = None
-    view: str = DEFAULT_VIEW
+    view: str | None = None  # None: the model's default view (`default_view`)
+
+    def __post_init__(self) -> None:
+        if self.view is None:
+            object.__setattr__(self, "view", default_view(self.name))
 
     @property
     def key(self) -> str:
@@ -53,6 +53,12 @@ class ModelSpec:
     def copy_spec(self) -> ModelSpec:
         """The same model seeing the copy view: the vectors near-duplicate detection reads."""
         return replace(self, view=COPY_VIEW)
+
+
+def default_view(name: str) -> str:
+    """`multi` for the default model; open_clip models keep the centre crop they were trained
+    with (`multi` needs a network that takes any input size)."""
+    return "multi" if name == DEFAULT_MODEL else LEGACY_VIEW
 
 
 def pretrained_label(pretrained: str) -> str:

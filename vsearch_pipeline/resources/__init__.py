@@ -9,7 +9,7 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
-from vsearch_pipeline.core.model_spec import DEFAULT_VIEW, ModelSpec
+from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel, load_model
 from vsearch_pipeline.core.sources import SourceObject, list_source, read_head, read_object
 from vsearch_pipeline.core.storage import ArtifactStore
@@ -83,7 +83,7 @@ class EmbeddingModelResource(ConfigurableResource):
 
     name: str
     pretrained: str | None = None
-    view: str = DEFAULT_VIEW
+    view: str | None = None  # None: the model's default view
     batch_size: int = 32
     device: str = "cpu"
     precision: str = "fp32"
