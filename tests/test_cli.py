@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,6 +174,22 @@ def test_missing_or_empty_source_is_a_clear_error(tmp_path):
     result = _run("materialize", "--source", str(tmp_path / "empty"), home=tmp_path / "home")
     assert result.returncode == 1
     assert "holds no files" in result.stderr
+
+
+def test_a_source_without_a_usable_image_is_one_clear_line(tmp_path):
+    """Files but no image among them: the manifest keeps each file's reason, and the run ends
+    with one line saying why there is nothing to index, not the collection steps' tracebacks."""
+    source = tmp_path / "notes"
+    source.mkdir()
+    (source / "readme.jpg").write_text("not a photo")
+    (source / "empty.png").write_bytes(b"")
+    result = _run("materialize", "--source", str(source), home=tmp_path / "home")
+    assert result.returncode == 1
+    assert "nothing to index: none of its files is a usable image" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    manifest = pq.read_table(tmp_path / "home" / "artifacts" / "manifest" / "b00001.parquet")
+    assert sorted(manifest.column("path").to_pylist()) == ["empty.png", "readme.jpg"]
+    assert "ok" not in manifest.column("status").to_pylist()
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from dagster import DagsterInstance
 
 from vsearch_pipeline.assets.common import ingest_batches
 from vsearch_pipeline.core.batches import batch_key, record_batch, stored_batches, unbatched
-from vsearch_pipeline.core.layout import manifest_path
+from vsearch_pipeline.core.layout import embeddings_dir, load_manifests, manifest_path
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions
@@ -86,6 +87,7 @@ def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = pr
             partition_key=key, instance=instance, run_config=CONSOLE_INFO, raise_on_error=True)
         results[key] = result.success
         timings += step_seconds(instance, result.run_id, key)
+    check_something_to_index(store, defs.resources["model"].spec.key)
     say("collection: near-duplicate groups, FAISS index, clusters, evaluation")
     result = defs.resolve_job_def("refresh_collection").execute_in_process(
         instance=instance, run_config=CONSOLE_INFO, raise_on_error=True)
@@ -93,6 +95,23 @@ def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = pr
     timings += step_seconds(instance, result.run_id, None)
     return {"batches": keys, "new_batch": new_key, "success": all(results.values()),
             "run_id": result.run_id, "timings": timings}
+
+
+def check_something_to_index(store: ArtifactStore, model_key: str) -> None:
+    """Before the collection job: a source without one embedded image gets one line saying why,
+    rather than the same error from every collection step (retried, with its traceback)."""
+    if any(len(store.read_parquet(shard)) for shard in store.list(embeddings_dir(model_key), ".parquet")):
+        return
+    statuses = Counter(load_manifests(store).column("status").to_pylist())
+    usable = statuses.pop("ok", 0)
+    found = ", ".join(f"{n} {status}" for status, n in statuses.most_common())
+    if usable:
+        why = (f"none of its {usable} usable images was embedded (subset.fraction, seed and "
+               f"force_include choose which are)")
+    else:
+        why = f"none of its files is a usable image ({found})"
+    raise ValueError(f"nothing to index: {why}; each file's status and reason is in the "
+                     f"manifest (artifacts/manifest/*.parquet)")
 
 
 def step_seconds(instance: DagsterInstance, run_id: str, partition: str | None) -> list[dict]:
