@@ -70,6 +70,24 @@ FORM_OVERHEAD = 64 * 1024  # multipart headers and the small form fields beside 
 UPLOAD_REFUSALS = {"empty": 400, "too_large": 413, "not_image": 415, "unsupported_format": 415}
 
 
+async def read_image_upload(upload: UploadFile, limit: int) -> tuple[bytes, str]:
+    """An upload's bytes and image format, or ImageError with the manifest's status: the size
+    is checked before more than `limit` bytes are read, and the format comes from the bytes,
+    never from the file name or the declared content type."""
+    if upload.size is not None and upload.size > limit:
+        raise ImageError("too_large", f"over {limit} bytes")
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ImageError("too_large", f"over {limit} bytes")
+    if not data:
+        raise ImageError("empty", "the file is empty")
+    fmt = sniff_image_format(data[:SNIFF_BYTES])
+    if fmt is None:
+        raise ImageError("not_image", "its bytes are not JPEG, PNG, GIF, TIFF, WEBP or BMP (the "
+                                      "file name and the declared content type are not trusted)")
+    return data, fmt
+
+
 class ServiceMetrics:
     """Prometheus figures of one app (its own registry, so several apps can live in a process)."""
 
@@ -364,18 +382,12 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return answer(served, results, k, started, "search", query, tag, fold)
 
     async def read_upload(file: UploadFile) -> bytes:
-        """An upload's bytes, refused unless they are an image: the size before reading more
-        than the limit, the format from the bytes, never from the file name or declared type."""
-        name, limit = file.filename or "the upload", settings.max_upload_bytes
-        data = b"" if file.size is not None and file.size > limit else await file.read(limit + 1)
-        if file.size is not None and file.size > limit or len(data) > limit:
-            raise HTTPException(413, f"{name} is over {limit} bytes")
-        if not data:
-            raise HTTPException(400, f"{name} is not a usable image (empty): the file is empty")
-        if sniff_image_format(data[:SNIFF_BYTES]) is None:
-            raise HTTPException(415, f"{name} is not a usable image (not_image): its bytes are not "
-                                     "JPEG, PNG, GIF, TIFF, WEBP or BMP (the file name and the "
-                                     "declared content type are not trusted)")
+        try:
+            data, _ = await read_image_upload(file, settings.max_upload_bytes)
+        except ImageError as err:
+            raise HTTPException(UPLOAD_REFUSALS[err.status],
+                                f"{file.filename or 'the upload'} is not a usable image "
+                                f"({err.status}): {err.reason}") from None
         return data
 
     def embed_upload(served: ServedIndex, data: bytes, box) -> object:
@@ -460,21 +472,14 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                 "refused": sum("error" in e for e in entries)}
 
     async def ingest_one(sink: ImageSink, upload: UploadFile) -> dict:
-        """One uploaded file: size first (before reading it), then its bytes decide, then write."""
-        name, limit = upload.filename, settings.max_upload_bytes
-        if upload.size is not None and upload.size > limit:
-            return {"filename": name, "status": "too_large", "error": f"over {limit} bytes"}
-        data = await upload.read(limit + 1)
-        if len(data) > limit:
-            return {"filename": name, "status": "too_large", "error": f"over {limit} bytes"}
-        fmt = sniff_image_format(data[:SNIFF_BYTES])
-        if fmt is None:
-            status = "empty" if not data else "not_image"
-            return {"filename": name, "status": status,
-                    "error": "empty file" if not data else "not an image: no known image format"}
+        try:
+            data, fmt = await read_image_upload(upload, settings.max_upload_bytes)
+        except ImageError as err:
+            return {"filename": upload.filename, "status": err.status, "error": err.reason}
         stored = await run_in_threadpool(sink.put, data, fmt)
-        return {"filename": name, "id": stored.id, "uri": stored.uri, "path": stored.path,
-                "format": stored.format, "bytes": stored.bytes, "existed": stored.existed}
+        return {"filename": upload.filename, "id": stored.id, "uri": stored.uri,
+                "path": stored.path, "format": stored.format, "bytes": stored.bytes,
+                "existed": stored.existed}
 
     @app.post("/click", dependencies=clicks)
     def click(request: ClickRequest) -> dict:
