@@ -123,7 +123,7 @@ def test_bad_files_are_refused_with_reasons_while_good_ones_land(service):
         ("page.jpg", HTML), ("good.jpg", good), ("big.jpg", big), ("empty.jpg", b"")))
     assert answer.status_code == 200, answer.text
     by_name = {e["filename"]: e for e in answer.json()["files"]}
-    assert by_name["page.jpg"]["status"] == "not_image" and "not an image" in by_name["page.jpg"]["error"]
+    assert by_name["page.jpg"]["status"] == "not_image" and "not JPEG, PNG" in by_name["page.jpg"]["error"]
     assert by_name["big.jpg"]["status"] == "too_large" and "50000" in by_name["big.jpg"]["error"]
     assert by_name["empty.jpg"]["status"] == "empty"
     assert by_name["good.jpg"]["existed"] is False
