@@ -176,20 +176,46 @@ def test_missing_or_empty_source_is_a_clear_error(tmp_path):
     assert "holds no files" in result.stderr
 
 
-def test_a_source_without_a_usable_image_is_one_clear_line(tmp_path):
-    """Files but no image among them: the manifest keeps each file's reason, and the run ends
-    with one line saying why there is nothing to index, not the collection steps' tracebacks."""
-    source = tmp_path / "notes"
-    source.mkdir()
+@pytest.fixture(scope="module")
+def no_usable_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`vsearch materialize` of a source with files but no image among them."""
+    source = tmp_path_factory.mktemp("notes")
     (source / "readme.jpg").write_text("not a photo")
     (source / "empty.png").write_bytes(b"")
-    result = _run("materialize", "--source", str(source), home=tmp_path / "home")
+    home = source.parent / "home"
+    return home, _run("materialize", "--source", str(source), home=home)
+
+
+def test_a_source_without_a_usable_image_is_one_clear_line(no_usable_image):
+    """The manifest keeps each file's reason, and the run ends with one line saying why there is
+    nothing to index, not the collection steps' tracebacks."""
+    home, result = no_usable_image
     assert result.returncode == 1
     assert "nothing to index: none of its files is a usable image" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    manifest = pq.read_table(tmp_path / "home" / "artifacts" / "manifest" / "b00001.parquet")
+    manifest = pq.read_table(home / "artifacts" / "manifest" / "b00001.parquet")
     assert sorted(manifest.column("path").to_pylist()) == ["empty.png", "readme.jpg"]
     assert "ok" not in manifest.column("status").to_pylist()
+
+
+def test_collection_steps_without_embeddings_fail_at_once_with_the_reason(no_usable_image):
+    """The collection job as a sensor or the Dagster UI launches it (no pre-check in front):
+    the steps fail with the reason and are not retried, since no retry can mend it."""
+    from dagster import DagsterEventType
+
+    from vsearch_pipeline.definitions import make_definitions
+    from vsearch_pipeline.runner import open_instance
+    from vsearch_pipeline.settings import load_settings
+
+    home, _ = no_usable_image
+    instance = open_instance(home)
+    job = make_definitions(home, load_settings(home)).resolve_job_def("refresh_collection")
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    assert failures and all("no embeddings for model" in e.step_failure_data.error.message
+                            for e in failures)
+    assert not [e for e in result.all_events if e.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
 
 
 @pytest.mark.slow

@@ -19,13 +19,14 @@ from vsearch_pipeline.assets.common import (
     STORAGE_RETRY,
     artifact_version,
     code_version,
+    collection_embeddings,
     markdown_table,
     run_keys,
 )
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.core.cluster import cluster_labels
 from vsearch_pipeline.core.drift import drifted
-from vsearch_pipeline.core.layout import image_locations, load_embeddings, load_grounding_sets, load_manifests
+from vsearch_pipeline.core.layout import image_locations, load_grounding_sets, load_manifests
 from vsearch_pipeline.core.metrics import cluster_metrics
 from vsearch_pipeline.resources import (
     ArtifactStorage,
@@ -56,7 +57,7 @@ def clusters(
     """
     store = storage.store
     config = settings.clusters
-    ids, vectors, _ = load_embeddings(store, model.spec.key)
+    ids, vectors, _ = collection_embeddings(store, model.spec.key)
     start = time.perf_counter()
     labels = cluster_labels(vectors, config.params())
     seconds = time.perf_counter() - start

@@ -10,14 +10,19 @@ from functools import lru_cache
 from importlib.metadata import version as package_version
 from pathlib import Path
 
+import numpy as np
 from dagster import (
     AssetExecutionContext,
     Backoff,
     DynamicPartitionsDefinition,
+    Failure,
     Jitter,
     MetadataValue,
     RetryPolicy,
 )
+
+from vsearch_pipeline.core.layout import NoEmbeddingsError, load_embeddings
+from vsearch_pipeline.core.storage import ArtifactStore
 
 ingest_batches = DynamicPartitionsDefinition(name="ingest_batches")
 
@@ -27,6 +32,15 @@ disk: a step that fails is tried again 2, 4 and 8 seconds later (each attempt al
 a request for about 10 s inside s3fs and botocore), so an outage of half a minute costs time,
 not the run. Repeating a step is safe: artifacts are written whole under their final names and
 DuckDB writes are transactions, so a failed attempt leaves nothing that the next one reads."""
+
+
+def collection_embeddings(store: ArtifactStore, model_key: str) -> tuple[list[str], np.ndarray, str]:
+    """`load_embeddings` for a collection step; none at all is a failure that no retry mends,
+    so it fails at once with its reason (retries are for storage that may come back)."""
+    try:
+        return load_embeddings(store, model_key)
+    except NoEmbeddingsError as err:
+        raise Failure(description=str(err), allow_retries=False) from None
 
 
 def artifact_version(context: AssetExecutionContext) -> str:

@@ -6,7 +6,13 @@ import time
 import numpy as np
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
-from vsearch_pipeline.assets.common import STORAGE_RETRY, code_version, markdown_table, run_keys
+from vsearch_pipeline.assets.common import (
+    STORAGE_RETRY,
+    code_version,
+    collection_embeddings,
+    markdown_table,
+    run_keys,
+)
 from vsearch_pipeline.assets.curation import CURATION_SETS, curation_grounding, curation_set_path
 from vsearch_pipeline.assets.hashes import near_duplicate_groups
 from vsearch_pipeline.assets.index import faiss_index
@@ -17,7 +23,6 @@ from vsearch_pipeline.core.grounding import (
     resolve_grounding,
 )
 from vsearch_pipeline.core.layout import (
-    load_embeddings,
     load_grounding_sets,
     load_manifests,
     reference_lookup,
@@ -46,7 +51,7 @@ def evaluation(
     """
     loaded = load_index_artifacts(storage.store, latest_index_metadata(context.instance))
     store = storage.store
-    ids, vectors, _ = load_embeddings(store, loaded.build["model_key"])
+    ids, vectors, _ = collection_embeddings(store, loaded.build["model_key"])
     vector_of = dict(zip(ids, range(len(ids)), strict=True))
     manifest = load_manifests(store)
     duplicate_group = _duplicate_groups(metrics_db)

@@ -18,7 +18,13 @@ from dagster import (
     asset,
 )
 
-from vsearch_pipeline.assets.common import STORAGE_RETRY, artifact_version, code_version, run_keys
+from vsearch_pipeline.assets.common import (
+    STORAGE_RETRY,
+    artifact_version,
+    code_version,
+    collection_embeddings,
+    run_keys,
+)
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.assets.retrieval import retrieval_transform
 from vsearch_pipeline.core.embed import table_vectors
@@ -43,7 +49,6 @@ from vsearch_pipeline.core.layout import (
     latest_index_build,
     latest_transform,
     live_ids,
-    load_embeddings,
     load_folder_graph,
     load_folder_plain_vectors,
     load_folder_transform,
@@ -215,7 +220,7 @@ def _full_build(store: ArtifactStore, model_key: str, settings: PipelineSettings
     live = live_ids(manifest, listing)
     if config.index_type in SHARDED_TYPES:
         return _full_build_by_shards(store, model_key, config, manifest, live, version)
-    ids, vectors, model_version = load_embeddings(store, model_key)
+    ids, vectors, model_version = collection_embeddings(store, model_key)
     keep = np.array([i in live for i in ids], dtype=bool)
     removed = int((~keep).sum())
     ids = [i for i, k in zip(ids, keep, strict=True) if k]

@@ -12,6 +12,7 @@ from vsearch_pipeline.assets.common import (
     STORAGE_RETRY,
     artifact_version,
     code_version,
+    collection_embeddings,
     progress_logger,
     refit_reason,
     run_keys,
@@ -24,7 +25,6 @@ from vsearch_pipeline.core.layout import (
     head_dir,
     image_locations,
     latest_head,
-    load_embeddings,
     load_manifests,
 )
 from vsearch_pipeline.core.projection_head import train_projection_head, view_vectors
@@ -64,7 +64,7 @@ def projection_head(
         return MaterializeResult(metadata={"mode": "off (retrieval.projection_head is false)"})
     store = storage.store
     model_key = model.spec.key
-    ids, vectors, model_version = load_embeddings(store, model_key)
+    ids, vectors, model_version = collection_embeddings(store, model_key)
     wanted = {"images": retrieval.projection_head_images, "views": VIEWS, "epochs": EPOCHS}
     previous = latest_head(store, model_key)
     reason = refit_reason(previous, wanted, model_version, len(ids),

@@ -11,6 +11,7 @@ from vsearch_pipeline.assets.common import (
     STORAGE_RETRY,
     artifact_version,
     code_version,
+    collection_embeddings,
     refit_reason,
     run_keys,
 )
@@ -19,7 +20,6 @@ from vsearch_pipeline.assets.projection_head import projection_head
 from vsearch_pipeline.core.layout import (
     latest_head,
     latest_transform,
-    load_embeddings,
     load_head,
     transform_dir,
 )
@@ -66,7 +66,7 @@ def retrieval_transform(
     """
     store = storage.store
     model_key = model.spec.key
-    ids, vectors, model_version = load_embeddings(store, model_key)
+    ids, vectors, model_version = collection_embeddings(store, model_key)
     head = _selected_head(store, model_key, model_version, settings.retrieval.projection_head)
     wanted = {**settings.retrieval.transform_settings(),
               "head_version": head.version if head else None}

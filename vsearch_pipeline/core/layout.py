@@ -160,6 +160,10 @@ def reference_lookup(manifest: pa.Table) -> dict[str, str]:
     return lookup
 
 
+class NoEmbeddingsError(ValueError):
+    """The collection has no vector of this model: no file of any batch was embedded."""
+
+
 def load_embeddings(store: ArtifactStore, model_key: str) -> tuple[list[str], np.ndarray, str]:
     """All shards of one model, each id once (first shard wins); and the model version."""
     ids: list[str] = []
@@ -177,7 +181,9 @@ def load_embeddings(store: ArtifactStore, model_key: str) -> tuple[list[str], np
             ids.extend(table.column("id").take(keep).to_pylist())
             chunks.append(table_vectors(table.take(keep)))
     if not ids:
-        raise ValueError(f"no embeddings for model {model_key!r} yet")
+        raise NoEmbeddingsError(f"no embeddings for model {model_key!r} yet: no file of any ingest "
+                                f"batch was embedded (the manifest gives each file's status and "
+                                f"reason)")
     return ids, np.concatenate(chunks), model_version
 
 
