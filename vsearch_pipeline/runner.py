@@ -100,7 +100,8 @@ def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = pr
 def check_something_to_index(store: ArtifactStore, model_key: str) -> None:
     """Before the collection job: a source without one embedded image gets one line saying why,
     rather than the same error from every collection step (retried, with its traceback)."""
-    if any(len(store.read_parquet(shard)) for shard in store.list(embeddings_dir(model_key), ".parquet")):
+    shards = store.list(embeddings_dir(model_key), ".parquet")
+    if any(len(store.read_parquet(shard, columns=["id"])) for shard in shards):  # stops at the first
         return
     statuses = Counter(load_manifests(store).column("status").to_pylist())
     usable = statuses.pop("ok", 0)
