@@ -15,6 +15,7 @@ from vsearch_pipeline.core.embed import embed_files
 from vsearch_pipeline.core.metrics import retrieval_metrics
 from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import load_model
+from vsearch_pipeline.settings import RetrievalSettings
 
 CLASSES_EVERY = 2  # every other Caltech class (51 classes)
 PER_CLASS = 40
@@ -76,10 +77,12 @@ def test_the_default_view_beats_the_centre_crop_on_held_back_photos(caltech):
     """`multi` (the default) against the centre crop it replaced, both raw and with the default
     retrieval: a gain of the descriptor itself, not of how it is searched."""
     vectors, labels, _, held, centre = caltech
-    plan = R.QueryPlan(query_expansion_k=10, near_duplicate_floor=0.7)
+    defaults = RetrievalSettings()
     multi_raw, centre_raw = _score(vectors[held], labels[held]), _score(centre[held], labels[held])
-    multi_default, centre_default = (_score(v[held], labels[held], dba_k=10, plan=plan)
-                                     for v in (vectors, centre))
+    multi_default, centre_default = (
+        _score(v[held], labels[held], dba_k=defaults.database_augmentation_k,
+               plan=defaults.query_plan())
+        for v in (vectors, centre))
     print(f"raw: multi {multi_raw}, centre crop {centre_raw}; default retrieval: multi "
           f"{multi_default}, centre crop {centre_default}")
     assert vectors.shape[1] == 2 * centre.shape[1]
