@@ -67,7 +67,8 @@ MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
                "TIFF": "image/tiff", "PPM": "image/x-portable-anymap"}
 JSON_BODY_LIMIT = 4 * 1024 * 1024  # a request without an upload: 100,000 ids to tag fit
 FORM_OVERHEAD = 64 * 1024  # multipart headers and the small form fields beside an upload
-UPLOAD_REFUSALS = {"empty": 400, "too_large": 413, "not_image": 415, "unsupported_format": 415}
+UPLOAD_REFUSALS = {"empty": 400, "too_large": 413, "not_image": 415, "unsupported_format": 415,
+                   "bad_aspect": 422}
 
 
 async def read_image_upload(upload: UploadFile, limit: int) -> tuple[bytes, str]:

@@ -19,6 +19,7 @@ from PIL import ExifTags, Image, ImageFile
 
 from vsearch_pipeline.core.decode import (
     DEFAULT_MAX_PIXELS,
+    MAX_ASPECT_RATIO,
     SUPPORTED_FORMATS,
     ImageError,
     ImageInfo,
@@ -385,6 +386,26 @@ def test_max_pixels_boundary() -> None:
         err = _error(func, data, max_pixels=4095)
         assert err.status == "too_large"
         assert "4096" in err.reason and "4095" in err.reason
+
+
+@pytest.mark.parametrize("size", [(1, 100), (100, 1), (1, 1), (3, 300), (200, 2)])
+def test_strips_up_to_the_aspect_limit_are_used(size: tuple[int, int]) -> None:
+    data = _save(Image.new("RGB", size, (200, 30, 30)), "PNG")
+    assert probe_image(data) == ImageInfo(*size, "PNG")
+    assert decode_rgb(data).size == size
+
+
+@pytest.mark.parametrize("size", [(1, 101), (101, 1), (1, 100_000), (100_000, 1), (3, 1000)])
+def test_strips_past_the_aspect_limit_are_refused_from_the_header(
+    size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 475-byte 1 x 100,000 PNG asked a resize by its shorter side for 6.4 G pixels."""
+    data = _png_claiming(*size)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", _fail_load)
+    for func in (probe_image, decode_rgb):
+        err = _error(func, data)
+        assert err.status == "bad_aspect"
+        assert f"{size[0]}x{size[1]}" in err.reason and f"{MAX_ASPECT_RATIO}:1" in err.reason
 
 
 def test_limit_is_per_call_across_threads() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import shutil
 import struct
 import subprocess
@@ -26,9 +27,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import free_port, wait_until_served
 from PIL import Image, ImageOps
 
 from vsearch_pipeline.core.model_spec import DEFAULT_KEY
@@ -37,6 +40,7 @@ pytestmark = pytest.mark.slow
 
 VSEARCH = str(Path(sys.executable).parent / "vsearch")
 PEAK_RSS_BOUND_MB = 4096  # the whole materialization: Python, Dagster, torch, ONNX Runtime, decoding
+ADDRESS_SPACE_LIMIT = 12 * 2**30  # of each process run under test: torch's libraries map ~5 GB
 WIDE = (20_000, 1_500)  # 30 M pixels: under max_pixels, so it must be used, not refused
 BOMB_SIDE = 30_000  # 900 M pixels declared in a 100 kB PNG
 CLASSES = ("Faces_easy", "Leopards", "Motorbikes", "airplanes", "watch")
@@ -55,7 +59,7 @@ class Planted:
 
 def _photos(shared: Path) -> list[Path]:
     return [p for name in CLASSES
-            for p in sorted((shared / "caltech101" / name).glob("*.jpg"))[:PER_CLASS + 6]]
+            for p in sorted((shared / "caltech101" / name).glob("*.jpg"))[:PER_CLASS + 10]]
 
 
 def _jpeg(image: Image.Image, **kwargs) -> bytes:
@@ -82,6 +86,94 @@ def bomb_png(side: int) -> bytes:
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
             + _png_chunk(b"IEND", b""))
+
+
+def raw_png(pixels: np.ndarray, colour_type: int, bit_depth: int) -> bytes:
+    """A PNG written by hand from `pixels` (rows x columns [x channels] of samples), for the
+    colour types and bit depths Pillow does not write itself (16-bit RGB and RGBA, 2- and 4-bit
+    grey). Samples are packed big-endian at `bit_depth` bits, each row after its filter byte."""
+    rows, columns = pixels.shape[:2]
+    flat = pixels.reshape(rows, -1).astype(np.uint16)
+    if bit_depth == 16:
+        packed = flat.astype(">u2").view(np.uint8).reshape(rows, -1)
+    elif bit_depth == 8:
+        packed = flat.astype(np.uint8)
+    else:
+        bits = np.unpackbits(flat.astype(np.uint8)[..., None], axis=-1)[..., 8 - bit_depth:]
+        packed = np.packbits(bits.reshape(rows, -1), axis=-1)
+    body = b"".join(b"\x00" + row.tobytes() for row in packed)
+    header = struct.pack(">IIBBBBB", columns, rows, bit_depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(body, 9)) + _png_chunk(b"IEND", b""))
+
+
+def every_png_kind(photo: Image.Image) -> dict[str, bytes]:
+    """A photo in every PNG colour type at every bit depth the format allows (PNG spec 11.2.2)."""
+    small = photo.resize((96, 64))
+    grey = np.asarray(small.convert("L"), dtype=np.uint16)
+    rgb = np.asarray(small, dtype=np.uint16)
+    alpha = np.tile(np.linspace(0, 255, 96, dtype=np.uint16), (64, 1))
+    files = {f"grey{depth}.png": raw_png(grey >> (8 - depth), 0, depth) for depth in (1, 2, 4)}
+    files["grey8.png"] = raw_png(grey, 0, 8)
+    files["grey16.png"] = raw_png(grey * 257, 0, 16)
+    files["rgb8.png"] = raw_png(rgb, 2, 8)
+    files["rgb16.png"] = raw_png(rgb * 257, 2, 16)
+    files["grey_alpha8.png"] = raw_png(np.dstack([grey, alpha]), 4, 8)
+    files["grey_alpha16.png"] = raw_png(np.dstack([grey, alpha]) * 257, 4, 16)
+    files["rgba8.png"] = raw_png(np.dstack([rgb, alpha]), 6, 8)
+    files["rgba16.png"] = raw_png(np.dstack([rgb, alpha]) * 257, 6, 16)
+    for bits in (1, 2, 4, 8):
+        palette = small.convert("P", palette=Image.Palette.ADAPTIVE, colors=2 ** bits)
+        files[f"palette{bits}.png"] = _encode(palette, "PNG", bits=bits)
+    return files
+
+
+def ycck_jpeg(photo: Image.Image) -> bytes:
+    """A CMYK JPEG whose Adobe APP14 marker says its samples are YCCK (transform 2), as
+    Photoshop writes them: decoders must convert, not take the channels as CMYK."""
+    data = bytearray(_encode(photo.convert("CMYK"), "JPEG", quality=90))
+    adobe = data.find(b"Adobe")
+    assert data[adobe - 4:adobe - 2] == b"\xff\xee"  # Pillow marks CMYK JPEGs with APP14
+    data[adobe + 11] = 2  # after "Adobe": version, flags0 and flags1 (2 bytes each), transform
+    return bytes(data)
+
+
+def arithmetic_jpeg(photo: Image.Image, work: Path) -> bytes | None:
+    """An arithmetic-coded JPEG, written by libjpeg-turbo's cjpeg (Pillow cannot write one);
+    None where cjpeg is not installed (.ci/run installs it)."""
+    if shutil.which("cjpeg") is None:
+        return None
+    work.mkdir(parents=True, exist_ok=True)
+    photo.save(work / "in.ppm")
+    subprocess.run(["cjpeg", "-arithmetic", "-outfile", str(work / "out.jpg"),
+                    str(work / "in.ppm")], check=True)
+    return (work / "out.jpg").read_bytes()
+
+
+def odd_tags_tiff(photo: Image.Image) -> bytes:
+    """A 16-bit grey, deflate-compressed TIFF carrying private, undefined and oversized tags."""
+    from PIL.TiffImagePlugin import ImageFileDirectory_v2
+
+    grey16 = np.asarray(photo.convert("L").resize((120, 90)), dtype=np.uint16) * 257
+    tags = ImageFileDirectory_v2()
+    tags[65000] = "a private tag"  # from the private range
+    tags[270] = "description " * 2000  # ImageDescription, 24 kB
+    tags.tagtype[65001] = 7  # UNDEFINED bytes
+    tags[65001] = bytes(range(256)) * 4
+    return _encode(Image.fromarray(grey16), "TIFF", tiffinfo=tags, compression="tiff_adobe_deflate")
+
+
+def text_bomb_png(photo: Image.Image) -> bytes:
+    """A small PNG with a zTXt chunk that inflates to 64 MB of text (Pillow caps text chunks)."""
+    png = _encode(photo.resize((64, 48)), "PNG")
+    text = _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b" " * (64 << 20), 9))
+    end = png.rindex(b"IEND") - 4
+    return png[:end] + text + png[end:]
+
+
+def strip(width: int, height: int) -> bytes:
+    """A width x height picture of one colour: a 1 x 100,000 one is 475 bytes."""
+    return _encode(Image.new("RGB", (width, height), (180, 40, 40)), "PNG")
 
 
 def wide_image() -> Image.Image:
@@ -163,6 +255,33 @@ def build_hostile_corpus(shared: Path, root: Path) -> list[Planted]:
     put("odd/animated.gif", _encode(frames[0], "GIF", save_all=True, append_images=frames[1:],
                                     duration=100, loop=0), "animated GIF", "ok")
 
+    for name, data in every_png_kind(photo()).items():
+        put(f"png_kinds/{name}", data, "PNG colour type and bit depth", "ok")
+    put("jpeg_kinds/progressive.jpg", _jpeg(photo(), progressive=True), "progressive JPEG", "ok")
+    put("jpeg_kinds/ycck.jpg", ycck_jpeg(photo()), "YCCK JPEG (Adobe transform 2)", "ok")
+    put("jpeg_kinds/subsampled_420_q5.jpg", _encode(photo(), "JPEG", subsampling=2, quality=5),
+        "JPEG at quality 5", "ok")
+    arithmetic = arithmetic_jpeg(photo(), root.parent / "cjpeg")
+    if arithmetic is not None:
+        put("jpeg_kinds/arithmetic.jpg", arithmetic, "arithmetic-coded JPEG", "ok", "corrupt")
+    put("odd/odd_tags16.tif", odd_tags_tiff(photo()), "16-bit TIFF with odd tags", "ok")
+    webp_frames = [photo().resize((120, 90)) for _ in range(3)]
+    put("odd/animated.webp", _encode(webp_frames[0], "WEBP", save_all=True,
+                                     append_images=webp_frames[1:], duration=80),
+        "animated WebP", "ok")
+    put("odd/text_bomb.png", text_bomb_png(photo()), "PNG with a 64 MB zTXt chunk", "ok",
+        "corrupt")
+    put("odd/pixel.png", strip(1, 1), "1-pixel image", "ok")
+    put("odd/pixel.gif", _encode(Image.new("P", (1, 1)), "GIF"), "1-pixel GIF", "ok")
+    put("odd/strip_1x100.png", strip(1, 100), "1 x 100 strip (at the aspect limit)", "ok")
+    put("odd/strip_100x1.jpg", _jpeg(Image.new("RGB", (100, 1), (40, 40, 180))),
+        "100 x 1 JPEG strip", "ok")
+    for width, height in ((1, 100_000), (100_000, 1), (1, 10_000), (2, 500)):
+        put(f"broken/strip_{width}x{height}.png", strip(width, height),
+            f"{width} x {height} strip", "bad_aspect")
+    put("broken/image.tga", _encode(photo(), "TGA"), "TGA (Pillow opens, not supported)",
+        "unsupported_format")
+
     upright = photo()
     put("exif/upright.jpg", _jpeg(upright), "EXIF reference (upright)", "ok")
     put("exif/rotated_exif6.jpg", exif_rotated(upright), "EXIF-rotated photo", "ok")
@@ -198,13 +317,17 @@ def build_hostile_corpus(shared: Path, root: Path) -> list[Planted]:
     return planted
 
 
-# Runs argv[2:] and writes its peak resident memory (MB) to argv[1]. A child's ru_maxrss starts
-# at the high-water mark of the process that spawned it (Linux records the old memory map's peak
-# at exec, and a vfork child's old map is its parent's), so a child spawned by pytest straight
-# away would report pytest's own peak; spawned by this small process, it reports its own.
-PEAK_MEMORY_OF = """
-import os, subprocess, sys
-child = subprocess.Popen(sys.argv[2:])
+# Runs argv[2:] under an address-space limit and writes its peak resident memory (MB) to
+# argv[1]. A child's ru_maxrss starts at the high-water mark of the process that spawned it
+# (Linux records the old memory map's peak at exec, and a vfork child's old map is its parent's),
+# so a child spawned by pytest straight away would report pytest's own peak; spawned by this
+# small process, it reports its own. The limit makes a regression (a 1 x 100,000 strip once took
+# the run to 17.7 GB) fail the run instead of exhausting the machine.
+PEAK_MEMORY_OF = f"""
+import os, resource, subprocess, sys
+limit = {ADDRESS_SPACE_LIMIT}
+child = subprocess.Popen(sys.argv[2:],
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
 _, status, usage = os.wait4(child.pid, 0)
 open(sys.argv[1], "w").write(str(usage.ru_maxrss / 1024))
 sys.exit(os.waitstatus_to_exitcode(status))
@@ -402,3 +525,59 @@ def test_the_same_files_from_an_s3_bucket_get_the_same_statuses(hostile, s3_endp
     statuses = Counter(status for status, _ in from_s3.values())
     print(f"\nfrom S3: {len(regular)} objects, statuses {dict(sorted(statuses.items()))}")
     assert set(_embedded(home)) == {i for status, i in from_s3.values() if status == "ok"}
+
+
+def _limit_address_space() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The high-water mark of a running process's resident memory (its own: VmHWM is per
+    memory map, unlike a child's ru_maxrss)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+
+
+def test_the_service_answers_every_file_without_a_500_in_bounded_memory(hostile, tmp_path):
+    """Every regular file of the corpus uploaded to `/search` of a real `vsearch serve` on the
+    corpus's home, and every indexed image's thumbnail, the service under the address-space
+    limit: usable files are searched, the rest refused with a 4xx and their reason (a strip past
+    100:1 from its header, 422), never a 500; the service's peak memory stays bounded. A 1 x
+    100,000 PNG once took the service past 4 GB in 6 s."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "serve.log").open("w+")
+    server = subprocess.Popen(
+        [VSEARCH, "serve", "--home", str(hostile["home"]), "--port", str(port)], stdout=log,
+        stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        preexec_fn=_limit_address_space)
+    regular = [p for p in hostile["planted"] if p.statuses != ("unreadable",)
+               and not p.path.startswith("links/")]
+    codes: dict[str, tuple[str, int, str]] = {}
+    try:
+        wait_until_served(base, lambda: server.poll() is None)
+        with httpx.Client(base_url=base, timeout=120) as http:
+            for planted in regular:
+                data = (hostile["corpus"] / planted.path).read_bytes()
+                answer = http.post("/search", data={"k": "3"},
+                                   files={"file": ("upload", data, "application/octet-stream")})
+                status = hostile["manifest"][planted.path]["status"]
+                codes[planted.path] = (status, answer.status_code, answer.text[:160])
+            thumbnails = {size: [http.get(f"/images/{image_id}/thumbnail",
+                                          params={"size": size}).status_code
+                                 for image_id in set(_usable(hostile).values())]
+                          for size in (16, 1024)}
+            assert http.get("/health").status_code == 200
+        peak = _peak_rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    for path, (status, code, body) in sorted(codes.items()):
+        print(f"{path!r:<40} {status:<18} {code} {body[:90]}")
+    print(f"service peak resident memory: {peak:.0f} MB")
+    assert all(code == 200 for status, code, _ in codes.values() if status == "ok")
+    assert all(400 <= code < 500 for status, code, _ in codes.values() if status != "ok")
+    strips = [(code, body) for status, code, body in codes.values() if status == "bad_aspect"]
+    assert len(strips) == 4 and all(code == 422 and "100:1" in body for code, body in strips)
+    assert all(code == 200 for codes_at in thumbnails.values() for code in codes_at)
+    assert peak < PEAK_RSS_BOUND_MB

@@ -7,7 +7,12 @@ gets random weights that the test saves to a checkpoint file itself.
 from __future__ import annotations
 
 import io
+import json
+import os
+import resource
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -430,3 +435,53 @@ def test_embeddings_table_of_float64_and_empty() -> None:
 def test_vector_problems_counts() -> None:
     vectors = np.array([[1, 0], [0.6, 0.8], [2, 0], [np.nan, 0], [np.inf, 1]], dtype=np.float32)
     assert vector_problems(vectors) == {"non_finite": 2, "non_unit": 1}
+
+
+# Embeds 1-pixel images and strips at and past the aspect limit with each (model, pretrained,
+# view) of argv[1], printing what was embedded and why the rest were refused.
+EMBED_STRIPS = """
+import io, json, sys
+from PIL import Image
+from vsearch_pipeline.core.embed import embed_files
+from vsearch_pipeline.core.model_spec import ModelSpec
+from vsearch_pipeline.core.models import load_model
+
+files = {}
+for width, height in json.loads(sys.argv[2]):
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, "PNG")
+    files[f"{width}x{height}"] = out.getvalue()
+found = {}
+for name, pretrained, view in json.loads(sys.argv[1]):
+    done = embed_files(load_model(ModelSpec(name, pretrained, view)), list(files), list(files),
+                       files.__getitem__, batch_size=4)
+    found[f"{name} {view}"] = {"embedded": done.ids, "failed": done.failed,
+                               "dim": int(done.vectors.shape[1])}
+print(json.dumps(found))
+"""
+STRIP_ADDRESS_SPACE = 8 * 2**30  # torch and ONNX Runtime map ~5 GB; a 1 x 100,000 strip asked 19 GB
+
+
+def test_every_view_of_every_model_family_embeds_strips_in_bounded_memory() -> None:
+    """1-pixel images and strips up to 100:1 are embedded by every view; longer strips are refused
+    from the header before any resize (a 475-byte 1 x 100,000 PNG took the embedding step to
+    17.7 GB); the whole child runs under an address-space limit, so a regression fails here."""
+    kept = [(1, 1), (1, 100), (100, 1), (2, 200), (150, 2)]
+    refused = [(1, 101), (1, 10_000), (1, 100_000), (100_000, 1), (3, 1000)]
+    runs = [[DEFAULT_MODEL, None, view] for view in ("centre_crop", "whole", "multi")]
+    runs += [[f"open_clip:{OPEN_CLIP_ARCH}", "random", view] for view in ("centre_crop", "whole")]
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (STRIP_ADDRESS_SPACE, STRIP_ADDRESS_SPACE))
+
+    done = subprocess.run([sys.executable, "-c", EMBED_STRIPS, json.dumps(runs),
+                           json.dumps(kept + refused)], capture_output=True, text=True,
+                          preexec_fn=limit_memory, timeout=600, env={**os.environ,
+                                                                     "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(found) == len(runs)
+    for run, outcome in found.items():
+        assert outcome["embedded"] == [f"{w}x{h}" for w, h in kept], run
+        assert set(outcome["failed"]) == {f"{w}x{h}" for w, h in refused}, run
+        assert all("over the limit of 100:1" in why for why in outcome["failed"].values()), run

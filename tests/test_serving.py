@@ -176,6 +176,7 @@ def test_text_search_reads_folder_names_labels_and_tags(client, ids):
     ({"data": {"bbox": "10,10,5,5"}}, 422, "empty or outside"),
     ({"data": {"bbox": "0,0,99999,20"}}, 422, "empty or outside"),
     ({"data": {"bbox": "1,2,3"}}, 422, "four numbers"),
+    ({"data": {"bbox": "0,0,1,150"}}, 422, "a strip of 150:1, over the limit of 100:1"),
     ({"data": {"tag": "no-such-tag"}}, 404, "no image has the tag"),
 ])
 def test_bad_search_requests_get_a_clear_4xx(client, collection, request_args, status, message):

@@ -16,7 +16,13 @@ import numpy as np
 from PIL import Image
 
 from vsearch_pipeline.catalog import LoadedIndex, load_index_artifacts
-from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS, decode_rgb
+from vsearch_pipeline.core.decode import (
+    DEFAULT_MAX_PIXELS,
+    MAX_ASPECT_RATIO,
+    aspect_ratio_allowed,
+    aspect_ratio_text,
+    decode_rgb,
+)
 from vsearch_pipeline.core.index import IndexParams, filtered_search
 from vsearch_pipeline.core.model_spec import LEGACY_VIEW, ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel, load_model
@@ -45,6 +51,10 @@ def crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
     if not (0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height):
         raise ValueError(f"bbox {x1},{y1},{x2},{y2} is empty or outside the "
                          f"{image.width}x{image.height} image")
+    if not aspect_ratio_allowed(x2 - x1, y2 - y1):
+        raise ValueError(f"bbox {x1},{y1},{x2},{y2} is a strip of "
+                         f"{aspect_ratio_text(x2 - x1, y2 - y1)}, over the limit of "
+                         f"{MAX_ASPECT_RATIO}:1")
     return image.crop(box)
 
 

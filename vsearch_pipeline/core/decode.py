@@ -27,12 +27,19 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS: int = 89_478_485  # Pillow's own default bomb limit
+# The longer side at most this many times the shorter. Every view resizes by one side (the
+# shorter to 256 for the centre crop, each side to 224 when squashed), so the pixels a resize
+# allocates grow with the ratio: a 1 x 100,000 strip of 475 bytes would ask for 6.4 G pixels.
+# 100:1 keeps every panorama and banner and bounds any resize to a few M pixels.
+MAX_ASPECT_RATIO: int = 100
 # Pillow format names; Pillow reports PGM and PBM files as "PPM".
 SUPPORTED_FORMATS: frozenset[str] = frozenset(
     {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM"}
 )
 
-_STATUSES = frozenset({"empty", "not_image", "unsupported_format", "corrupt", "too_large"})
+_STATUSES = frozenset(
+    {"empty", "not_image", "unsupported_format", "corrupt", "too_large", "bad_aspect"}
+)
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})  # formats with DCT scaling (Image.draft)
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that turn by 90 degrees
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -52,7 +59,8 @@ _MAGIC = (
 class ImageError(Exception):
     """Why a file could not be used.
 
-    ``status`` is one of "empty", "not_image", "unsupported_format", "corrupt", "too_large";
+    ``status`` is one of "empty", "not_image", "unsupported_format", "corrupt", "too_large",
+    "bad_aspect";
     ``reason`` is a readable sentence and ``str(err) == reason``.
     """
 
@@ -143,12 +151,29 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
 def _check_size(width: int, height: int, *, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageError("corrupt", f"the image header declares an empty size {width}x{height}")
+    if not aspect_ratio_allowed(width, height):
+        raise ImageError(
+            "bad_aspect",
+            f"the image is {width}x{height}, a strip of {aspect_ratio_text(width, height)}, over "
+            f"the limit of {MAX_ASPECT_RATIO}:1 (resizing it would allocate without bound); "
+            "refused before decoding",
+        )
     if width * height > max_pixels:
         raise ImageError(
             "too_large",
             f"the image is {width}x{height} = {width * height} pixels, over the limit of "
             f"{max_pixels} pixels (possible decompression bomb); refused before decoding",
         )
+
+
+def aspect_ratio_allowed(width: int, height: int) -> bool:
+    """Whether a width x height picture (or crop box) is within MAX_ASPECT_RATIO."""
+    return max(width, height) <= MAX_ASPECT_RATIO * min(width, height)
+
+
+def aspect_ratio_text(width: int, height: int) -> str:
+    """'1000:1' for a 1x1000 strip, '2.5:1' for 500x200."""
+    return f"{round(max(width, height) / min(width, height), 1):,g}:1"
 
 
 @contextmanager
