@@ -27,6 +27,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from vsearch_pipeline.core.text_files import TextFileError, numbered_lines
+
 KEYS_ENV = "VSEARCH_API_KEYS_FILE"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HASH_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -45,11 +47,12 @@ def keys_file_path(setting: str | None) -> Path | None:
     return Path(chosen).expanduser() if chosen else None
 
 
-def parse_keys(text: str, source: str = "keys file") -> dict[str, str]:
-    """name -> SHA-256 hex from the text of a keys file. A malformed line is skipped with a
-    warning naming its line number only (it may hold a key pasted by mistake)."""
+def parse_keys(text: str | bytes, source: str = "keys file") -> dict[str, str]:
+    """name -> SHA-256 hex from a keys file (its bytes, or its text). A BOM is dropped; a line
+    that is malformed or not UTF-8 is skipped with a warning naming its line number only (it may
+    hold a key pasted by mistake), and the other keys still work."""
     keys: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in numbered_lines(text, source, on_error=_warn_unreadable):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -62,13 +65,18 @@ def parse_keys(text: str, source: str = "keys file") -> dict[str, str]:
     return keys
 
 
+def _warn_unreadable(error: TextFileError) -> None:
+    log.warning("%s line %d is not UTF-8 text; skipped (save the file as UTF-8)", error.source,
+                error.line)
+
+
 def create_key(keys_file: Path, name: str) -> str:
     """Make a new random key, append `name:sha256` to the keys file (created with mode 0600) and
     return the key: the only time it exists outside the caller's hands."""
     if not NAME_PATTERN.match(name):
         raise ValueError(f"a key name is letters, digits, '.', '_', '@' or '-' (at most 64), "
                          f"got {name!r}")
-    existing = parse_keys(keys_file.read_text()) if keys_file.exists() else {}
+    existing = parse_keys(keys_file.read_bytes(), str(keys_file)) if keys_file.exists() else {}
     if name in existing:
         raise ValueError(f"{keys_file} already has a key named {name!r}: pick another name, or "
                          "delete its line to revoke it first")
@@ -103,7 +111,7 @@ class ApiKeys:
         seen = (str(path), stat.st_mtime_ns, stat.st_size)
         with self._lock:
             if seen != self._seen:
-                self._keys = parse_keys(path.read_text(encoding="utf-8"), str(path))
+                self._keys = parse_keys(path.read_bytes(), str(path))
                 self._seen = seen
             return self._keys
 
