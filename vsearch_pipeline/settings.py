@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,15 @@ from vsearch_pipeline.core.index import IndexParams
 from vsearch_pipeline.core.index import validate_params as validate_index_params
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
 from vsearch_pipeline.core.retrieval import RERANKERS, QueryPlan
+from vsearch_pipeline.core.text_files import TextFileError, read_text
 
 HOME_ENV = "VSEARCH_HOME"
 DEFAULT_HOME = ".vsearch"
 SETTINGS_FILE = "vsearch.yaml"
+INT64_MAX = 2**63 - 1  # what DuckDB, Parquet, numpy and Dagster metadata hold
+C_INT_MAX = 2**31 - 1  # what FAISS takes for its build and search parameters
+SEED_MAX = 2**32 - 1  # what numpy and scikit-learn take as a random_state
+_INT64_RANGE = f"at most {INT64_MAX} (a 64-bit integer)"
 
 
 class SettingsError(ValueError):
@@ -37,9 +43,19 @@ class SettingsError(ValueError):
 
 
 class Section(Config):
-    """A settings section; unknown keys are refused (a typo must not be ignored)."""
+    """A settings section; unknown keys are refused (a typo must not be ignored), and so are
+    numbers that would not survive the run: NaN and infinities (YAML `.nan`, `.inf`, `1e400`)
+    and integers past 64 bits (booleans given for numbers: see _refuse_booleans_for_numbers)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits_64_bits(cls, value: Any) -> Any:
+        values = value if isinstance(value, list) else [value]
+        if any(type(v) is int and abs(v) > INT64_MAX for v in values):
+            raise ValueError(f"must be {_INT64_RANGE}, got {value!r}")
+        return value
 
 
 class SourceSettings(Section):
@@ -98,11 +114,11 @@ class NearDuplicateSettings(Section):
 
 class IndexSettings(Section):
     index_type: str = "hnsw"
-    M: int | None = Field(None, ge=1)
-    efConstruction: int = Field(200, ge=1)
-    efSearch: int = Field(128, ge=1)
-    nlist: int | None = Field(None, ge=1)
-    nprobe: int = Field(16, ge=1)
+    M: int | None = Field(None, ge=1, le=C_INT_MAX)
+    efConstruction: int = Field(200, ge=1, le=C_INT_MAX)
+    efSearch: int = Field(128, ge=1, le=C_INT_MAX)
+    nlist: int | None = Field(None, ge=1, le=C_INT_MAX)
+    nprobe: int = Field(16, ge=1, le=C_INT_MAX)
     nbits: int = Field(8, ge=1, le=16)
     opq: bool = False
     fast_scan: bool = False
@@ -173,7 +189,7 @@ class ClusterSettings(Section):
     min_cluster_size: int = Field(5, ge=2)
     min_samples: int | None = Field(None, ge=1)
     n_clusters: int | None = Field(None, ge=2)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     drift_tolerance: float = Field(0.1, gt=0.0)
 
     def params(self) -> ClusterParams:
@@ -282,23 +298,63 @@ def load_settings(home: Path, overrides: dict[str, Any] | None = None) -> Settin
     """The home's vsearch.yaml (if any) with `overrides` merged in, section by section."""
     path = home / SETTINGS_FILE
     data = read_settings_file(path) if path.exists() else {}
-    merged = _merge(data, overrides or {})
+    merged, problems = _refuse_booleans_for_numbers(_merge(data, overrides or {}))
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as err:
-        raise SettingsError("\n".join(describe_error(e) for e in err.errors())) from None
+        problems += [describe_error(e) for e in err.errors()]
+    if problems:
+        raise SettingsError("\n".join(problems))
+    return settings
+
+
+def _refuse_booleans_for_numbers(data: Any, model: type[BaseModel] = Settings,
+                                loc: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
+    """`data` without the booleans given where a setting takes a number, and a line for each.
+
+    pydantic would read `batch_size: yes` as 1, and Dagster's Config drops a value equal to its
+    default before any validator sees it (`fraction: yes` equals 1.0), so booleans are looked
+    for here, in the raw sections, before they are validated."""
+    if not isinstance(data, dict):
+        return data, []
+    kept, problems = {}, []
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        annotation = field.annotation if field else None
+        name = ".".join((*loc, str(key)))
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            value, inner = _refuse_booleans_for_numbers(value, annotation, (*loc, str(key)))
+            problems += inner
+        elif _wants_number(annotation) and _has_boolean(value):
+            problems.append(f"{name} must be a number, got {value!r} (YAML reads yes, no, on and "
+                            "off as booleans)")
+            continue
+        kept[key] = value
+    return kept, problems
+
+
+def _has_boolean(value: Any) -> bool:
+    return any(isinstance(v, bool) for v in (value if isinstance(value, list) else [value]))
+
+
+def _wants_number(annotation: Any) -> bool:
+    """Whether a field's type takes an int or a float (alone, optional, or in a list)."""
+    return annotation in (int, float) or any(map(_wants_number, typing.get_args(annotation)))
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:
-    """A YAML file of settings sections (empty: none), or a SettingsError that says what is wrong."""
+    """A YAML file of settings sections (empty: none), or a SettingsError that says what is wrong
+    and where: bytes that are not UTF-8, YAML that does not parse, a key given twice."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(read_text(path.read_bytes(), str(path)), Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
         problem = getattr(err, "problem", None) or str(err)
         raise SettingsError(f"{path}: not valid YAML{line}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except TextFileError as err:
+        raise SettingsError(str(err)) from None
+    except OSError as err:
         raise SettingsError(f"{path}: cannot be read: {err}") from None
     if data is None:
         return {}
@@ -306,6 +362,25 @@ def read_settings_file(path: Path) -> dict[str, Any]:
         raise SettingsError(f"{path}: the settings file must be a mapping of sections "
                             f"({', '.join(Settings.model_fields)}), not a {type(data).__name__}")
     return data
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last
+    one silently, so a second `index:` block would replace the whole of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice (first on line {first_line[key]}): "
+                    "keep one, or merge the two", key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 def describe_error(error: dict) -> str:
@@ -316,10 +391,15 @@ def describe_error(error: dict) -> str:
     if kind == "extra_forbidden":
         return _unknown_setting(loc)
     if kind == "value_error":  # our own validators already name the setting
-        return message if message.startswith(loc[0] if loc else "") else f"{name}: {message}"
+        if message.startswith(loc[0] if loc else ""):
+            return message
+        return f"{name} {message}" if message.startswith("must ") else f"{name}: {message}"
     allowed = _allowed_range(_field(loc))
     if allowed and kind.startswith(("greater_than", "less_than")):
         return f"{name} must be {allowed}, got {got!r}"
+    if kind == "int_parsing_size":  # a float such as 1e20 given for an integer
+        bounded = allowed and allowed.startswith(("in ", "at most", "below"))
+        return f"{name} must be {allowed if bounded else _INT64_RANGE}, got {got!r}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"{name} must be a mapping of settings ({', '.join(_section(loc).model_fields)}), got {got!r}"
     return f"{name}: {message[0].lower()}{message[1:]}, got {got!r}"

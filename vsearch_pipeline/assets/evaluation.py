@@ -109,7 +109,7 @@ def _curation_sets(store: ArtifactStore, manifest) -> list[ResolvedGrounding]:
     for name in CURATION_SETS:
         path = curation_set_path(name)
         if store.exists(path):
-            resolved = resolve_grounding(parse_grounding(name, store.read_bytes(path).decode()),
+            resolved = resolve_grounding(parse_grounding(name, store.read_bytes(path), path),
                                          lookup)
             if resolved.group_of:
                 found.append(resolved)

@@ -24,16 +24,18 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import urldefrag, urlsplit
 
 import httpx
 
 from vsearch_pipeline.core.decode import SNIFF_BYTES, sniff_image_format
 from vsearch_pipeline.core.image_sink import ImageSink
+from vsearch_pipeline.core.text_files import TextFileError, numbered_lines
 
 RETRYABLE_HTTP = frozenset({408, 429})  # and every 5xx
 # Outcomes a re-run does not try again; `http_error` is final only for a status not worth retrying.
@@ -67,6 +69,7 @@ class UrlList:
     urls: list[str] = field(default_factory=list)
     invalid: list[tuple[str, str]] = field(default_factory=list)  # (line, why)
     repeated: int = 0
+    unreadable: list[str] = field(default_factory=list)  # "<file>, line N: not UTF-8 ..." each
 
 
 @dataclass
@@ -144,13 +147,14 @@ def invalid_reason(url: str) -> str | None:
     return None
 
 
-def parse_url_list(lines: Iterable[str]) -> UrlList:
-    """One URL per line; blank lines and `#` comments skipped; repeats counted, kept once."""
+def parse_url_list(lines: Iterable[str] | bytes, source: str = "URL list") -> UrlList:
+    """One URL per line; blank lines and `#` comments skipped; repeats counted, kept once.
+
+    `lines` are the lines of the list, or its bytes: then a BOM is dropped, and a line that is
+    not UTF-8 is refused as an invalid URL (recorded as written, bytes escaped) with `source`
+    and its line number, in `unreadable` too; the other lines still count."""
     found, seen = UrlList(), set()
-    for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for line in _url_lines(lines, source, found):
         url = normalize_url(line)
         if url in seen:
             found.repeated += 1
@@ -162,6 +166,33 @@ def parse_url_list(lines: Iterable[str]) -> UrlList:
         else:
             found.urls.append(url)
     return found
+
+
+def _url_lines(lines: Iterable[str] | bytes, source: str, found: UrlList) -> Iterator[str]:
+    """The lines worth parsing: stripped, without blanks and comments; undecodable ones go to
+    `found` as they come."""
+    def refuse(error: TextFileError) -> None:
+        found.unreadable.append(str(error))
+        line = error.raw.decode("utf-8", "backslashreplace").strip()
+        if not line.startswith("#"):
+            found.invalid.append((line, str(error)))
+
+    numbered = (numbered_lines(lines, source, on_error=refuse) if isinstance(lines, bytes)
+                else enumerate(lines, start=1))
+    for _, raw in numbered:
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield line
+
+
+def read_url_list(urls: Iterable[str] | TextIO) -> UrlList:
+    """The URL list from lines, or from an open text file (click.File, sys.stdin): that one is
+    read as bytes through its buffer, so that a line that is not UTF-8 is refused by number
+    instead of ending the run with a UnicodeDecodeError."""
+    raw = getattr(urls, "buffer", None)
+    if raw is None:
+        return parse_url_list(urls)
+    return parse_url_list(raw.read(), getattr(urls, "name", "URL list"))
 
 
 def default_manifest(home: Path, target: str) -> Path:
@@ -452,13 +483,18 @@ def format_summary(summary: DownloadSummary) -> list[str]:
     return lines
 
 
-def download(urls: Iterable[str], target: str, manifest_path: Path,
+def download(urls: Iterable[str] | TextIO, target: str, manifest_path: Path,
              options: DownloadOptions | None = None, endpoint_url: str | None = None,
              say: Callable[[str], None] | None = None) -> DownloadSummary:
-    """Fetch the URLs of a list (lines of a URL list file) into `target`, a folder or s3:// prefix.
+    """Fetch the URLs of a list (lines of a URL list file, or the open file) into `target`, a
+    folder or s3:// prefix. A line that is not UTF-8 is said (file and line) and skipped.
 
     Resumable: URLs the manifest already records as finished are skipped.
     """
+    say = say or (lambda _message: None)
+    url_list = read_url_list(urls)
+    for problem in url_list.unreadable:
+        say(f"{problem}; skipped")
     sink = ImageSink(target, endpoint_url)
     downloader = Downloader(sink, Manifest(manifest_path), options or DownloadOptions(), say)
-    return asyncio.run(downloader.run(parse_url_list(urls)))
+    return asyncio.run(downloader.run(url_list))

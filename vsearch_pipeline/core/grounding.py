@@ -1,6 +1,6 @@
 """Grounding sets: groups of images known to be similar, the yardstick for search and clusters.
 
-File format (CSV, UTF-8, with a header row)::
+File format (CSV, UTF-8 with or without a BOM, with a header row)::
 
     group,image
     cat,animals/cat_01.jpg
@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vsearch_pipeline.core.text_files import numbered_lines
+
 
 @dataclass
 class GroundingSet:
@@ -42,12 +44,15 @@ class ResolvedGrounding:
         return np.array([self.group_of.get(i, -1) for i in ids], dtype=np.int64)
 
 
-def parse_grounding(name: str, text: str) -> GroundingSet:
-    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
+def parse_grounding(name: str, text: str | bytes, source: str | None = None) -> GroundingSet:
+    """The rows of a grounding set file (its bytes, or its text; a BOM is dropped). `source`, the
+    file's path, is named in every error with the line number; a line that is not UTF-8 is one."""
+    where = f"grounding set {name!r}" + (f" ({source})" if source else "")
+    numbered = [(n, line) for n, line in numbered_lines(text, where)
                 if line.strip() and not line.startswith("#")]
     header = [f.strip() for f in next(csv.reader([numbered[0][1]]))] if numbered else []
     if {"group", "image"} - set(header):
-        raise ValueError(f"grounding set {name!r}: the header must be 'group,image'")
+        raise ValueError(f"{where}: the header must be 'group,image'")
     group_at, image_at = header.index("group"), header.index("image")
     rows = []
     for number, line in numbered[1:]:
@@ -55,7 +60,7 @@ def parse_grounding(name: str, text: str) -> GroundingSet:
         group = fields[group_at] if group_at < len(fields) else ""
         image = fields[image_at] if image_at < len(fields) else ""
         if not group or not image:
-            raise ValueError(f"grounding set {name!r}, line {number}: group and image are required")
+            raise ValueError(f"{where}, line {number}: group and image are required")
         rows.append((group, image))
     return GroundingSet(name, rows)
 

@@ -208,8 +208,8 @@ def load_grounding_sets(paths: Sequence[str], manifest: pa.Table) -> list[Resolv
     lookup = reference_lookup(manifest)
     resolved = []
     for path in paths:
-        with fsspec.open(path, "r", encoding="utf-8") as f:
-            text = f.read()
-        grounding = parse_grounding(Path(path).stem, text)
+        with fsspec.open(path, "rb") as f:
+            data = f.read()
+        grounding = parse_grounding(Path(path).stem, data, path)
         resolved.append(resolve_grounding(grounding, lookup))
     return resolved
