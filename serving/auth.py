@@ -90,6 +90,11 @@ def create_key(keys_file: Path, name: str) -> str:
     return key
 
 
+class KeysFileUnreadable(RuntimeError):
+    """The configured keys file exists but cannot be read (permissions, a folder, an I/O error):
+    guarded endpoints stay closed, and say why."""
+
+
 class ApiKeys:
     """The keys of a keys file, read again whenever the file changes."""
 
@@ -106,18 +111,27 @@ class ApiKeys:
             return None
         try:
             stat = path.stat()
+            seen = (str(path), stat.st_mtime_ns, stat.st_size)
+            with self._lock:
+                if seen != self._seen:
+                    self._keys = parse_keys(path.read_bytes(), str(path))
+                    self._seen = seen
+                return self._keys
         except FileNotFoundError:
             return None
-        seen = (str(path), stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            if seen != self._seen:
-                self._keys = parse_keys(path.read_bytes(), str(path))
-                self._seen = seen
-            return self._keys
+        except OSError as err:
+            log.warning("the API keys file %s cannot be read: %s", path, err.strerror or err)
+            raise KeysFileUnreadable(f"the API keys file {path} cannot be read "
+                                     f"({err.strerror or err}): guarded endpoints are closed "
+                                     "until it can") from None
 
     def name_of(self, key: str) -> str | None:
-        """The name of the key, or None. Every stored hash is compared, in constant time each."""
-        keys = self.current() or {}
+        """The name of the key, or None (also while the keys file cannot be read). Every stored
+        hash is compared, in constant time each."""
+        try:
+            keys = self.current() or {}
+        except KeysFileUnreadable:
+            return None
         digest = hash_key(key)
         found = None
         for name, stored in keys.items():
@@ -143,7 +157,8 @@ def api_key_guard(keys: ApiKeys) -> Callable[..., str]:
     reads or clicks where they are private): ``@app.post(..., dependencies=[Depends(guard)])``.
 
     401 (with ``WWW-Authenticate: Bearer``) for a missing or unknown key; 403 while no keys file
-    is configured, so guarded endpoints are off rather than open by default.
+    is configured, so guarded endpoints are off rather than open by default; 503 while the
+    configured file cannot be read.
     """
 
     def require_api_key(
@@ -151,7 +166,11 @@ def api_key_guard(keys: ApiKeys) -> Callable[..., str]:
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         header_key: Annotated[str | None, Depends(_header)],
     ) -> str:
-        if not keys.current():
+        try:
+            configured = keys.current()
+        except KeysFileUnreadable as err:
+            raise HTTPException(503, str(err)) from None
+        if not configured:
             raise HTTPException(403, "this endpoint is disabled until an API keys file is "
                                      f"configured (serving.api_keys_file or {KEYS_ENV}; create a "
                                      "key with `vsearch api-key create NAME`)")

@@ -94,3 +94,21 @@ def test_api_key_create_appends_to_a_file_with_a_bad_line(keys_file):
                                                   "third": hash_key(key)}
     with pytest.raises(ValueError, match="already has a key named 'first'"):
         create_key(keys_file, "first")
+
+
+def test_a_keys_file_that_cannot_be_read_closes_writes_with_a_503_that_says_why(client,
+                                                                                 keys_file, caplog):
+    """The file replaced by a folder (as a bad volume mount leaves it; root reads a mode-000
+    file, so permissions cannot be tested here): guarded endpoints answer 503 naming the file,
+    not 500, and open again once the file is back."""
+    kept = keys_file.read_bytes()
+    keys_file.unlink()
+    keys_file.mkdir()
+    with caplog.at_level(logging.WARNING, logger="vsearch.serving.auth"):
+        answer = client.get("/tags", headers={"X-API-Key": FIRST})
+    assert answer.status_code == 503
+    assert str(keys_file) in answer.json()["detail"] and "cannot be read" in answer.json()["detail"]
+    assert any("cannot be read" in w for w in _warnings(caplog))
+    keys_file.rmdir()
+    keys_file.write_bytes(kept)
+    assert _tags(client, FIRST) == 200
