@@ -20,11 +20,13 @@ from PIL import ExifTags, Image, ImageFile
 from vsearch_pipeline.core.decode import (
     DEFAULT_MAX_PIXELS,
     MAX_ASPECT_RATIO,
+    SNIFF_BYTES,
     SUPPORTED_FORMATS,
     ImageError,
     ImageInfo,
     decode_rgb,
     probe_image,
+    sniff_image_format,
 )
 
 # Expected Pillow format of every file in formats_images, by content. The .bmp, .png and .svg
@@ -278,6 +280,24 @@ def test_pdf_is_unsupported() -> None:
     assert "PDF" in err.reason
 
 
+@pytest.mark.parametrize(("head", "named"), [
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "HEIC"),
+    (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic", "HEIC"),
+    (b"\xff\x0a\xfa\x7f\x01\x90\x08", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n\x00\x00\x00\x14ftypjxl ", "JPEG XL"),
+])
+def test_formats_without_a_decoder_are_named(head: bytes, named: str) -> None:
+    """A phone's HEIC photo is an image this build cannot read, not 'not an image'."""
+    err = _error(probe_image, head + bytes(200))
+    assert err.status == "unsupported_format" and named in err.reason
+
+
+def test_avif_is_told_apart_by_its_bytes() -> None:
+    data = _save(Image.new("RGB", (40, 30), RED), "AVIF")
+    assert sniff_image_format(data[:SNIFF_BYTES]) == "AVIF"
+    assert sniff_image_format(b"\x00\x00\x00\x18ftypheic" + bytes(20)) is None
+
+
 def test_format_pillow_opens_but_pipeline_refuses() -> None:
     data = _save(Image.new("RGB", (32, 32), RED), "ICO")
     assert Image.open(io.BytesIO(data)).format == "ICO"
@@ -433,10 +453,10 @@ def test_invalid_arguments_are_programming_errors(kwargs: dict) -> None:
 # ----------------------------------------------------------------------------- formats, modes
 
 
-@pytest.mark.parametrize("fmt", ["BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP"])
+@pytest.mark.parametrize("fmt", ["AVIF", "BMP", "GIF", "JPEG", "PNG", "PPM", "TIFF", "WEBP"])
 def test_generated_supported_formats(fmt: str) -> None:
     im = _two_halves((32, 16), RED, BLUE)
-    params = {"quality": 95} if fmt in {"JPEG", "WEBP"} else {}
+    params = {"quality": 95} if fmt in {"JPEG", "WEBP", "AVIF"} else {}
     data = _save(im, fmt, **params)
     assert probe_image(data) == ImageInfo(32, 16, fmt)
     rgb = _rgb_array(data)
@@ -637,5 +657,5 @@ def test_image_info_is_frozen() -> None:
 
 def test_constants() -> None:
     assert DEFAULT_MAX_PIXELS == 89_478_485
-    expected = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM"}
+    expected = {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "AVIF"}
     assert isinstance(SUPPORTED_FORMATS, frozenset) and expected == SUPPORTED_FORMATS

@@ -34,7 +34,7 @@ DEFAULT_MAX_PIXELS: int = 89_478_485  # Pillow's own default bomb limit
 MAX_ASPECT_RATIO: int = 100
 # Pillow format names; Pillow reports PGM and PBM files as "PPM".
 SUPPORTED_FORMATS: frozenset[str] = frozenset(
-    {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM"}
+    {"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "AVIF"}
 )
 
 _STATUSES = frozenset(
@@ -204,7 +204,7 @@ def _pillow_errors(max_pixels: int) -> Iterator[None]:
 def _unidentified(data: bytes) -> ImageError:
     """Explain bytes that no Pillow plugin accepted."""
     head = data[:_SNIFF_BYTES]
-    known = _sniff_unsupported(head)
+    known = sniff_unsupported_format(head)
     if known:
         return ImageError("unsupported_format", f"{known} files are not supported")
     damaged = sniff_image_format(head)
@@ -220,8 +220,18 @@ def _unidentified(data: bytes) -> ImageError:
 SNIFF_BYTES = 32  # enough leading bytes for sniff_image_format
 
 
+# ISO base media files (HEIF family) name their kind in the `ftyp` box: bytes 4-8, then a brand
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+
+
+def _ftyp_brand(head: bytes) -> bytes | None:
+    return head[8:12] if head[4:8] == b"ftyp" else None
+
+
 def sniff_image_format(head: bytes) -> str | None:
-    """The raster format the leading bytes announce (JPEG, PNG, GIF, TIFF, WEBP, BMP), or None.
+    """The raster format the leading bytes announce (JPEG, PNG, GIF, TIFF, WEBP, BMP, AVIF), or
+    None.
 
     Decides by content, not by name: what the sensor, the downloader and uploads use to tell an
     image from anything else before reading it whole.
@@ -231,10 +241,12 @@ def sniff_image_format(head: bytes) -> str | None:
         return "WEBP"
     if found is None and head[:2] == b"BM" and len(head) >= 14:
         return "BMP"
+    if found is None and _ftyp_brand(head) in _AVIF_BRANDS:
+        return "AVIF"
     return found
 
 
-def _sniff_unsupported(head: bytes) -> str | None:
+def sniff_unsupported_format(head: bytes) -> str | None:
     """Name formats Pillow cannot open but that users do hand in as images."""
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith(b"<svg") or (
@@ -243,6 +255,10 @@ def _sniff_unsupported(head: bytes) -> str | None:
         return "SVG (vector graphics)"
     if b"%PDF" in head:
         return "PDF (document)"
+    if _ftyp_brand(head) in _HEIC_BRANDS:
+        return "HEIC/HEIF (High Efficiency Image File; no decoder is installed)"
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
+        return "JPEG XL (no decoder is installed)"
     return None
 
 

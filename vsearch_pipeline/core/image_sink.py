@@ -24,7 +24,7 @@ from vsearch_pipeline.core.storage import filesystem, is_local, write_atomically
 
 # The formats `sniff_image_format` names, and the extension a file of each gets.
 EXTENSIONS: dict[str, str] = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "TIFF": "tiff",
-                              "WEBP": "webp", "BMP": "bmp"}
+                              "WEBP": "webp", "BMP": "bmp", "AVIF": "avif"}
 
 
 @dataclass(frozen=True)
