@@ -38,6 +38,7 @@ from vsearch_pipeline.assets.projection_head import projection_head
 from vsearch_pipeline.assets.retrieval import retrieval_transform
 from vsearch_pipeline.core.batches import batch_key, record_batch, stored_batches, unbatched
 from vsearch_pipeline.core.discovery import SourceCursor, chunked, new_objects, split_images
+from vsearch_pipeline.core.names import shown
 from vsearch_pipeline.resources import ArtifactStorage, ImageSource
 from vsearch_pipeline.settings import AutomationSettings, Settings
 
@@ -78,7 +79,7 @@ def find_new_batches(context: SensorEvaluationContext, source: ImageSource,
     batches = stored_batches(store)
     images, skipped = split_images(unbatched(candidates, batches), source.read_head)
     for obj, why in skipped:
-        context.log.info(f"skipped {obj.path}: {why}")
+        context.log.info(f"skipped {shown(obj.path)}: {shown(why)}")
     cursor = cursor.forget(o.uri for o, why in skipped if why.startswith("could not read"))
     keys = []
     for chunk in chunked(images, automation.max_batch_files):

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
+from vsearch_pipeline.core.batches import BatchEntry, UnusableEntry
 from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS, ImageError, probe_image
-from vsearch_pipeline.core.sources import SourceObject
+from vsearch_pipeline.core.names import text_safe
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -39,26 +40,30 @@ def image_id(sha256_hex: str) -> str:
     return sha256_hex[:ID_HEX_CHARS]
 
 
-def manifest_row(obj: SourceObject, read: Callable[[str], bytes], max_pixels: int) -> dict:
-    """Read one file and describe it; never raises for a bad file, the reason goes in the row."""
+def manifest_row(obj: BatchEntry, read: Callable[[str], bytes], max_pixels: int) -> dict:
+    """Read one file and describe it; never raises for a bad file, the reason goes in the row.
+
+    Reasons may quote a file name, so they are made storable text (`text_safe`)."""
     row = {"uri": obj.uri, "path": obj.path, "version": obj.version, "id": None,
            "bytes": obj.size, "content_hash": None, "width": None, "height": None,
            "format": None, "status": "ok", "reason": None}
+    if isinstance(obj, UnusableEntry):
+        return row | {"status": "unreadable", "reason": obj.reason}
     try:
         data = read(obj.uri)
     except OSError as err:
-        return row | {"status": "unreadable", "reason": f"could not read the file: {err}"}
+        return row | {"status": "unreadable", "reason": text_safe(f"could not read the file: {err}")}
     digest = content_hash(data)
     row |= {"bytes": len(data), "content_hash": digest, "id": image_id(digest)}
     try:
         info = probe_image(data, max_pixels)
     except ImageError as err:
-        return row | {"status": err.status, "reason": err.reason}
+        return row | {"status": err.status, "reason": text_safe(err.reason)}
     return row | {"width": info.width, "height": info.height, "format": info.format}
 
 
 def build_manifest(
-    objects: Iterable[SourceObject],
+    objects: Iterable[BatchEntry],
     read: Callable[[str], bytes],
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 4,

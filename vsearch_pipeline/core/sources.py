@@ -5,6 +5,10 @@ or with its reason, and never hang or crash the listing: a symlink to a file is 
 through the link, versioned by its target); a symlink to a folder is not followed (it could loop,
 or lead out of the collection); a dangling or looping symlink, a folder that cannot be listed and a
 special file (a named pipe, a device) are listed so that reading them fails with the reason.
+
+A name that is not valid UTF-8 is listed in its recorded form (`core.names`: its undecodable
+bytes percent-escaped, the URI marked `file://`), and `read_object` and `read_head` open the
+exact original file for it; nothing else ever sees the raw name.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from dataclasses import dataclass
 
 import botocore.exceptions
 
+from vsearch_pipeline.core.names import opened_uri, recorded_path, recorded_uri
 from vsearch_pipeline.core.storage import filesystem, is_local
 
 
 @dataclass(frozen=True)
 class SourceObject:
-    """One file under a source. `version` changes when the file is overwritten."""
+    """One file under a source. `version` changes when the file is overwritten. `uri` and
+    `path` are in their recorded form (valid text; see `core.names`)."""
 
     uri: str
     path: str  # relative to the source root, with forward slashes
@@ -66,7 +72,8 @@ def list_source(uri: str, endpoint_url: str | None = None) -> list[SourceObject]
         if _is_hidden(rel):
             continue
         size = int(info.get("size") or 0)
-        objects.append(SourceObject(prefix + full, rel, size, _version(info), _modified(info)))
+        objects.append(SourceObject(recorded_uri(prefix + full), recorded_path(rel), size,
+                                    _version(info), _modified(info)))
     return sorted(objects, key=lambda o: o.path)
 
 
@@ -97,19 +104,20 @@ def _local_object(root: str, path: str) -> SourceObject:
     except OSError:
         info = os.lstat(path)
     rel = posixpath.relpath(path, root)
-    return SourceObject(path, rel, info.st_size, f"{info.st_size}-{info.st_mtime}", info.st_mtime)
+    return SourceObject(recorded_uri(path), recorded_path(rel), info.st_size,
+                        f"{info.st_size}-{info.st_mtime}", info.st_mtime)
 
 
-def _check_regular_file(path: str) -> None:
+def _check_regular_file(path: str, uri: str) -> None:
     """Refuse what is not a regular file before opening it: reading a named pipe would wait
     forever, a device could be endless, and a folder here is one whose files could not be
-    listed."""
+    listed. Messages name the file by its recorded `uri`."""
     mode = os.stat(path).st_mode
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(f"a folder whose files could not be listed "
-                                f"(check its permissions): {path}")
+                                f"(check its permissions): {uri}")
     if not stat.S_ISREG(mode):
-        raise OSError(f"not a regular file (a named pipe, socket or device): {path}")
+        raise OSError(f"not a regular file (a named pipe, socket or device): {uri}")
 
 
 # Network failures and timeouts (several of which are OSErrors, as a corrupt file's error is)
@@ -126,9 +134,10 @@ class SourceUnreachableError(RuntimeError):
 
 
 def read_object(uri: str, endpoint_url: str | None = None) -> bytes:
-    fs, path = filesystem(uri, endpoint_url)
+    """The bytes of the file with this recorded URI (as listed, or as a manifest holds it)."""
+    fs, path = filesystem(opened_uri(uri), endpoint_url)
     if is_local(fs):
-        _check_regular_file(path)
+        _check_regular_file(path, uri)
     try:
         return _reaching(uri, lambda: fs.cat_file(path))
     except FileNotFoundError:
@@ -139,9 +148,9 @@ def read_object(uri: str, endpoint_url: str | None = None) -> bytes:
 
 def read_head(uri: str, size: int, endpoint_url: str | None = None) -> bytes:
     """The first `size` bytes of a file (one ranged GET on S3): enough to sniff its format."""
-    fs, path = filesystem(uri, endpoint_url)
+    fs, path = filesystem(opened_uri(uri), endpoint_url)
     if is_local(fs):
-        _check_regular_file(path)
+        _check_regular_file(path, uri)
     return _reaching(uri, lambda: fs.cat_file(path, start=0, end=size))
 
 
