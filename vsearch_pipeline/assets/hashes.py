@@ -119,7 +119,9 @@ def load_hashes(store: ArtifactStore, db) -> None:
     for path in store.list(HASHES, ".parquet"):
         table = store.read_parquet(path)
         partition = path.rsplit("/", 1)[-1].removesuffix(".parquet")
-        tables.append(table.append_column("partition", pa.array([partition] * len(table))))
+        # typed, so that a batch with no usable image (an empty table) still concatenates
+        labels = pa.array([partition] * len(table), pa.string())
+        tables.append(table.append_column("partition", labels))
     with db.transaction() as con:
         con.execute("DELETE FROM perceptual_hashes")
         if tables:
