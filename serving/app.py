@@ -1,9 +1,10 @@
 """The search service: FastAPI over the artifacts the pipeline materialized.
 
 Started by `vsearch serve --home DIR`. Every search answers in one shape:
-``{"results": [{rank, id, score, uri, path, image_url, thumbnail_url, duplicates}], "k",
-"index_version", "latency_ms", "query_id", "folded"}``; `duplicates` holds the results folded
-under this one as its near-duplicates (by pHash), and `query_id` is what clicks and ratings name.
+``{"results": [{rank, id, score, uri, path, image_url, thumbnail_url, original, duplicates}],
+"k", "index_version", "latency_ms", "query_id", "folded"}``; `duplicates` holds the results folded
+under this one as its near-duplicates (by pHash), `original` whether the file is still in the
+source as indexed (serving.originals), and `query_id` is what clicks and ratings name.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -47,16 +50,23 @@ from serving.holder import (
     instance_views_source,
 )
 from serving.limits import RateLimit, TokenBuckets, client_of
+from serving.originals import OriginalUnavailable, SourceFile, original_state, read_original
 from serving.search_log import SearchLog
 from serving.tag_index import TagIndex
 from vsearch_pipeline.catalog import metadata_value
 from vsearch_pipeline.core.cluster import suggest_name
-from vsearch_pipeline.core.decode import SNIFF_BYTES, ImageError, decode_rgb, sniff_image_format
+from vsearch_pipeline.core.decode import (
+    SNIFF_BYTES,
+    ImageError,
+    decode_rgb,
+    sniff_image_format,
+    sniff_unsupported_format,
+)
 from vsearch_pipeline.core.hashing import fold_near_duplicates
 from vsearch_pipeline.core.image_sink import ImageSink
-from vsearch_pipeline.core.sources import read_object
+from vsearch_pipeline.core.sources import SourceUnreachableError
 from vsearch_pipeline.core.storage import ArtifactStore
-from vsearch_pipeline.core.store import CurationDB, insert_click, insert_rating
+from vsearch_pipeline.core.store import CurationDB, insert_click, insert_rating, normalize_tag
 from vsearch_pipeline.search import parse_bbox
 from vsearch_pipeline.settings import ServingSettings, Settings
 
@@ -64,11 +74,14 @@ log = logging.getLogger("vsearch.serving")
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MEDIA_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png",
                "WEBP": "image/webp", "BMP": "image/bmp", "GIF": "image/gif",
-               "TIFF": "image/tiff", "PPM": "image/x-portable-anymap"}
+               "TIFF": "image/tiff", "PPM": "image/x-portable-anymap", "AVIF": "image/avif"}
 JSON_BODY_LIMIT = 4 * 1024 * 1024  # a request without an upload: 100,000 ids to tag fit
 FORM_OVERHEAD = 64 * 1024  # multipart headers and the small form fields beside an upload
 UPLOAD_REFUSALS = {"empty": 400, "too_large": 413, "not_image": 415, "unsupported_format": 415,
                    "bad_aspect": 422}
+UNAVAILABLE_ORIGINALS = {"missing": 410, "changed": 409}  # OriginalUnavailable.state -> status
+MAX_OFFSET = 2**31 - 1  # pages start below it: a larger int is refused, not sliced with
+ClusterLabel = Annotated[int, PathParam(ge=-(2**63), le=2**63 - 1)]  # labels are stored as int64
 
 
 async def read_image_upload(upload: UploadFile, limit: int) -> tuple[bytes, str]:
@@ -83,9 +96,13 @@ async def read_image_upload(upload: UploadFile, limit: int) -> tuple[bytes, str]
     if not data:
         raise ImageError("empty", "the file is empty")
     fmt = sniff_image_format(data[:SNIFF_BYTES])
+    named = None if fmt else sniff_unsupported_format(data[:SNIFF_BYTES])
+    if named:
+        raise ImageError("unsupported_format", f"{named} files are not supported")
     if fmt is None:
-        raise ImageError("not_image", "its bytes are not JPEG, PNG, GIF, TIFF, WEBP or BMP (the "
-                                      "file name and the declared content type are not trusted)")
+        raise ImageError("not_image", "its bytes are not JPEG, PNG, GIF, TIFF, WEBP, BMP or AVIF "
+                                      "(the file name and the declared content type are not "
+                                      "trusted)")
     return data, fmt
 
 
@@ -150,6 +167,38 @@ class ObservedRequests:
                 self.metrics.errors.labels(endpoint, str(status)).inc()
 
 
+class NoSniff:
+    """`X-Content-Type-Options: nosniff` on every answer, so that a browser takes each as the type
+    it is declared, never as what its bytes look like (an image whose bytes read as HTML stays an
+    image)."""
+
+    HEADER = (b"x-content-type-options", b"nosniff")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != self.HEADER[0]]
+                message = {**message, "headers": [*headers, self.HEADER]}
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)
+
+
+class Service(FastAPI):
+    """The app, with NoSniff outside even Starlette's own error middleware, so that its 500s
+    carry the header too (`add_middleware` can only go inside that one)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return NoSniff(super().build_middleware_stack())
+
+
 def _unicode_text(value: str) -> str:
     """JSON can carry lone surrogates (\\ud800), which are no text and cannot be stored."""
     try:
@@ -162,6 +211,15 @@ def _unicode_text(value: str) -> str:
 Text = Annotated[str, AfterValidator(_unicode_text)]
 
 
+def _optional_tag(value: str | None) -> str | None:
+    """An empty field is no tag; any other text is a tag in its one stored form."""
+    return None if value is None or value == "" else normalize_tag(value)
+
+
+TagText = Annotated[Text, AfterValidator(normalize_tag)]  # every path that takes a tag: one form
+OptionalTag = Annotated[Text | None, AfterValidator(_optional_tag)]
+
+
 class AsciiJSONResponse(JSONResponse):
     """JSON with every non-ASCII character escaped: an answer that echoes a request's input stays
     renderable whatever the input held (JSON can carry lone surrogates; UTF-8 cannot)."""
@@ -170,18 +228,38 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
+ECHO_DEPTH = 16  # how deep a 422 echoes the input it refuses
+
+
+def _echoable(value, depth: int = 0):
+    """`value` as a 422 can echo it: each NaN or infinity as its name (Python's JSON reader takes
+    `NaN`, `Infinity` and `1e400` in a body; no JSON answer can hold them), and what is nested
+    deeper than ECHO_DEPTH as "..." (a body nested 800 deep is JSON that the reader takes, but
+    rendering it back would recurse past Python's limit)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # nan, inf, -inf
+    if isinstance(value, dict | list | tuple) and depth >= ECHO_DEPTH:
+        return "..."
+    if isinstance(value, dict):
+        return {key: _echoable(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_echoable(item, depth + 1) for item in value]
+    return value
+
+
 async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 for a request that does not fit the schema, rendered safely."""
-    return AsciiJSONResponse({"detail": jsonable_encoder(err.errors())}, status_code=422)
+    return AsciiJSONResponse({"detail": jsonable_encoder(_echoable(err.errors()))}, status_code=422)
 
 
 class TagRequest(BaseModel):
     ids: list[Text] = PydanticField(min_length=1, max_length=100_000)
-    tag: Text
+    tag: TagText
 
 
 class ClusterTagRequest(BaseModel):
-    tag: Text | None = PydanticField(None, description="The tag; none accepts the suggested name")
+    tag: OptionalTag = PydanticField(None, description="The tag; none (or empty) accepts the "
+                                                       "suggested name")
 
 
 class ClickRequest(BaseModel):
@@ -193,22 +271,25 @@ class FeedbackRequest(ClickRequest):
     relevant: bool
 
 
-def _image_entry(row: dict) -> dict:
+def _image_entry(row: dict, files: dict[str, SourceFile]) -> dict:
+    """A listed image: its URLs, and whether its original is still in the source as indexed."""
     row["image_url"] = f"/images/{row['id']}"
     row["thumbnail_url"] = f"/images/{row['id']}/thumbnail"
+    row["original"] = original_state(files.get(row["id"]))
     return row
 
 
-def fold_results(results: list[dict], views, enabled: bool) -> list[dict]:
+def fold_results(results: list[dict], views, enabled: bool,
+                 files: dict[str, SourceFile]) -> list[dict]:
     """Results that are near-duplicates of a better-ranked one go under it, in `duplicates`."""
     if not enabled or views.fold_threshold is None:
-        return [{**_image_entry(r), "duplicates": []} for r in results]
+        return [{**_image_entry(r, files), "duplicates": []} for r in results]
     hashes = [views.phash.get(r["id"]) for r in results]
     folded = []
     for rank, members in enumerate(fold_near_duplicates(hashes, views.fold_threshold), start=1):
-        leader = {**_image_entry(results[members[0]]), "rank": rank}
+        leader = {**_image_entry(results[members[0]], files), "rank": rank}
         leader["duplicates"] = [
-            {**_image_entry({k: results[m][k] for k in ("id", "score", "uri", "path")}),
+            {**_image_entry({k: results[m][k] for k in ("id", "score", "uri", "path")}, files),
              "distance": int(bin(hashes[m] ^ hashes[members[0]]).count("1"))}
             for m in members[1:]]
         folded.append(leader)
@@ -242,7 +323,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         stop.set()
         search_log.close()
 
-    app = FastAPI(title="vsearch", version="0.1.0", lifespan=lifespan, max_body_size=JSON_BODY_LIMIT,
+    app = Service(title="vsearch", version="0.1.0", lifespan=lifespan, max_body_size=JSON_BODY_LIMIT,
                   description="Visual search over a collection materialized by the vsearch "
                               "pipeline.")
     app.state.search_log = search_log
@@ -268,8 +349,8 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         return served
 
     def tagged(tag: str | None) -> list[str] | None:
-        """The ids carrying a tag (a search filter), or None for no filter."""
-        if tag is None or tag == "":
+        """The ids carrying a tag (a search filter, already an OptionalTag), or None for none."""
+        if tag is None:
             return None
         ids = tag_index.ids_with(tag)
         if not ids:
@@ -295,7 +376,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
 
     def answer(served: ServedIndex, results: list[dict], k: int, started: float, endpoint: str,
                query: str, tag: str | None, fold: bool, **extra) -> dict:
-        shown = fold_results(results, served.views, fold)[:k]
+        shown = fold_results(results, served.views, fold, served.files)[:k]
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
         query_id = search_log.served(endpoint, query, shown, k, served.version, latency_ms, tag)
         return {"results": shown, "k": k, "index_version": served.version,
@@ -311,10 +392,11 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         for image_id in ids:
             position = loaded.position_of.get(image_id)
             path = loaded.paths[position] if position is not None else None
-            uri = served.files.get(image_id, (None, None))[0]
-            rows.append(_image_entry({"id": image_id, "path": path, "uri": uri,
+            found = served.files.get(image_id)
+            rows.append(_image_entry({"id": image_id, "path": path,
+                                      "uri": found.uri if found else None,
                                       "tags": tags.get(image_id, []),
-                                      "labels": loaded.labels_of(image_id)}))
+                                      "labels": loaded.labels_of(image_id)}, served.files))
         return rows
 
     @app.get("/", include_in_schema=False)
@@ -335,9 +417,9 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                 "public_reads": settings.public_reads}  # the page sends its key for images if not
 
     @app.get("/gallery", dependencies=reads)
-    def gallery(offset: Annotated[int, Query(ge=0)] = 0,
+    def gallery(offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
                 limit: Annotated[int, Query(ge=1, le=500)] = 48,
-                tag: str | None = None) -> dict:
+                tag: OptionalTag = None) -> dict:
         """The indexed images in path order, a page at a time; with `tag`, only those."""
         served = live()
         ordered = served.searcher.loaded.ids_by_path
@@ -349,7 +431,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                 "images": images(served, ordered[offset:offset + limit])}
 
     @app.get("/similar/{image_id}", dependencies=reads)
-    def similar(image_id: str, k: int = 50, tag: str | None = None,
+    def similar(image_id: str, k: int = 50, tag: OptionalTag = None,
                 fold: bool | None = None) -> dict:
         """The nearest images to one already in the collection (itself left out)."""
         started, served, k, fold = time.perf_counter(), live(), bounded_k(k), fold_or_default(fold)
@@ -363,7 +445,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
     async def search(file: Annotated[UploadFile, File(description="The query image")],
                      bbox: Annotated[str | None, Form(description="Crop x1,y1,x2,y2 in pixels")] = None,
                      k: Annotated[int, Form()] = 50,
-                     tag: Annotated[str | None, Form(description="Only images with this tag")] = None,
+                     tag: Annotated[OptionalTag, Form(description="Only images with this tag")] = None,
                      fold: Annotated[bool | None, Form(description="Fold near-duplicates")] = None,
                      ) -> dict:
         """The nearest images to an uploaded image, or to a crop box of it."""
@@ -407,7 +489,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
 
     @app.get("/search/text", dependencies=reads)
     def search_text(q: Annotated[str, Query(description="What to look for, in words")],
-                    k: int = 50, tag: str | None = None, fold: bool | None = None) -> dict:
+                    k: int = 50, tag: OptionalTag = None, fold: bool | None = None) -> dict:
         """Images matching a text. With a CLIP-family model, its text tower (`mode: clip`);
         otherwise the words attached to the images, by meaning: tags, folder and file names and
         predicted ImageNet classes (`mode: attached_text`; each result says what matched)."""
@@ -518,7 +600,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
             added = tag_index.add(request.ids, request.tag)
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
-        return {"tag": request.tag.strip(), "added": added}
+        return {"tag": request.tag, "added": added}
 
     @app.delete("/tags", dependencies=writes)
     def remove_tags(request: TagRequest) -> dict:
@@ -563,7 +645,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                 "version": served.views.identity[0]}
 
     @app.get("/clusters/{label}", dependencies=reads)
-    def cluster(label: int, offset: Annotated[int, Query(ge=0)] = 0,
+    def cluster(label: ClusterLabel, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
                 limit: Annotated[int, Query(ge=1, le=500)] = 48) -> dict:
         """The members of one cluster, a page at a time."""
         served, members = cluster_members(label)
@@ -572,7 +654,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                 "images": images(served, members[offset:offset + limit], tags)}
 
     @app.post("/clusters/{label}/tag", dependencies=writes)
-    def tag_cluster(label: int, request: ClusterTagRequest) -> dict:
+    def tag_cluster(label: ClusterLabel, request: ClusterTagRequest) -> dict:
         """Tag every member of a cluster: with the suggested name, or with the tag given."""
         served, members = cluster_members(label)
         tag = request.tag or cluster_summary(served, label, members,
@@ -580,13 +662,14 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
         if not tag:
             raise HTTPException(422, f"cluster {label} has no suggested name; give a tag")
         try:
+            tag = normalize_tag(tag)  # a suggested name is stored as a typed one would be
             added = tag_index.add(members, tag)
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
-        return {"tag": tag.strip(), "added": added, "size": len(members)}
+        return {"tag": tag, "added": added, "size": len(members)}
 
     @app.get("/duplicates", dependencies=reads)
-    def duplicates(offset: Annotated[int, Query(ge=0)] = 0,
+    def duplicates(offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
                    limit: Annotated[int, Query(ge=1, le=500)] = 20) -> dict:
         """Near-duplicate groups (by pHash), largest first, a page at a time."""
         served, tags = live(), tag_index.tags_by_id()
@@ -596,25 +679,36 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                 "groups": [{"group": offset + n, "size": len(g), "images": images(served, g, tags)}
                            for n, g in enumerate(groups[offset:offset + limit])]}
 
-    def _image_bytes(image_id: str) -> tuple[bytes, str]:
+    def original(image_id: str) -> tuple[bytes, str]:
+        """An image's original bytes and format, only while they are still the indexed ones:
+        404 for an unknown id, 410 for an original moved or deleted since it was indexed, 409
+        for one that holds other bytes now (never served under the old id)."""
         found = live().files.get(image_id)
         if found is None:
             raise HTTPException(404, f"no image with id {image_id!r}")
-        uri, fmt = found
-        return read_object(uri, source_endpoint_url), fmt
+        try:
+            return read_original(image_id, found, source_endpoint_url), found.format
+        except OriginalUnavailable as err:
+            raise HTTPException(UNAVAILABLE_ORIGINALS[err.state], err.reason) from None
+        except SourceUnreachableError as err:
+            raise HTTPException(503, str(err)) from None
 
     @app.get("/images/{image_id}", dependencies=reads)
     def image(image_id: str) -> Response:
         """The original file of an image in the collection (ids only, never paths)."""
-        data, fmt = _image_bytes(image_id)
+        data, fmt = original(image_id)
         return Response(data, media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"),
                         headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/images/{image_id}/thumbnail", dependencies=reads)
     def thumbnail(image_id: str, size: Annotated[int, Query(ge=16, le=1024)] = 256) -> Response:
         """A JPEG no larger than size x size."""
-        data, _ = _image_bytes(image_id)
-        picture: Image.Image = decode_rgb(data, min_size=size)
+        data, _ = original(image_id)
+        try:
+            picture: Image.Image = decode_rgb(data, min_size=size)
+        except ImageError as err:
+            raise HTTPException(422, f"the original of image {image_id} cannot be made into a "
+                                     f"thumbnail ({err.status}): {err.reason}") from None
         picture.thumbnail((size, size))
         out = io.BytesIO()
         picture.save(out, "JPEG", quality=85)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from serving.originals import SourceFile
 from serving.views import CollectionViews, load_views, views_identity
 from vsearch_pipeline.catalog import (
     CLUSTERS_ASSET,
@@ -39,7 +40,7 @@ log = logging.getLogger("vsearch.serving")
 @dataclass(frozen=True)
 class ServedIndex:
     searcher: Searcher
-    files: dict[str, tuple[str, str]]  # id -> (URI, format) of every usable image in the manifest
+    files: dict[str, SourceFile]  # id -> where and what every usable image of the manifest is
     views: CollectionViews = field(default_factory=CollectionViews)
 
     @property
@@ -47,13 +48,13 @@ class ServedIndex:
         return self.searcher.version
 
 
-def manifest_files(store: ArtifactStore) -> dict[str, tuple[str, str]]:
+def manifest_files(store: ArtifactStore) -> dict[str, SourceFile]:
     manifest = load_manifests(store)
     usable = manifest.filter(pc.equal(manifest.column("status"), "ok"))
-    files: dict[str, tuple[str, str]] = {}
-    for image_id, uri, fmt in zip(*(usable.column(c).to_pylist() for c in ("id", "uri", "format")),
-                                  strict=True):
-        files.setdefault(image_id, (uri, fmt))
+    columns = (usable.column(c).to_pylist() for c in ("id", "uri", "format", "content_hash", "bytes"))
+    files: dict[str, SourceFile] = {}
+    for image_id, uri, fmt, digest, size in zip(*columns, strict=True):
+        files.setdefault(image_id, SourceFile(uri, fmt, digest, size))
     return files
 
 

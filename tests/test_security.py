@@ -36,9 +36,10 @@ from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from serving.app import app_for_home
+from serving.app import Service, app_for_home
 from serving.auth import KEYS_ENV, create_key, hash_key
 from serving.limits import TokenBuckets
+from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.runner import run_pipeline
 from vsearch_pipeline.settings import load_settings
 
@@ -522,6 +523,246 @@ def test_secrets_never_reach_logs_or_answers(server, collection, ids, caplog):
         for answer in answers:
             assert secret not in answer.text and secret not in str(answer.headers)
     _show(f"secrets: {len(caplog.records)} log records and {len(answers)} answers searched", statuses)
+
+
+# ---- the source changing after indexing --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def changing(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict:
+    """A collection of its own, since its files are moved, deleted, cut and overwritten after
+    indexing: 8 Caltech-101 photos and a re-encoded copy of one (a near-duplicate group)."""
+    root = tmp_path_factory.mktemp("changing")
+    images = copy_caltech(shared_data, root / "images", ("accordion", "airplanes"), 4)
+    Image.open(images / "accordion" / "image_0001.jpg").save(images / "accordion" / "copy.jpg",
+                                                             quality=70)
+    home = root / "home"
+    settings = load_settings(home, {"source": {"uri": str(images)}, "index": {"index_type": "flat"},
+                                    "clusters": {"min_cluster_size": 3},
+                                    "serving": {"refresh_interval_s": 3600, "rate_limit_per_s": 0,
+                                                "search_log_flush_s": 0.2}})
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv(KEYS_ENV, raising=False)
+        run_pipeline(home, settings, say=print)
+    return {"root": root, "home": home, "images": images, "settings": settings}
+
+
+def _listed(client: TestClient, image_id: str) -> dict[str, set[str]]:
+    """Where each list shows the image, by the `original` state it gives it there."""
+    states: dict[str, set[str]] = {}
+    similar_to = next(r["id"] for r in client.get("/gallery").json()["images"] if r["id"] != image_id)
+    similar = client.get(f"/similar/{similar_to}", params={"k": 20, "fold": "false"}).json()["results"]
+    lists = {"similar": similar,
+             "gallery": client.get("/gallery", params={"limit": 500}).json()["images"],
+             "duplicates": [i for g in client.get("/duplicates").json()["groups"] for i in g["images"]],
+             "clusters": [i for c in client.get("/clusters", params={"examples": 24}).json()["clusters"]
+                          for i in c["examples"]]}
+    for name, rows in lists.items():
+        states[name] = {r["original"] for r in rows if r["id"] == image_id}
+    return states
+
+
+def test_an_original_gone_or_changed_is_never_served_under_its_id(changing):
+    """Moved, deleted, cut short, or overwritten (with bytes of the same length, or another
+    photo): no 500, never the old id for new bytes; lists say so from one stat per result."""
+    images = changing["images"]
+    with TestClient(app_for_home(changing["home"], changing["settings"]),
+                    raise_server_exceptions=False) as client:
+        ids = {r["path"]: r["id"] for r in client.get("/gallery", params={"limit": 500}).json()["images"]}
+        group = client.get("/duplicates").json()["groups"][0]["images"]
+        assert {r["path"] for r in group} == {"accordion/image_0001.jpg", "accordion/copy.jpg"}
+        assert {r["original"] for r in client.get("/gallery").json()["images"]} == {"present"}
+        other = (images / "airplanes" / "image_0004.jpg").read_bytes()
+        flipped = bytearray((images / "airplanes" / "image_0002.jpg").read_bytes())
+        flipped[len(flipped) // 2] ^= 0xFF
+        changes = {  # path: (what happens to it, status served, state listed, words of the reason)
+            "accordion/copy.jpg": (lambda p: p.rename(images / "moved.jpg"), 410, "missing",
+                                   "moved or deleted"),
+            "accordion/image_0002.jpg": (lambda p: p.unlink(), 410, "missing", "moved or deleted"),
+            "accordion/image_0003.jpg": (lambda p: p.write_bytes(p.read_bytes()[:2000]), 409, "changed",
+                                         "changed after it was indexed"),
+            "airplanes/image_0001.jpg": (lambda p: p.write_bytes(other), 409, "changed",
+                                         "changed after it was indexed"),
+            "airplanes/image_0002.jpg": (lambda p: p.write_bytes(bytes(flipped)), 409, "present",
+                                         "changed after it was indexed"),  # same size: seen when served
+        }
+        for path, (change, *_) in changes.items():
+            change(images / path)
+        statuses = Counter()
+        for path, (_, status, state, reason) in changes.items():
+            for url in (f"/images/{ids[path]}", f"/images/{ids[path]}/thumbnail"):
+                answer = client.get(url)
+                statuses[answer.status_code] += 1
+                assert answer.status_code == status and reason in answer.json()["detail"], (path, answer.text)
+            listed = _listed(client, ids[path])
+            assert listed["gallery"] == listed["similar"] == {state}, (path, listed)
+            if path == "accordion/copy.jpg":
+                assert listed["duplicates"] == {state}
+        intact = ids["accordion/image_0004.jpg"]
+        original = (images / "accordion" / "image_0004.jpg").read_bytes()
+        assert client.get(f"/images/{intact}").content == original
+        assert client.get(f"/images/{intact}/thumbnail").status_code == 200
+        assert _listed(client, intact)["gallery"] == {"present"}
+        states = {r["original"] for c in client.get("/clusters", params={"examples": 24}).json()["clusters"]
+                  for r in c["examples"]}
+        assert states <= {"present", "missing", "changed"} and len(states) > 1
+        found = client.post("/search", files={"file": ("q.jpg", other)}, data={"k": "20"}).json()
+        overwritten = ids["airplanes/image_0001.jpg"]
+        assert {r["original"] for r in found["results"] if r["id"] == overwritten} == {"changed"}
+    _show("a changed source: 5 originals moved, deleted, cut and overwritten", statuses)
+
+
+def test_every_answer_says_nosniff(client, collection, ids):
+    """Pages, scripts, images, JSON, errors of every kind, a 429 and Starlette's own 500."""
+    image = next(iter(ids.values()))
+    answers = [client.get(url) for url in (
+        "/", "/static/app.js", "/health", "/gallery", f"/images/{image}", f"/images/{image}/thumbnail",
+        "/openapi.json", "/docs", "/no-such-page", "/gallery?limit=0", "/images/ffffffffffffffff")]
+    answers.append(client.post("/tags", json={"ids": [image], "tag": "x"}))  # no key: 401
+    with TestClient(_app(collection, rate_limit_per_s=0.001, rate_limit_burst=1)) as limited:
+        answers += [limited.get("/gallery"), limited.get("/gallery")]
+    failing = Service()
+
+    @failing.get("/fails")
+    def fails() -> None:
+        raise RuntimeError("a bug")
+
+    answers.append(TestClient(failing, raise_server_exceptions=False).get("/fails"))
+    assert {a.status_code for a in answers} >= {200, 401, 404, 422, 429, 500}
+    assert [a.headers.get("x-content-type-options") for a in answers] == ["nosniff"] * len(answers)
+    _show("nosniff", Counter(a.status_code for a in answers))
+
+
+# ---- numbers that are no numbers ---------------------------------------------------------------
+
+NOT_FINITE = ("inf", "-inf", "nan", "NaN", "Infinity", "1e400", "-1e400")
+HUGE_INTS = ("9" * 40, "-" + "9" * 40, str(2**63), str(2**64))
+
+
+def test_nan_infinity_and_huge_numbers_are_a_422_everywhere(client, collection, ids):
+    """Every numeric input of the service: query parameters, form fields and JSON bodies."""
+    image, auth, statuses = next(iter(ids.values())), {"X-API-Key": collection["key"]}, Counter()
+    label = client.get("/clusters").json()["clusters"][0]["label"]
+    photo = (collection["images"] / "accordion" / "image_0001.jpg").read_bytes()
+    gets = [("/gallery", "offset"), ("/gallery", "limit"), ("/duplicates", "offset"),
+            ("/duplicates", "limit"), ("/clusters", "examples"), (f"/clusters/{label}", "offset"),
+            (f"/clusters/{label}", "limit"), (f"/similar/{image}", "k"), ("/search/text?q=a", "k"),
+            (f"/images/{image}/thumbnail", "size")]
+    answers = [client.get(url, params={name: value}) for url, name in gets
+               for value in NOT_FINITE + HUGE_INTS]
+    answers += [client.get(f"/clusters/{value}") for value in NOT_FINITE + HUGE_INTS]
+    answers += [client.post(f"/clusters/{value}/tag", json={"tag": "x"}, headers=auth)
+                for value in NOT_FINITE + HUGE_INTS]
+    answers += [client.post("/search", files={"file": ("q.jpg", photo)}, data={"k": value})
+                for value in NOT_FINITE + HUGE_INTS]
+    bboxes = [f"{v},0,10,10" for v in NOT_FINITE] + [f"0,0,{v},10" for v in NOT_FINITE]
+    boxed = [client.post("/search", files={"file": ("q.jpg", photo)}, data={"bbox": box, "k": "3"})
+             for box in bboxes]
+    assert all("bbox must be four" in a.json()["detail"] for a in boxed), [a.text for a in boxed]
+    bodies = [("POST", "/tags", '{"ids": [%s], "tag": "x"}'),
+              ("POST", "/tags", '{"ids": ["a"], "tag": %s}'),
+              ("DELETE", "/tags", '{"ids": ["a"], "tag": %s}'),
+              ("POST", "/click", '{"query_id": %s, "id": "x"}'),
+              ("POST", "/feedback", '{"query_id": "q", "id": "x", "relevant": %s}'),
+              ("POST", f"/clusters/{label}/tag", '{"tag": %s}')]
+    for method, url, body in bodies:
+        for value in ("NaN", "Infinity", "-Infinity", "1e400", "-1e400", "9" * 40, "[[[[NaN]]]]",
+                      "[" * 800 + "NaN" + "]" * 800):  # nested deeper than a 422 can echo
+            answers.append(client.request(method, url, content=body % value, headers={
+                **auth, "Content-Type": "application/json"}))
+    for answer in answers + boxed:
+        statuses[answer.status_code] += 1
+        assert answer.status_code == 422, (answer.request.url, answer.request.content[:200], answer.text)
+        assert answer.json()["detail"]  # a reason, in JSON
+    _show(f"numbers: {len(answers) + len(boxed)} NaNs, infinities and huge ints", statuses)
+
+
+# ---- tags: one meaning per text, one state in memory and on disk ---------------------------------
+
+def test_a_tag_is_the_same_tag_however_it_is_typed(client, collection, ids):
+    """Padded, decomposed (NFC) or wrapped in zero-width characters, a tag names what it was
+    stored as on every path that takes one; a tag of nothing visible is refused on each."""
+    auth, statuses = {"X-API-Key": collection["key"]}, Counter()
+    first, second = list(ids.values())[:2]
+    label = client.get("/clusters").json()["clusters"][0]["label"]
+
+    def check(answer, status: int):
+        statuses[answer.status_code] += 1
+        assert answer.status_code == status, (answer.request.url, answer.text)
+        return answer.json()
+
+    stored = "caf\u00e9 au lait"  # typed below as: padded, decomposed, zero-width around
+    typed = ["  caf\u00e9 au lait  ", "cafe\u0301 au lait", "\u200bcaf\u00e9 au lait\ufeff", stored]
+    assert check(client.post("/tags", json={"ids": [first], "tag": typed[0]}, headers=auth), 200) == {
+        "tag": stored, "added": 1}
+    assert check(client.post("/tags", json={"ids": [first, second], "tag": typed[1]}, headers=auth),
+                 200)["added"] == 1
+    assert {t["tag"]: t["count"] for t in client.get("/tags").json()["tags"]}[stored] == 2
+    photo = (collection["images"] / "accordion" / "image_0001.jpg").read_bytes()
+    for text in typed:
+        assert check(client.get("/gallery", params={"tag": text}), 200)["total"] == 2
+        assert {r["id"] for r in check(client.get(f"/similar/{first}", params={"tag": text}), 200)
+                ["results"]} == {second}
+        assert len(check(client.get("/search/text", params={"q": "a", "tag": text}), 200)["results"]) == 2
+        assert len(check(client.post("/search", files={"file": ("q.jpg", photo)},
+                                     data={"tag": text}), 200)["results"]) == 2
+    assert check(client.request("DELETE", "/tags", json={"ids": [first], "tag": typed[2]},
+                                headers=auth), 200) == {"tag": stored, "removed": 1}
+    assert check(client.request("DELETE", "/tags", json={"ids": [second], "tag": typed[0]},
+                                headers=auth), 200) == {"tag": stored, "removed": 1}
+    assert stored not in {t["tag"] for t in client.get("/tags").json()["tags"]}
+    named = check(client.post(f"/clusters/{label}/tag", json={"tag": " \u200dcluster  name "},
+                              headers=auth), 200)
+    assert named["tag"] == "cluster  name"
+    members = [r["id"] for r in client.get(f"/clusters/{label}", params={"limit": 500}).json()["images"]]
+    check(client.request("DELETE", "/tags", json={"ids": members, "tag": "cluster  name\u200b"},
+                         headers=auth), 200)
+    for blank in ("\u200b", "\u200b\u200c\u200d", "\u3164", " \u2060 ", "\u00ad", "\ufe0f", "   "):
+        check(client.post("/tags", json={"ids": [first], "tag": blank}, headers=auth), 422)
+        check(client.request("DELETE", "/tags", json={"ids": [first], "tag": blank}, headers=auth), 422)
+        check(client.post(f"/clusters/{label}/tag", json={"tag": blank}, headers=auth), 422)
+        check(client.get("/gallery", params={"tag": blank}), 422)
+        check(client.get(f"/similar/{first}", params={"tag": blank}), 422)
+        check(client.get("/search/text", params={"q": "a", "tag": blank}), 422)
+        check(client.post("/search", files={"file": ("q.jpg", photo)}, data={"tag": blank}), 422)
+    assert not {t["tag"] for t in client.get("/tags").json()["tags"]} & {stored, "cluster  name"}
+    _show("tag text: 4 spellings of one tag, 7 invisible ones", statuses)
+
+
+def _served_tags(client: TestClient) -> set[tuple[str, str]]:
+    return {(tag, row["id"]) for row in client.get("/gallery", params={"limit": 500}).json()["images"]
+            for tag in row["tags"]}
+
+
+def test_racing_tag_writes_leave_memory_and_database_alike(client, collection, ids):
+    """A POST and a DELETE of one tag on one image at the same moment, from real threads against
+    the running app (its writer thread grouping them into one transaction), round after round:
+    after each, what the service serves is what `curation.duckdb` holds."""
+    auth, rounds, statuses = {"X-API-Key": collection["key"]}, 60, Counter()
+    stored = CurationDB(str(collection["home"] / "curation.duckdb"))
+    targets = list(ids.values())[:2]
+    start = threading.Barrier(4)
+
+    def send(method: str, image_id: str) -> None:
+        start.wait()
+        answer = client.request(method, "/tags", json={"ids": [image_id], "tag": "race"}, headers=auth)
+        statuses[answer.status_code] += 1
+
+    disagreements = []
+    for n in range(rounds):
+        order = ("POST", "DELETE") if n % 2 else ("DELETE", "POST")
+        workers = [threading.Thread(target=send, args=(method, image_id))
+                   for image_id in targets for method in order]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        served, on_disk = _served_tags(client), set(stored.all_tags())
+        if served != on_disk:
+            disagreements.append((n, served ^ on_disk))
+    client.request("DELETE", "/tags", json={"ids": targets, "tag": "race"}, headers=auth)
+    assert not disagreements, disagreements
+    assert set(statuses) <= {200, 404} and statuses[200] >= 2 * rounds
+    _show(f"racing tags: {rounds} rounds of POST and DELETE at once", statuses)
 
 
 # ---- fuzzing -----------------------------------------------------------------------------------

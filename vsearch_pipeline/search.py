@@ -6,6 +6,7 @@ collection was; an index whose model does not load, or loads with another versio
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,16 +35,20 @@ RECONSTRUCTABLE = ("flat", "hnsw", "ivf-flat")  # index types that hold the exac
 
 
 def parse_bbox(text: str | None) -> tuple[int, int, int, int] | None:
-    """'x1,y1,x2,y2' in pixels of the (EXIF-oriented) image, or None."""
+    """'x1,y1,x2,y2' in pixels of the (EXIF-oriented) image, or None. ValueError for anything
+    else, NaN and infinities (`inf`, `1e400`) included: those are no pixel positions."""
     if text is None or not text.strip():
         return None
     try:
-        box = tuple(int(round(float(v))) for v in text.split(","))
+        values = [float(v) for v in text.split(",")]
     except ValueError:
         raise ValueError(f"bbox must be four numbers x1,y1,x2,y2, got {text!r}") from None
-    if len(box) != 4:
+    if len(values) != 4:
         raise ValueError(f"bbox must be four numbers x1,y1,x2,y2, got {text!r}")
-    return box
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"bbox must be four finite numbers x1,y1,x2,y2 (no NaN or infinity), "
+                         f"got {text!r}")
+    return tuple(round(v) for v in values)
 
 
 def crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
