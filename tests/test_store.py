@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vsearch_pipeline.core.store import METRIC_KINDS, MetricsDB, validate_tag
+from vsearch_pipeline.core.store import METRIC_KINDS, MetricsDB, normalize_tag
 
 RUN = {"run_id": "run-1", "asset": "vector_index", "partition": None}
 
@@ -161,13 +161,30 @@ def test_queued_metrics_are_filed_once_even_when_filed_twice(tmp_path) -> None:
 
 @pytest.mark.parametrize("tag", ["", "   ", "x" * 101, "a\x00b", "tab\there", "del\x7f",
                                  "two\u2028lines", "para\u2029graph", "evil\u202etxt.exe",
-                                 "\u2066isolated\u2069"])
+                                 "\u2066isolated\u2069",
+                                 # only characters that print nothing
+                                 "\u200b", "\u200b\u200c\u200d", "\ufeff", "\u2060 \u2060",
+                                 "\u00ad", "\u3164", "\u115f\u1160", "\u2800", "\u0301",
+                                 "\ufe0f", "\u00a0\u3000", " \u200b \u3164 "])
 def test_tags_refuse_what_does_not_print_as_itself(tag: str) -> None:
     with pytest.raises(ValueError, match="a tag is 1 to 100 printable characters"):
-        validate_tag(tag)
+        normalize_tag(tag)
 
 
 @pytest.mark.parametrize("tag", ["drinks", "  padded  ", "café au lait", "東京", "x" * 100,
-                                 "family 👨\u200d👩\u200d👧", "x'); DROP TABLE tags; --"])
+                                 "family 👨\u200d👩\u200d👧", "x'); DROP TABLE tags; --", "❤\ufe0f"])
 def test_tags_keep_ordinary_text(tag: str) -> None:
-    assert validate_tag(tag) == tag.strip()
+    assert normalize_tag(tag) == tag.strip()
+
+
+@pytest.mark.parametrize(("typed", "stored"), [
+    ("cafe\u0301", "caf\u00e9"),  # a combining accent composes (NFC)
+    ("  caf\u00e9\t\n", "caf\u00e9"),
+    ("\u200bcat\u200b", "cat"), ("\ufeffcat", "cat"), ("cat\u2060 \u200d", "cat"),
+    ("\u3000wide space\u00a0", "wide space"),
+    ("x" * 100 + "   ", "x" * 100),  # the length is the stored form's
+    ("e\u0301" * 100, "\u00e9" * 100),  # 200 code points typed, 100 stored
+])
+def test_tags_are_stored_in_one_normal_form(typed: str, stored: str) -> None:
+    assert normalize_tag(typed) == stored
+    assert normalize_tag(stored) == stored  # normalising is idempotent

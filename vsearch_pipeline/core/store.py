@@ -207,14 +207,41 @@ MAX_TAG_LENGTH = 100
 # separators, surrogates, and the bidirectional overrides that make a tag read as another one.
 UNPRINTABLE_CATEGORIES = ("Cc", "Cs", "Zl", "Zp")
 BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Trimmed from both ends with the white space: characters of no width, which only a program sees.
+ZERO_WIDTH = "\u00ad\u180e\u200b\u200c\u200d\u2060\ufeff"
+# What prints nothing on its own: spaces, format characters, marks with no letter to sit on, and
+# the letters that are blank by design (Hangul fillers, the blank Braille pattern).
+INVISIBLE_CATEGORIES = ("Zs", "Cf", "Mn", "Me")
+BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
-def validate_tag(tag: str) -> str:
-    tag = tag.strip()
-    if not tag or len(tag) > MAX_TAG_LENGTH or any(
-            unicodedata.category(c) in UNPRINTABLE_CATEGORIES or c in BIDI_CONTROLS for c in tag):
+def _invisible(char: str) -> bool:
+    return (char.isspace() or char in BLANK_LETTERS
+            or unicodedata.category(char) in INVISIBLE_CATEGORIES)
+
+
+def _trimmed(text: str) -> str:
+    """`text` without white space and zero-width characters at either end."""
+    start, end = 0, len(text)
+    while start < end and (text[start].isspace() or text[start] in ZERO_WIDTH):
+        start += 1
+    while end > start and (text[end - 1].isspace() or text[end - 1] in ZERO_WIDTH):
+        end -= 1
+    return text[start:end]
+
+
+def normalize_tag(tag: str) -> str:
+    """The one stored form of a tag, so that the same text typed twice is the same tag: Unicode
+    NFC (a precomposed "é" and "e" with a combining accent are one tag), trimmed of white space and
+    zero-width characters at the ends. ValueError for what would not print as itself: empty,
+    over MAX_TAG_LENGTH, holding a control, separator, surrogate or bidirectional override, or
+    made only of characters that print nothing. Every path that takes a tag goes through here."""
+    normal = _trimmed(unicodedata.normalize("NFC", tag))
+    if (not normal or len(normal) > MAX_TAG_LENGTH or all(_invisible(c) for c in normal)
+            or any(unicodedata.category(c) in UNPRINTABLE_CATEGORIES or c in BIDI_CONTROLS
+                   for c in normal)):
         raise ValueError(f"a tag is 1 to {MAX_TAG_LENGTH} printable characters, got {tag!r}")
-    return tag
+    return normal
 
 
 class CurationDB(MetricsDB):
@@ -265,7 +292,7 @@ class CurationDB(MetricsDB):
 
 
 def tag_images(con: duckdb.DuckDBPyConnection, ids: list[str], tag: str) -> int:
-    """Tag the images (a tag already checked by `validate_tag`); returns how many did not have it."""
+    """Tag the images (a tag already through `normalize_tag`); returns how many did not have it."""
     before = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
     if ids:
         now = _now()
