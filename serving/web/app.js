@@ -59,7 +59,9 @@
   function describeDetail(detail) {
     if (typeof detail === "string") return detail;
     if (Array.isArray(detail)) {  // FastAPI validation errors
-      return detail.map((d) => `${(d.loc || []).slice(1).join(".") || "request"}: ${d.msg}`).join("; ");
+      // pydantic prefixes a validator's own message with "Value error, ": the message is enough
+      return detail.map((d) => `${(d.loc || []).slice(1).join(".") || "request"}: `
+        + String(d.msg).replace(/^Value error, /, "")).join("; ");
     }
     return JSON.stringify(detail);
   }
@@ -193,13 +195,29 @@
     return svg;
   }
 
+  // What the service says of an original that is no longer in the source as it was indexed
+  const GONE_ORIGINALS = {
+    missing: "original moved or deleted since indexing",
+    changed: "original changed since indexing",
+  };
+
   function thumbnail(image, size = "") {
     const img = el("img", {
       alt: image.path || image.id, loading: "lazy", decoding: "async", class: `thumb-img ${size}`,
       draggable: "false",
     });
+    if (GONE_ORIGINALS[image.original]) {
+      img.alt = "";  // no thumbnail to fetch: the card says why instead (originalNote)
+      return img;
+    }
     setImage(img, image.thumbnail_url || `${image.image_url}/thumbnail`);
     return img;
+  }
+
+  function originalNote(image) {
+    const gone = GONE_ORIGINALS[image.original];
+    return gone ? el("div", { class: "original-gone small", "data-testid": "original-gone", text: gone })
+      : null;
   }
 
   /** An <img> cannot send a key: where reads are private, the image comes through fetch. */
@@ -252,6 +270,7 @@
       el("div", { class: "card-top" }, selectBox(image)),
       open,
       el("div", { class: "path", title: image.path, text: image.path }),
+      originalNote(image),
       tagChips(image.tags),
       el("div", { class: "actions" }, similarButton(image)),
     );
@@ -283,7 +302,7 @@
       feedbackButton(queryId, result.id, true), feedbackButton(queryId, result.id, false));
     add(card,
       el("div", { class: "card-top" }, selectBox(result), meta),
-      open, path, matched, tagChips(result.tags),
+      open, path, originalNote(result), matched, tagChips(result.tags),
       el("div", { class: "actions" }, similarButton(result), feedback),
     );
     const duplicates = result.duplicates || [];
