@@ -1,6 +1,7 @@
 """The `vsearch` command as a person runs it: demo, search, bad settings, help; and the
 Dagster definitions as `dagster-webserver` loads them through workspace.yaml."""
 
+import contextlib
 import json
 import os
 import signal
@@ -242,3 +243,115 @@ def test_serve_answers_on_the_demo_index(demo_home):
         os.killpg(server.pid, signal.SIGINT)
         server.wait(timeout=30)
     assert health is not None and health["status"] == "ok" and health["vectors"] == 102
+
+
+# ------------------------------------------------------------------- stopping the servers
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (its children's children too)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _stop_server(args: list[str], cwd: Path, signum: int, to_group: bool,
+                 start_s: float = 240) -> tuple[int, float, str, set[int]]:
+    """Start a `vsearch` server command in its own process group, wait until its port answers,
+    send `signum` (to the group, as Ctrl-C does, or to the process alone), and wait for it.
+    Returns its exit status, the seconds it took to exit, its output and the processes it had
+    started. Everything it started is killed afterwards, whatever happened."""
+    import time
+
+    port = int(args[args.index("--port") + 1])
+    log = cwd / f"server-{port}.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([VSEARCH, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + start_s
+        while not _listening(port):
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"not listening after {start_s} s"
+            time.sleep(0.5)
+        started = _descendants(server.pid)
+        (os.killpg if to_group else os.kill)(server.pid, signum)
+        sent = time.monotonic()
+        status = server.wait(timeout=60)
+        return status, time.monotonic() - sent, log.read_text(), started
+    finally:
+        for pid in [server.pid, *started]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["sigterm", "ctrl-c"])
+def test_serve_stops_cleanly_on_a_signal(demo_home, signum, to_group):
+    """SIGTERM used to end the service 'killed by SIGTERM' (uvicorn raises it again after its
+    graceful shutdown)."""
+    home, _ = demo_home
+    port = _free_port()
+    status, seconds, output, _ = _stop_server(["serve", "--home", str(home), "--port", str(port)],
+                                              home.parent, signum, to_group)
+    assert status == 0, output[-3000:]
+    assert seconds < 30 and not _listening(port)
+    assert "Traceback" not in output and "Application shutdown complete" in output
+    print(f"serve: {signal.Signals(signum).name} -> exit 0 in {seconds:.1f} s, port closed")
+
+
+@pytest.mark.slow
+def test_ui_stops_the_webserver_and_its_code_server_on_sigterm(tmp_path):
+    """SIGTERM to `vsearch ui` alone used to end only it, leaving dagster-webserver listening
+    and its code server running; now both are stopped and nothing listens on the port."""
+    port = _free_port()
+    status, seconds, output, started = _stop_server(
+        ["ui", "--home", str(tmp_path / "home"), "--port", str(port)], tmp_path,
+        signal.SIGTERM, to_group=False)
+    assert status == 0, output[-3000:]
+    assert len(started) >= 2, "expected the webserver and its code server"
+    assert seconds < 30 and not _listening(port)
+    assert not [pid for pid in started if _alive(pid)]
+    assert "Traceback" not in output
+    print(f"ui: SIGTERM -> exit 0 in {seconds:.1f} s; {len(started)} processes it had started "
+          "all gone, port closed")
+
+
+@pytest.mark.parametrize("command", [["search", "image_0001"], ["serve", "--port", "1"],
+                                     ["metrics"]])
+def test_reading_commands_on_a_missing_home_say_so_in_one_line(tmp_path, command):
+    home = tmp_path / "nowhere"
+    result = subprocess.run([VSEARCH, *command, "--home", str(home)], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()
+    assert len(last) == 1 and str(home) in last[0], last
+    assert "run `vsearch materialize" in last[0]
+    assert not home.exists()  # a mistyped --home leaves nothing behind

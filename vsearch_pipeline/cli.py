@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
+import signal
 import sys
 from pathlib import Path
 
@@ -27,7 +27,25 @@ home_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a home or storage that cannot be written (read-only, no permission,
+    full) ends any command with one line naming the path, instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from vsearch_pipeline.storage_errors import describe_storage_error
+
+        try:
+            return super().invoke(ctx)
+        except click.ClickException:  # already the one line
+            raise
+        except Exception as err:
+            message = describe_storage_error(err)
+            if message is None:
+                raise
+            raise click.ClickException(message) from err
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """vsearch: visual search and curation of image collections, as a Dagster asset pipeline."""
 
@@ -47,7 +65,7 @@ def demo(home: Path | None) -> None:
         "clusters": {"min_cluster_size": 3},
     })
     save_settings(home, settings)
-    summary = run_pipeline(home, settings, say=_say)
+    summary = _run_stoppably(lambda: run_pipeline(home, settings, say=_say))
     _report(home, summary)
     query = images / "chelsea" / "crop.jpg"
     click.echo(f"\nExample: {_command()} search --home {home} {query}")
@@ -89,7 +107,7 @@ def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
     from vsearch_pipeline.runner import run_pipeline  # imports the asset graph and torch
 
     try:
-        summary = run_pipeline(home, settings, say=_say, objects=objects)
+        summary = _run_stoppably(lambda: run_pipeline(home, settings, say=_say, objects=objects))
     except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     _report(home, summary)
@@ -107,8 +125,12 @@ def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
 def search(home: Path | None, query: str, k: int, as_text: bool, as_json: bool) -> None:
     """Nearest images to QUERY: an image file, the id of an image in the collection, or (with
     --text) words."""
+    from vsearch_pipeline.core.decode import ImageError
+
     try:
-        results = _search(home_dir(home), query, k, as_text)
+        results = _search(_existing_home(home), query, k, as_text)
+    except ImageError as err:
+        raise click.ClickException(f"{query} is not a usable image ({err.status}): {err}") from err
     except (LookupError, FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     if as_json:
@@ -125,13 +147,16 @@ def search(home: Path | None, query: str, k: int, as_text: bool, as_json: bool) 
 @click.option("--port", default=8000, show_default=True)
 def serve(home: Path | None, host: str, port: int) -> None:
     """Start the search service (FastAPI; API docs at /docs) on the home's latest index."""
+    home = _existing_home(home)  # before the imports, which take seconds
     import uvicorn
 
     from serving.app import app_for_home
 
-    home = home_dir(home)
     # No access log: every request is counted and timed in /metrics and every search is in the
     # search log, and formatting a log line per request cost 9% of the service's CPU under load.
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again for its default action, so a
+    # clean stop ended 'killed by SIGTERM'; here that ends the process with status 0, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     uvicorn.run(app_for_home(home, load_settings(home)), host=host, port=port, access_log=False)
 
 
@@ -177,6 +202,7 @@ def grounding_from_folders_command(source: str, depth: int, endpoint_url: str | 
 @click.option("--port", default=3000, show_default=True)
 def ui(home: Path | None, host: str, port: int) -> None:
     """Start the Dagster UI (dagster-webserver) on the home's instance."""
+    from vsearch_pipeline.interrupts import run_until_stopped
     from vsearch_pipeline.runner import dagster_home, open_instance
 
     home = home_dir(home)
@@ -185,7 +211,30 @@ def ui(home: Path | None, host: str, port: int) -> None:
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
     webserver = Path(sys.executable).parent / "dagster-webserver"  # the one beside this Python
     cmd = [str(webserver), "-w", str(workspace), "-h", host, "-p", str(port)]
-    sys.exit(subprocess.call(cmd, env=env))
+    sys.exit(run_until_stopped(cmd, env))
+
+
+def _existing_home(home: Path | None) -> Path:
+    """The home a reading command (search, serve) needs: one that `materialize` made. Checked
+    first, so that a mistyped --home is said as such and no empty home is left behind."""
+    home = home_dir(home)
+    if not home.is_dir():
+        raise click.ClickException(f"no vsearch home at {home}: run `vsearch materialize --home "
+                                   f"{home} --source <images>` first, or give the right --home")
+    return home
+
+
+def _run_stoppably(work):
+    """Run the pipeline so that Ctrl-C or SIGTERM stops it at its next safe point: then one
+    line and the shell's exit status for the signal (130 for Ctrl-C), no traceback."""
+    from vsearch_pipeline.interrupts import Interrupted, run_stoppably
+
+    try:
+        return run_stoppably(work, say=_say)
+    except Interrupted as stop:
+        click.echo(f"vsearch: {stop}: the run was stopped and what it finished is kept; run the "
+                   "same command again to resume", err=True)
+        sys.exit(stop.exit_status)
 
 
 def _search(home: Path, query: str, k: int, as_text: bool = False) -> list[dict]:

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, Definitions, JobDefinition
 
 from vsearch_pipeline.assets.common import ingest_batches
 from vsearch_pipeline.core.batches import batch_key, record_batch, stored_batches, unbatched
@@ -17,6 +17,7 @@ from vsearch_pipeline.core.layout import embeddings_dir, load_manifests, manifes
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions
+from vsearch_pipeline.interrupts import STOP_HOOKS, raise_if_stop_requested
 from vsearch_pipeline.preflight import check_before_work
 from vsearch_pipeline.settings import Settings
 
@@ -83,18 +84,25 @@ def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = pr
     for key in keys:
         fresh = not store.exists(manifest_path(key))
         say(f"batch {key}: {'manifest, ' if fresh else ''}subset, embeddings, hashes")
-        result = defs.resolve_job_def("process_batch").execute_in_process(
+        raise_if_stop_requested()
+        result = stoppable_job(defs, "process_batch").execute_in_process(
             partition_key=key, instance=instance, run_config=CONSOLE_INFO, raise_on_error=True)
         results[key] = result.success
         timings += step_seconds(instance, result.run_id, key)
     check_something_to_index(store, defs.resources["model"].spec.key)
     say("collection: near-duplicate groups, FAISS index, clusters, evaluation")
-    result = defs.resolve_job_def("refresh_collection").execute_in_process(
+    raise_if_stop_requested()
+    result = stoppable_job(defs, "refresh_collection").execute_in_process(
         instance=instance, run_config=CONSOLE_INFO, raise_on_error=True)
     results["collection"] = result.success
     timings += step_seconds(instance, result.run_id, None)
     return {"batches": keys, "new_batch": new_key, "success": all(results.values()),
             "run_id": result.run_id, "timings": timings}
+
+
+def stoppable_job(defs: Definitions, name: str) -> JobDefinition:
+    """The job, with a check for a stop request (Ctrl-C) after each step: see interrupts.py."""
+    return defs.resolve_job_def(name).with_hooks(STOP_HOOKS)
 
 
 def check_something_to_index(store: ArtifactStore, model_key: str) -> None:

@@ -22,7 +22,9 @@ from dagster import (
 )
 
 from vsearch_pipeline.core.layout import NoEmbeddingsError, load_embeddings
+from vsearch_pipeline.core.names import shown
 from vsearch_pipeline.core.storage import ArtifactStore
+from vsearch_pipeline.interrupts import stop_step_if_requested
 
 ingest_batches = DynamicPartitionsDefinition(name="ingest_batches")
 
@@ -82,18 +84,22 @@ def markdown_table(rows: Sequence[dict], limit: int = 20) -> MetadataValue:
 
 
 def _cell(value: object) -> str:
+    """A value on one line of the table: a file name may hold a newline or another control
+    character (`shown` escapes those)."""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value).replace("|", "\\|")
+    return shown(str(value)).replace("|", "\\|")
 
 
 def progress_logger(context: AssetExecutionContext, what: str, every: float = 0.1
                     ) -> Callable[[int, int], None]:
-    """A progress callback that logs each `every` share of the work, with the rate."""
+    """A progress callback that logs each `every` share of the work, with the rate. Each call
+    is also where a long step stops when the command line asked it to (Ctrl-C: interrupts.py)."""
     start = time.perf_counter()
     state = {"next": every}
 
     def report(done: int, total: int) -> None:
+        stop_step_if_requested(context.instance, context.run.run_id)
         if total and (done / total >= state["next"] or done == total):
             rate = done / max(time.perf_counter() - start, 1e-9)
             context.log.info(f"{what}: {done}/{total} ({done / total:.0%}, {rate:.1f}/s)")
