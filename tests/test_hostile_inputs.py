@@ -24,6 +24,7 @@ import subprocess
 import sys
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class Planted:
 
 def _photos(shared: Path) -> list[Path]:
     return [p for name in CLASSES
-            for p in sorted((shared / "caltech101" / name).glob("*.jpg"))[:PER_CLASS + 10]]
+            for p in sorted((shared / "caltech101" / name).glob("*.jpg"))[:PER_CLASS + 36]]
 
 
 def _jpeg(image: Image.Image, **kwargs) -> bytes:
@@ -107,24 +108,48 @@ def raw_png(pixels: np.ndarray, colour_type: int, bit_depth: int) -> bytes:
             + _png_chunk(b"IDAT", zlib.compress(body, 9)) + _png_chunk(b"IEND", b""))
 
 
-def every_png_kind(photo: Image.Image) -> dict[str, bytes]:
-    """A photo in every PNG colour type at every bit depth the format allows (PNG spec 11.2.2)."""
-    small = photo.resize((96, 64))
-    grey = np.asarray(small.convert("L"), dtype=np.uint16)
-    rgb = np.asarray(small, dtype=np.uint16)
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2))  # (x0, y0, dx, dy) of the seven passes of an interlaced PNG
+
+
+def interlaced_png(rgb: np.ndarray) -> bytes:
+    """An 8-bit RGB PNG written Adam7-interlaced (Pillow reads these but cannot write them):
+    each pass is the sub-image at its offset and step, rows after their filter byte."""
+    rows, columns = rgb.shape[:2]
+    body = b""
+    for x0, y0, dx, dy in ADAM7:
+        part = rgb[y0::dy, x0::dx].astype(np.uint8)
+        body += b"".join(b"\x00" + row.tobytes() for row in part) if part.size else b""
+    header = struct.pack(">IIBBBBB", columns, rows, 8, 2, 0, 0, 1)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(body, 9)) + _png_chunk(b"IEND", b""))
+
+
+def every_png_kind(photo: Callable[[], Image.Image]) -> dict[str, bytes]:
+    """Photos in every PNG colour type at every bit depth the format allows (PNG spec 11.2.2),
+    and interlaced; a photo of its own for each, so that each file must find itself."""
     alpha = np.tile(np.linspace(0, 255, 96, dtype=np.uint16), (64, 1))
-    files = {f"grey{depth}.png": raw_png(grey >> (8 - depth), 0, depth) for depth in (1, 2, 4)}
-    files["grey8.png"] = raw_png(grey, 0, 8)
-    files["grey16.png"] = raw_png(grey * 257, 0, 16)
-    files["rgb8.png"] = raw_png(rgb, 2, 8)
-    files["rgb16.png"] = raw_png(rgb * 257, 2, 16)
-    files["grey_alpha8.png"] = raw_png(np.dstack([grey, alpha]), 4, 8)
-    files["grey_alpha16.png"] = raw_png(np.dstack([grey, alpha]) * 257, 4, 16)
-    files["rgba8.png"] = raw_png(np.dstack([rgb, alpha]), 6, 8)
-    files["rgba16.png"] = raw_png(np.dstack([rgb, alpha]) * 257, 6, 16)
+
+    def grey() -> np.ndarray:
+        return np.asarray(photo().resize((96, 64)).convert("L"), dtype=np.uint16)
+
+    def rgb() -> np.ndarray:
+        return np.asarray(photo().resize((96, 64)), dtype=np.uint16)
+
+    files = {f"grey{depth}.png": raw_png(grey() >> (8 - depth), 0, depth) for depth in (1, 2, 4)}
+    files["grey8.png"] = raw_png(grey(), 0, 8)
+    files["grey16.png"] = raw_png(grey() * 257, 0, 16)
+    files["rgb8.png"] = raw_png(rgb(), 2, 8)
+    files["rgb16.png"] = raw_png(rgb() * 257, 2, 16)
+    files["grey_alpha8.png"] = raw_png(np.dstack([grey(), alpha]), 4, 8)
+    files["grey_alpha16.png"] = raw_png(np.dstack([grey(), alpha]) * 257, 4, 16)
+    files["rgba8.png"] = raw_png(np.dstack([rgb(), alpha]), 6, 8)
+    files["rgba16.png"] = raw_png(np.dstack([rgb(), alpha]) * 257, 6, 16)
     for bits in (1, 2, 4, 8):
-        palette = small.convert("P", palette=Image.Palette.ADAPTIVE, colors=2 ** bits)
+        palette = photo().resize((96, 64)).convert("P", palette=Image.Palette.ADAPTIVE,
+                                                   colors=2 ** bits)
         files[f"palette{bits}.png"] = _encode(palette, "PNG", bits=bits)
+    files["interlaced_rgb8.png"] = interlaced_png(np.asarray(photo().resize((97, 61))))
     return files
 
 
@@ -138,15 +163,21 @@ def ycck_jpeg(photo: Image.Image) -> bytes:
     return bytes(data)
 
 
-def arithmetic_jpeg(photo: Image.Image, work: Path) -> bytes | None:
-    """An arithmetic-coded JPEG, written by libjpeg-turbo's cjpeg (Pillow cannot write one);
-    None where cjpeg is not installed (.ci/run installs it)."""
+CJPEG_KINDS = {"arithmetic": ["-arithmetic"],  # what Pillow cannot write, by cjpeg's options
+               "arithmetic_progressive": ["-arithmetic", "-progressive"],
+               "restart_every_row": ["-restart", "1"], "grey": ["-grayscale"],
+               "smoothed_optimized": ["-smooth", "50", "-optimize"]}
+
+
+def cjpeg(photo: Image.Image, options: list[str], work: Path) -> bytes | None:
+    """`photo` as a JPEG written by libjpeg-turbo's cjpeg with `options`; None where cjpeg is
+    not installed (.ci/run installs it)."""
     if shutil.which("cjpeg") is None:
         return None
     work.mkdir(parents=True, exist_ok=True)
     photo.save(work / "in.ppm")
-    subprocess.run(["cjpeg", "-arithmetic", "-outfile", str(work / "out.jpg"),
-                    str(work / "in.ppm")], check=True)
+    subprocess.run(["cjpeg", *options, "-outfile", str(work / "out.jpg"), str(work / "in.ppm")],
+                   check=True)
     return (work / "out.jpg").read_bytes()
 
 
@@ -255,15 +286,29 @@ def build_hostile_corpus(shared: Path, root: Path) -> list[Planted]:
     put("odd/animated.gif", _encode(frames[0], "GIF", save_all=True, append_images=frames[1:],
                                     duration=100, loop=0), "animated GIF", "ok")
 
-    for name, data in every_png_kind(photo()).items():
+    for name, data in every_png_kind(photo).items():
         put(f"png_kinds/{name}", data, "PNG colour type and bit depth", "ok")
     put("jpeg_kinds/progressive.jpg", _jpeg(photo(), progressive=True), "progressive JPEG", "ok")
     put("jpeg_kinds/ycck.jpg", ycck_jpeg(photo()), "YCCK JPEG (Adobe transform 2)", "ok")
     put("jpeg_kinds/subsampled_420_q5.jpg", _encode(photo(), "JPEG", subsampling=2, quality=5),
         "JPEG at quality 5", "ok")
-    arithmetic = arithmetic_jpeg(photo(), root.parent / "cjpeg")
-    if arithmetic is not None:
-        put("jpeg_kinds/arithmetic.jpg", arithmetic, "arithmetic-coded JPEG", "ok", "corrupt")
+    for name, options in CJPEG_KINDS.items():
+        data = cjpeg(photo(), options, root.parent / "cjpeg")
+        if data is not None:
+            put(f"jpeg_kinds/{name}.jpg", data, f"cjpeg {' '.join(options)}", "ok")
+    put("formats/photo.avif", _encode(photo(), "AVIF", quality=60), "AVIF", "ok")
+    put("formats/lossless_alpha.webp", _encode(photo().convert("RGBA"), "WEBP", lossless=True),
+        "lossless WebP with alpha", "ok")
+    put("formats/multipage.tif", _encode(photo(), "TIFF", save_all=True, compression="tiff_lzw",
+                                         append_images=[photo()]), "two-page LZW TIFF", "ok")
+    put("formats/float.tif", _encode(Image.fromarray(np.linspace(0, 1, 96 * 64, dtype=np.float32)
+                                                     .reshape(64, 96)), "TIFF"),
+        "32-bit float TIFF", "ok")
+    put("formats/one_bit.bmp", _encode(photo().convert("1"), "BMP"), "1-bit BMP", "ok")
+    put("formats/heic_header.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+        + bytes(400), "HEIC (no decoder here)", "unsupported_format")
+    put("formats/jxl_codestream.jxl", b"\xff\x0a\xfa\x7f\x01\x90\x08" + bytes(400),
+        "JPEG XL (no decoder here)", "unsupported_format")
     put("odd/odd_tags16.tif", odd_tags_tiff(photo()), "16-bit TIFF with odd tags", "ok")
     webp_frames = [photo().resize((120, 90)) for _ in range(3)]
     put("odd/animated.webp", _encode(webp_frames[0], "WEBP", save_all=True,
@@ -577,7 +622,21 @@ def test_the_service_answers_every_file_without_a_500_in_bounded_memory(hostile,
     print(f"service peak resident memory: {peak:.0f} MB")
     assert all(code == 200 for status, code, _ in codes.values() if status == "ok")
     assert all(400 <= code < 500 for status, code, _ in codes.values() if status != "ok")
+    for path in ("broken/drawing.svg", "formats/heic_header.heic", "formats/jxl_codestream.jxl"):
+        assert codes[path][1] == 415 and "(unsupported_format)" in codes[path][2]
     strips = [(code, body) for status, code, body in codes.values() if status == "bad_aspect"]
     assert len(strips) == 4 and all(code == 422 and "100:1" in body for code, body in strips)
     assert all(code == 200 for codes_at in thumbnails.values() for code in codes_at)
     assert peak < PEAK_RSS_BOUND_MB
+
+
+def test_the_command_line_search_refuses_what_is_not_usable_in_one_line(hostile):
+    """`vsearch search FILE` with a strip: one line with the reason, no traceback, a failing
+    exit status."""
+    done = subprocess.run([VSEARCH, "search", str(hostile["corpus"] / "broken/strip_1x100000.png"),
+                           "--home", str(hostile["home"])], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          preexec_fn=_limit_address_space)
+    assert done.returncode == 1
+    assert "is not a usable image (bad_aspect)" in done.stderr
+    assert "Traceback" not in done.stderr
