@@ -86,6 +86,18 @@ def test_metrics_without_a_run_is_a_clear_error(tmp_path):
     assert result.returncode == 1 and "run `vsearch materialize` first" in result.stderr
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0"])
+def test_a_timeout_that_is_not_a_positive_finite_number_is_refused(tmp_path, timeout):
+    """click's FloatRange lets NaN and infinity through: every comparison with NaN is false."""
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://127.0.0.1:9/a.jpg\n")
+    result = _run("download", str(urls), "--to", str(tmp_path / "to"), "--timeout", timeout,
+                  home=tmp_path / "home")
+    assert result.returncode == 2
+    assert f"'{timeout}' is not a positive, finite number of seconds" in result.stderr
+    assert not (tmp_path / "to").exists()
+
+
 @pytest.mark.slow
 def test_unknown_query_is_a_clear_error(demo_home):
     home, _ = demo_home

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -43,6 +44,26 @@ class _Commands(click.Group):
             if message is None:
                 raise
             raise click.ClickException(message) from err
+
+
+
+class FiniteSeconds(click.ParamType):
+    """A positive, finite number of seconds: click's FloatRange lets 'nan' and 'inf' through
+    (every comparison with NaN is false)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r} is not a positive, finite number of seconds", param, ctx)
+        return seconds
+
+
+FINITE_SECONDS = FiniteSeconds()
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -295,7 +316,7 @@ def _report(home: Path, summary: dict) -> None:
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(0, 20),
               help="Tries after the first, with exponential backoff, for connection errors, "
                    "timeouts, 429 and 5xx (never for other 4xx).")
-@click.option("--timeout", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--timeout", default=30.0, show_default=True, type=FINITE_SECONDS,
               help="Seconds one attempt may take, from request to last byte.")
 @click.option("--max-bytes", default=50_000_000, show_default=True, type=click.IntRange(1),
               help="Larger bodies are cut off and recorded as too_large.")
