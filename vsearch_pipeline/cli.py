@@ -46,7 +46,6 @@ class _Commands(click.Group):
             raise click.ClickException(message) from err
 
 
-
 class FiniteSeconds(click.ParamType):
     """A positive, finite number of seconds: click's FloatRange lets 'nan' and 'inf' through
     (every comparison with NaN is false)."""
