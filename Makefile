@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 $(BIN)/vsearch: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade uv
-	$(BIN)/uv pip install -q -p $(BIN)/python -e ".[test]"
+	# Bytecode compiled at install: uv skips it by default, and where PYTHONDONTWRITEBYTECODE is
+	# set every command would compile each library it imports again (seconds per command).
+	$(BIN)/uv pip install -q --compile-bytecode -p $(BIN)/python -e ".[test]"
+	$(BIN)/python -m compileall -q vsearch_pipeline serving benchmarks
 	touch $(BIN)/vsearch
 
 .PHONY: install demo test lint
