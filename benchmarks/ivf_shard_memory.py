@@ -89,9 +89,10 @@ def measure(method: str, type_name: str, root: str, n_queries: int, k: int, batc
             seed: int) -> dict:
     """One build in this (fresh) process: peak RSS, wall time, recall@k and the prediction."""
     store = ArtifactStore(root)
-    if method == "plain":
-        from vsearch_pipeline.core.layout import load_embeddings  # imports torch, via core.embed
-    shards = store.list(f"embeddings/{MODEL_KEY}", ".parquet")
+    from vsearch_pipeline.core.artifacts import load_embeddings
+    from vsearch_pipeline.core.layout import embeddings_dir
+
+    shards = store.list(embeddings_dir(MODEL_KEY), ".parquet")
     params = TYPES[type_name]
     imports = _rss_mib()
     started = time.perf_counter()

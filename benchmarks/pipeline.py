@@ -21,7 +21,8 @@ from pathlib import Path
 from dagster import build_sensor_context
 
 from vsearch_pipeline.automation import FULL_REBUILD, source_sensor_name
-from vsearch_pipeline.core.layout import latest_index_build
+from vsearch_pipeline.core.artifacts import latest_index_build
+from vsearch_pipeline.core.layout import HomeLayout
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions
 from vsearch_pipeline.runner import open_instance, run_pipeline, step_seconds
@@ -99,7 +100,7 @@ def add_through_sensor(home: Path, settings, held: list[Path], figures: dict) ->
     for key in keys:
         timed(figures, "process_batch (new 1%)", lambda key=key: run("process_batch", "add", key))
     timed(figures, "update_index (incremental)", lambda: run("update_index", "add"))
-    store = ArtifactStore(str(home / "artifacts"))
+    store = ArtifactStore(str(HomeLayout(home).artifacts))
     build = latest_index_build(store, "efficientnet-lite0")
     figures.update(index_mode=build["mode"], indexed_vectors=build["count"], added_images=len(held))
     figures["add_total"] = round(figures["sensor tick"] + figures["process_batch (new 1%)"]

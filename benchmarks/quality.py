@@ -20,8 +20,9 @@ import numpy as np
 from dagster import AssetKey
 
 from benchmarks.pipeline import caltech_photos
-from vsearch_pipeline.catalog import latest_index_metadata, load_index_artifacts
-from vsearch_pipeline.core.layout import image_locations, load_embeddings, load_manifests
+from vsearch_pipeline.core.artifacts import image_locations, load_embeddings, load_manifests
+from vsearch_pipeline.core.catalog import latest_index, load_index
+from vsearch_pipeline.core.layout import HomeLayout
 from vsearch_pipeline.core.near_duplicates import reference_copy_groups, score_pairs, truth_pairs
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import MetricsDB
@@ -71,7 +72,7 @@ def query_figures(home: Path, settings) -> dict[str, float]:
     its twin in Faces (the same photo, uncropped) among the top 5 other results."""
     defs = make_definitions(home, settings)
     store = defs.resources["storage"].store
-    loaded = load_index_artifacts(store, latest_index_metadata(open_instance(home)))
+    loaded = load_index(store, latest_index(store, defs.resources["model"].spec.key))
     ids, vectors, _ = load_embeddings(store, loaded.build["model_key"])
     row_of = {image_id: row for row, image_id in enumerate(ids)}
     rows = np.random.default_rng(0).choice(len(ids), min(LATENCY_QUERIES, len(ids)), replace=False)
@@ -113,7 +114,7 @@ def run(quick: bool = False) -> dict:
                 asset_selection=REBUILT, instance=open_instance(home), raise_on_error=True)
             measured[name] = query_figures(home, settings)
             print(f"measured: {name}", flush=True)
-        return {**report(home / "vsearch.duckdb", measured), "first run": first_run}
+        return {**report(HomeLayout(home).metrics_db, measured), "first run": first_run}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -122,8 +123,8 @@ def near_duplicate_figures(home: Path) -> dict[str, float]:
     """Precision and recall of the pipeline's near-duplicate groups against the known copies
     (Faces_easy photos are tighter crops of Faces photos); precision over the pairs touching
     the Faces folders, whose copies are all known. Retrieval settings do not change the groups."""
-    where = image_locations(load_manifests(ArtifactStore(str(home / "artifacts"))))
-    with MetricsDB(str(home / "vsearch.duckdb")).connect(read_only=True) as con:
+    where = image_locations(load_manifests(ArtifactStore(str(HomeLayout(home).artifacts))))
+    with MetricsDB(str(HomeLayout(home).metrics_db)).connect(read_only=True) as con:
         rows = con.execute("SELECT group_id, list(id) FROM near_duplicate_groups GROUP BY 1").fetchall()
     predicted = [(where[a][1], where[b][1]) for _, members in rows
                  for n, a in enumerate(members) for b in members[n + 1:]]
@@ -138,7 +139,7 @@ def near_duplicate_figures(home: Path) -> dict[str, float]:
 
 def embedding_figures(home: Path) -> dict[str, float]:
     """Images embedded per second by the embeddings step (both views where there are two)."""
-    with MetricsDB(str(home / "vsearch.duckdb")).connect(read_only=True) as con:
+    with MetricsDB(str(HomeLayout(home).metrics_db)).connect(read_only=True) as con:
         seconds, images = con.execute(
             "SELECT sum(value) FILTER (metric = 'seconds'), "
             "sum(value) FILTER (metric = 'embedded_now') FROM embedding_metrics").fetchone()

@@ -7,11 +7,12 @@ The index lives in a real vsearch home: its vectors are the default model's Calt
 expanded to a million as `benchmarks.ann` does (random pairs mixed, noise shaped like their
 spectrum), but in the model's own 1280 dimensions, so an uploaded photo embedded by the model
 searches them. Two versions are written, an HNSW index (what the pipeline builds) and an exact
-flat index of the same vectors (the plain way), and reported as `faiss_index` materializations in
-the home's Dagster instance. `vsearch serve --home` then runs as its own process, and wrk drives it
-on loopback: `/similar/{id}?k=10` over random ids at several connection counts, then `/search`
-with Caltech JPEGs uploaded in turn (the query cache is off, so every upload is decoded and
-embedded). The flat version is made live through `PUT /index/pin` and driven the same way.
+flat index of the same vectors (the plain way), each with its build record, as the faiss_index
+asset writes them (`bench-hnsw` sorts last: the newest, served at start). `vsearch serve
+--home` then runs as its own process, and wrk drives it on loopback: `/similar/{id}?k=10` over
+random ids at several connection counts, then `/search` with Caltech JPEGs uploaded in turn (the
+query cache is off, so every upload is decoded and embedded). The flat version is made live
+through `PUT /index/pin` and driven the same way.
 
 The home is kept under ``VSEARCH_BENCH_HOME`` (default ``~/.cache/vsearch/bench``) and reused when
 its build record matches, since building a million-vector HNSW graph takes minutes. `--quick`:
@@ -38,7 +39,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
-from dagster import AssetMaterialization, MetadataValue
 
 from benchmarks.ann import (
     SEED,
@@ -52,14 +52,20 @@ from benchmarks.ann import (
 )
 from benchmarks.pipeline import caltech_photos
 from serving.auth import hash_key
-from vsearch_pipeline.catalog import INDEX_ASSET
 from vsearch_pipeline.core.index import IndexParams, build_index, factory_string, set_search_params
-from vsearch_pipeline.core.layout import index_dir, manifest_path
+from vsearch_pipeline.core.layout import (
+    BUILD_FILE,
+    BUILD_FORMAT,
+    IDS_FILE,
+    INDEX_FILE,
+    HomeLayout,
+    index_dir,
+    manifest_path,
+)
 from vsearch_pipeline.core.manifest import MANIFEST_SCHEMA
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec
 from vsearch_pipeline.core.models import load_model
 from vsearch_pipeline.core.storage import ArtifactStore
-from vsearch_pipeline.runner import open_instance
 from vsearch_pipeline.settings import load_settings, save_settings
 
 HOME_ENV = "VSEARCH_BENCH_HOME"
@@ -114,29 +120,21 @@ def write_version(store: ArtifactStore, index: faiss.Index, params: IndexParams,
     """One index version folder, laid out as the faiss_index asset writes it."""
     folder = index_dir(model.spec.key, version)
     uris = generated_uris(len(ids))
-    store.write_parquet(f"{folder}/ids.parquet", pa.table({
+    store.write_parquet(f"{folder}/{IDS_FILE}", pa.table({
         "position": pa.array(range(len(ids)), pa.int64()), "id": ids, "uri": uris,
         "path": [u.removeprefix("bench://") for u in uris],
         "labels": pa.array([[]] * len(ids), pa.list_(pa.string())),
         "label_probs": pa.array([[]] * len(ids), pa.list_(pa.float32()))}))
     Path(store.path(folder)).mkdir(parents=True, exist_ok=True)
-    faiss.write_index(index, store.path(f"{folder}/index.faiss"))  # the format serialize() writes
-    build = {"version": version, "model": model.name, "model_key": model.spec.key,
+    faiss.write_index(index, store.path(f"{folder}/{INDEX_FILE}"))  # the format serialize() writes
+    build = {"format": BUILD_FORMAT, "version": version, "model": model.name, "model_key": model.spec.key,
              "model_version": model.version, "pretrained": model.spec.pretrained,
              "view": model.spec.view, "dimension": index.d,
              "count": int(index.ntotal), "factory": factory_string(params, index.d),
              "params": params.as_dict(), "mode": "full", "build_seconds": round(build_s, 1),
              "recall_at_10": recall}
-    store.write_json(f"{folder}/build.json", build)
+    store.write_json(f"{folder}/{BUILD_FILE}", build)
     return build
-
-
-def report(instance, store: ArtifactStore, build: dict) -> None:
-    folder = index_dir(build["model_key"], build["version"])
-    instance.report_runless_asset_event(AssetMaterialization(INDEX_ASSET, metadata={
-        "version": build["version"], "storage_root": store.root, "index_dir": folder,
-        "vectors": build["count"], "index_type": build["params"]["index_type"],
-        "params": MetadataValue.json(build["params"]), "model_key": build["model_key"]}))
 
 
 def prepare_home(home: Path, n: int) -> dict:
@@ -145,7 +143,7 @@ def prepare_home(home: Path, n: int) -> dict:
     wanted = {"n": n, "hnsw": HNSW.as_dict(), "seed": SEED, "vectors": os.environ.get(VECTORS_ENV),
               "model_key": ModelSpec(DEFAULT_MODEL).key}
     serving = {"serving": {"query_cache_size": 0, "rate_limit_per_s": 0,  # wrk is one client
-                           "api_keys_file": str(home / "api-keys")}}
+                           "api_keys_file": str(HomeLayout(home).api_keys)}}
     if record_path.exists() and json.loads(record_path.read_text()).get("wanted") == wanted:
         print(f"# reusing the served home {home}", flush=True)
         save_settings(home, load_settings(home, serving))
@@ -154,7 +152,7 @@ def prepare_home(home: Path, n: int) -> dict:
     shutil.rmtree(home, ignore_errors=True)
     save_settings(home, load_settings(home, serving))
     write_bench_key(home)
-    store = ArtifactStore(str(home / "artifacts"))
+    store = ArtifactStore(str(HomeLayout(home).artifacts))
     model = load_model(ModelSpec(DEFAULT_MODEL))
     start = time.perf_counter()
     base, queries, source = model_space_vectors(n, RECALL_QUERIES, model.dim)
@@ -176,17 +174,14 @@ def prepare_home(home: Path, n: int) -> dict:
           f"{hnsw_build_s:.0f} s; recall@10 by efSearch {recall_by_ef} ({RECALL_QUERIES} queries "
           f"against exact search); served at efSearch {HNSW.efSearch}", flush=True)
     dimension = hnsw.d
-    hnsw_build = write_version(store, hnsw, HNSW, ids, "bench-hnsw", model, hnsw_build_s, hnsw_recall)
+    write_version(store, hnsw, HNSW, ids, "bench-hnsw", model, hnsw_build_s, hnsw_recall)
     del hnsw  # one copy of the vectors beside the base at a time
     exact = faiss.IndexFlatIP(dimension)
     exact.add(base)
     del base
-    flat_build = write_version(store, exact, FLAT, ids, "bench-flat", model, 0.0, 1.0)
+    write_version(store, exact, FLAT, ids, "bench-flat", model, 0.0, 1.0)
     del exact
     gc.collect()
-    instance = open_instance(home)
-    report(instance, store, flat_build)
-    report(instance, store, hnsw_build)  # reported last: the latest, the one served at start
     record = {"wanted": wanted, "source": source, "dimension": dimension,
               "hnsw_build_s": round(hnsw_build_s, 1), "hnsw_recall_at_10": hnsw_recall,
               "hnsw_recall_by_ef_search": recall_by_ef,
@@ -217,7 +212,7 @@ def get_json(url: str, method: str = "GET") -> dict:
 
 def write_bench_key(home: Path) -> str:
     """A keys file in the home holding only this run's key; returns its path."""
-    path = home / "api-keys"
+    path = HomeLayout(home).api_keys
     home.mkdir(parents=True, exist_ok=True)
     path.write_text(f"bench:{hash_key(BENCH_KEY)}\n")
     return str(path)

@@ -1,6 +1,7 @@
-"""The search service (FastAPI) over the artifacts the pipeline materialized.
+"""The search service (FastAPI) over the artifacts the pipeline wrote.
 
-It builds on `vsearch_pipeline.catalog` (finding the latest index materialization through the
-Dagster instance) and `vsearch_pipeline.search.Searcher` (embedding a query with the index's own
-model), which the `vsearch search` command already uses.
+It finds what to serve through `vsearch_pipeline.core.catalog` (the build records beside the
+index versions, the newest clusters and duplicate groups; never the Dagster instance) and
+embeds queries with `vsearch_pipeline.search.Searcher`, which the `vsearch search` command uses
+too. docs/architecture.md has the layers and what each may import.
 """

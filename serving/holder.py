@@ -1,10 +1,13 @@
 """The live index of the search service, and how a newer one replaces it without a dropped request.
 
-A request takes `holder.live` once and works on that snapshot to the end. A newer
-materialization is loaded completely beside the live one, and only then swapped in by a single
-reference assignment, so requests in flight finish on the old index. A materialization that does
-not load (missing files, a model that does not match) is refused with a log line and the live
-index keeps serving. A pinned version stays live until unpinned: the way to roll back. The pin
+A request takes `holder.live` once and works on that snapshot to the end. A newer index
+version (found by its build record, vsearch_pipeline.core.catalog) is loaded completely beside
+the live one, and only then swapped in by a single reference assignment, so requests in flight
+finish on the old index. A version that does not load (missing files, an installed model of
+another version) is refused with a log line and the live index keeps serving. The models a
+query may need (the image encoder, the sentence model of text search) load in the background
+after a swap, so that the index answers searches by id at once (/health says what is ready).
+A pinned version stays live until unpinned: the way to roll back. The pin
 is kept in a file of the home (`serving_pin`), read at every refresh, so it outlives a restart and
 every service process of the home follows it. The clustering and duplicate groups (`views`) are
 swapped the same way when a newer one appears.
@@ -14,23 +17,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow.compute as pc
 
 from serving.originals import SourceFile
-from serving.views import CollectionViews, load_views, views_identity
-from vsearch_pipeline.catalog import (
-    CLUSTERS_ASSET,
-    DUPLICATES_ASSET,
-    index_metadata_by_version,
-    latest_index_metadata,
-    latest_metadata,
-    metadata_value,
-)
-from vsearch_pipeline.core.layout import load_manifests
+from serving.views import CollectionViews, load_views
+from vsearch_pipeline.core.artifacts import load_manifests
+from vsearch_pipeline.core.catalog import ArtifactRecords
 from vsearch_pipeline.core.storage import ArtifactStore, write_atomically
 from vsearch_pipeline.search import Searcher
 
@@ -59,18 +54,10 @@ def manifest_files(store: ArtifactStore) -> dict[str, SourceFile]:
 
 
 class IndexHolder:
-    def __init__(self, metadata_source: Callable[[str | None], Mapping],
-                 store_for: Callable[[Mapping], ArtifactStore],
-                 source_endpoint_url: str | None = None,
-                 views_source: Callable[[], tuple[Mapping | None, Mapping | None]] | None = None,
+    def __init__(self, records: ArtifactRecords, source_endpoint_url: str | None = None,
                  pin_file: Path | None = None):
-        """`metadata_source(version)`: the materialization metadata of that version, or of the
-        latest when version is None. `store_for(metadata)`: the storage that holds it.
-        `views_source()`: the latest clusters and near-duplicate groups materializations.
-        `pin_file`: where the pinned version is kept (none: the pin lives in this object only)."""
-        self._metadata_source = metadata_source
-        self._views_source = views_source or (lambda: (None, None))
-        self._store_for = store_for
+        """`pin_file`: where the pinned version is kept (none: the pin lives in this object)."""
+        self._records = records
         self._endpoint = source_endpoint_url
         self._lock = threading.Lock()  # one load at a time; readers never wait for it
         self.live: ServedIndex | None = None
@@ -84,14 +71,18 @@ class IndexHolder:
             if self._pin_file is not None:
                 self.pinned = read_pin(self._pin_file)
             try:
-                metadata = self._metadata_source(self.pinned)
+                build = self._records.index_build(self.pinned)
             except LookupError as err:
                 self.last_error = str(err)
                 return False
-            version = metadata_value(metadata, "version")
+            except Exception as err:  # an unreadable record: keep serving what is live
+                self.last_error = f"index records unreadable: {err}"
+                log.error(self.last_error)
+                return False
+            version = build["version"]
             if self.live is None or self.live.version != version:
                 try:
-                    served = self._load(metadata)
+                    served = self._load(build)
                 except Exception as err:  # refuse any index that does not load; keep serving
                     self.last_error = f"index {version} refused: {err}"
                     log.error(self.last_error)
@@ -100,6 +91,7 @@ class IndexHolder:
                 self.live = replace(served, views=self._views(self.live))
                 self.last_error = None
                 log.info("index %s is live (was %s)", version, old)
+                warm_in_background(served.searcher)
                 return True
             views = self._views(self.live)
             if views is self.live.views:
@@ -111,30 +103,27 @@ class IndexHolder:
         """Newer clusters and duplicate groups if there are any, else the live ones."""
         current = live.views if live is not None else CollectionViews()
         try:
-            clusters, duplicates = self._views_source()
-            if views_identity(clusters, duplicates) == current.identity:
+            clusters, duplicates = self._records.views()
+            if (clusters, duplicates) == current.identity:
                 return current
-            views = load_views(self._store_for, clusters, duplicates)
+            views = load_views(self._records.store, clusters, duplicates)
             log.info("clusters %s and duplicate groups %s are live", *views.identity)
             return views
         except Exception as err:  # keep browsing the old ones
             log.error("clusters or duplicate groups refused: %s", err)
             return current
 
-    def _load(self, metadata: Mapping) -> ServedIndex:
-        store = self._store_for(metadata)
-        model = self.live.searcher.model if self.live else None
-        sentences = self.live.searcher.sentence_encoder if self.live else None
-        searcher = Searcher.from_metadata(store, metadata, self._endpoint, model=model,
-                                          sentence_encoder=sentences)
-        if searcher.text_mode == "attached_text":
-            searcher.attached_text()  # embed the phrases now, not in the first text query
-        return ServedIndex(searcher, manifest_files(store))
+    def _load(self, build: dict) -> ServedIndex:
+        live = self.live.searcher if self.live else None
+        searcher = Searcher.from_build(self._records.store, build, self._endpoint,
+                                       model=live.loaded_model if live else None,
+                                       sentence_encoder=live.sentence_encoder if live else None)
+        return ServedIndex(searcher, manifest_files(self._records.store))
 
     def pin(self, version: str | None) -> bool:
         """Pin a version (None unpins, going back to the latest) and load it now."""
         if version is not None:
-            self._metadata_source(version)  # LookupError for an unknown version
+            self._records.index_build(version)  # LookupError for an unknown version
         if self._pin_file is not None:
             write_pin(self._pin_file, version)
         self.pinned = version
@@ -158,15 +147,17 @@ def write_pin(path: Path, version: str | None) -> None:
         write_atomically(str(path), f"{version}\n".encode())
 
 
-def instance_metadata_source(instance) -> Callable[[str | None], Mapping]:
-    def source(version: str | None) -> Mapping:
-        if version is None:
-            return latest_index_metadata(instance)
-        return index_metadata_by_version(instance, version)
+def warm_in_background(searcher: Searcher) -> threading.Thread:
+    """Load what the searcher's queries need, off the request path: the image encoder, and for
+    text search by attached words the sentence model with the collection's phrases."""
+    def warm() -> None:
+        try:
+            searcher.model  # noqa: B018 (loads it)
+            if searcher.text_mode == "attached_text":
+                searcher.attached_text()
+        except Exception as err:  # the query that needs it says why again
+            log.error("index %s: a query model did not load: %s", searcher.version, err)
 
-    return source
-
-
-def instance_views_source(instance) -> Callable[[], tuple[Mapping | None, Mapping | None]]:
-    return lambda: (latest_metadata(instance, CLUSTERS_ASSET),
-                    latest_metadata(instance, DUPLICATES_ASSET))
+    thread = threading.Thread(target=warm, name=f"warm-{searcher.version}", daemon=True)
+    thread.start()
+    return thread

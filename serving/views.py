@@ -1,15 +1,15 @@
 """The clustering and the near-duplicate groups, as the service browses them and folds results by.
 
-Both come from their assets' latest materializations (found through the Dagster instance, like
-the index); either may be missing, and then its endpoints say so and results are not folded.
+Both are the newest files the pipeline wrote (vsearch_pipeline.core.catalog finds them); either
+may be missing, and then its endpoints say so and results are not folded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from vsearch_pipeline.catalog import metadata_value
+from vsearch_pipeline.core.catalog import duplicates_threshold
 from vsearch_pipeline.core.storage import ArtifactStore
 
 
@@ -23,18 +23,12 @@ class CollectionViews:
     noise: list[str] = field(default_factory=list)  # clustered as noise (label -1)
 
 
-def views_identity(clusters: Mapping | None, duplicates: Mapping | None
-                   ) -> tuple[str | None, str | None]:
-    return tuple(metadata_value(m, "path") if m is not None and "path" in m else None
-                 for m in (clusters, duplicates))
-
-
-def load_views(store_for: Callable[[Mapping], ArtifactStore], clusters: Mapping | None,
-               duplicates: Mapping | None) -> CollectionViews:
-    """Read both artifacts named by the materializations' metadata (either may be None)."""
+def load_views(store: ArtifactStore, clusters: str | None, duplicates: str | None
+               ) -> CollectionViews:
+    """Read the clusters file and the duplicate groups file (either may be None)."""
     members: dict[int, list[str]] = {}
-    if clusters is not None and "artifact" in clusters:
-        table = store_for(clusters).read_parquet(metadata_value(clusters, "artifact"))
+    if clusters is not None:
+        table = store.read_parquet(clusters)
         for image_id, label in zip(table.column("id").to_pylist(), table.column("label").to_pylist(),
                                    strict=True):
             members.setdefault(int(label), []).append(image_id)
@@ -42,16 +36,16 @@ def load_views(store_for: Callable[[Mapping], ArtifactStore], clusters: Mapping 
     phash: dict[str, int] = {}
     groups: dict[int, list[str]] = {}
     threshold = None
-    if duplicates is not None and "artifact" in duplicates:
-        table = store_for(duplicates).read_parquet(metadata_value(duplicates, "artifact"))
+    if duplicates is not None:
+        table = store.read_parquet(duplicates)
         columns = (table.column(c).to_pylist() for c in ("id", "phash", "group"))
         for image_id, value, group in zip(*columns, strict=True):
             phash[image_id] = value
             if group >= 0:
                 groups.setdefault(group, []).append(image_id)
-        threshold = int(metadata_value(duplicates, "hamming_threshold"))
+        threshold = duplicates_threshold(table)
     by_size = sorted(members.items(), key=lambda item: (-len(item[1]), item[0]))
     return CollectionViews(
-        identity=views_identity(clusters, duplicates), phash=phash, fold_threshold=threshold,
+        identity=(clusters, duplicates), phash=phash, fold_threshold=threshold,
         duplicate_groups=sorted(groups.values(), key=lambda g: (-len(g), g[0])),
         cluster_members=dict(by_size), noise=noise)

@@ -13,9 +13,9 @@ from dagster import DagsterInstance, build_schedule_context, build_sensor_contex
 
 from vsearch_pipeline.assets.common import ingest_batches
 from vsearch_pipeline.automation import FULL_REBUILD
+from vsearch_pipeline.core.artifacts import latest_index_build
 from vsearch_pipeline.core.embed import table_vectors
 from vsearch_pipeline.core.index import deserialize, search
-from vsearch_pipeline.core.layout import latest_index_build
 from vsearch_pipeline.core.model_spec import DEFAULT_KEY
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions

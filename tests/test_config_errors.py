@@ -34,7 +34,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vsearch_pipeline.cli import main
-from vsearch_pipeline.core.layout import load_grounding_sets
+from vsearch_pipeline.core.artifacts import load_grounding_sets
 from vsearch_pipeline.settings import SettingsError, load_settings, read_settings_file
 
 VSEARCH = str(Path(sys.executable).parent / "vsearch")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vsearch_pipeline.assets.embeddings import embed_missing, view_shards
 from vsearch_pipeline.core.embed import bounded_map, embed_files, embeddings_table, table_vectors
+from vsearch_pipeline.core.embedding_cache import embed_missing, view_shards
 from vsearch_pipeline.core.layout import embeddings_path
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec
 from vsearch_pipeline.core.models import load_model

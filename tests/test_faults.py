@@ -41,20 +41,10 @@ import yaml
 from conftest import free_port
 from PIL import Image
 
-from vsearch_pipeline.catalog import (
-    CLUSTERS_ASSET,
-    latest_index_metadata,
-    latest_metadata,
-    load_index_artifacts,
-)
+from vsearch_pipeline.core.artifacts import latest_index_build, load_embeddings, load_manifests
+from vsearch_pipeline.core.catalog import latest_clusters, latest_index, load_index
 from vsearch_pipeline.core.index import search
-from vsearch_pipeline.core.layout import (
-    embeddings_path,
-    latest_index_build,
-    load_embeddings,
-    load_manifests,
-    manifest_path,
-)
+from vsearch_pipeline.core.layout import embeddings_path, manifest_path
 from vsearch_pipeline.core.model_spec import DEFAULT_KEY
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import METRIC_KINDS, MetricsDB
@@ -142,10 +132,9 @@ def outcome(home: Path, root: str, endpoint: str | None = None) -> dict:
     manifest = load_manifests(store)
     ids, vectors, _ = load_embeddings(store, MODEL_KEY)
     order = np.argsort(ids, kind="stable")
-    instance = open_instance(home)
-    loaded = load_index_artifacts(store, latest_index_metadata(instance))
+    loaded = load_index(store, latest_index(store, MODEL_KEY))
     scores, positions = search(loaded.index, vectors[order], K)
-    clusters = store.read_parquet(latest_metadata(instance, CLUSTERS_ASSET)["artifact"].value)
+    clusters = store.read_parquet(latest_clusters(store, MODEL_KEY))
     with MetricsDB(str(home / "vsearch.duckdb")).connect(read_only=True) as con:
         hashes = con.execute("SELECT id, partition, phash FROM perceptual_hashes ORDER BY ALL").fetchall()
         groups = con.execute("SELECT id, group_id FROM near_duplicate_groups ORDER BY ALL").fetchall()
@@ -397,7 +386,7 @@ def test_sigkill_while_writing_never_leaves_a_half_written_artifact(
     assert sorted(p.name for p in version.iterdir() if not p.name.startswith(".")) == ["ids.parquet"]
     assert latest_index_build(store, MODEL_KEY) is None  # a version without build.json is no version
     with pytest.raises(LookupError):  # and the service finds no index to load
-        latest_index_metadata(open_instance(home))
+        latest_index(store, MODEL_KEY)
     ids, vectors, _ = load_embeddings(store, MODEL_KEY)
     order = np.argsort(ids, kind="stable")
     assert np.array_equal(vectors[order], reference["vectors"])
@@ -618,14 +607,21 @@ def assert_one_line_about(done: subprocess.CompletedProcess, path: Path, reason:
 
 def test_a_read_only_home_is_one_line_and_nothing_stored_changes(
         read_only_home: Path, collection: Path) -> None:
-    """It was a PermissionError traceback from materialize and an SQLAlchemy one from serve."""
+    """It was a PermissionError traceback from materialize and an SQLAlchemy one from serve.
+    Searching only reads (the index is found by its build record, not through the Dagster
+    instance), so it works on a read-only home; the service writes tags and its search log."""
     home = read_only_home
     before = snapshot(home)
     lines = [assert_one_line_about(vsearch("materialize", "--source", str(collection), home=home),
                                    home, "read-only file system")]
-    for command in (["serve", "--port", str(free_port())], ["search", "image_0001"]):
-        lines.append(assert_one_line_about(vsearch(*command, home=home), home / "dagster",
-                                           "read-only file system"))
+    lines.append(assert_one_line_about(vsearch("serve", "--port", str(free_port()), home=home),
+                                       home / "curation.duckdb", "read-only file system"))
+    ids = pq.read_table(next((home / "artifacts" / "index" / MODEL_KEY).glob("*/ids.parquet")))
+    query = ids.column("id")[0].as_py()
+    found = vsearch("search", query, "--json", home=home)
+    assert found.returncode == 0, found.stderr
+    results = json.loads(found.stdout)["results"]
+    assert results and query not in {r["id"] for r in results}
     figures = vsearch("metrics", "--json", home=home)  # reading DuckDB needs no write
     assert figures.returncode == 0 and "partitions" in json.loads(figures.stdout)
     assert snapshot(home) == before

@@ -504,14 +504,12 @@ def test_usable_images_are_embedded_hashed_and_indexed(hostile):
 
 
 def test_every_usable_file_finds_itself_first(hostile):
-    from vsearch_pipeline.catalog import latest_index_metadata
+    from vsearch_pipeline.core.catalog import latest_index
     from vsearch_pipeline.core.storage import ArtifactStore
-    from vsearch_pipeline.runner import open_instance
     from vsearch_pipeline.search import Searcher
 
-    home = hostile["home"]
-    searcher = Searcher.from_metadata(ArtifactStore(str(home / "artifacts")),
-                                      latest_index_metadata(open_instance(home)))
+    store = ArtifactStore(str(hostile["home"] / "artifacts"))
+    searcher = Searcher.from_build(store, latest_index(store, DEFAULT_KEY))
     misses = {}
     for path, image_id in _usable(hostile).items():
         top = searcher.by_image((hostile["corpus"] / path).read_bytes(), 1)[0]

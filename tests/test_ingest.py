@@ -15,8 +15,11 @@ from serving.app import create_app
 from serving.auth import KEYS_ENV, create_key, hash_key, parse_keys
 from serving.holder import IndexHolder
 from vsearch_pipeline.cli import main
+from vsearch_pipeline.core.catalog import ArtifactRecords
 from vsearch_pipeline.core.manifest import image_id
+from vsearch_pipeline.core.model_spec import DEFAULT_KEY
 from vsearch_pipeline.core.sources import list_source
+from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.settings import ServingSettings
 
@@ -31,12 +34,13 @@ def _jpeg(seed: int, size: tuple[int, int] = (80, 60)) -> bytes:
 HTML = b"<!doctype html><html><head><title>not a photo</title></head><body></body></html>"
 
 
-def _no_index(_version):
-    raise LookupError("no faiss_index materialization yet")
+def _no_index(tmp_path: Path) -> IndexHolder:
+    """A holder over an empty storage: the service answers, with no index to search."""
+    return IndexHolder(ArtifactRecords(ArtifactStore(str(tmp_path / "artifacts")), DEFAULT_KEY))
 
 
 def _app(tmp_path: Path, keys_file: Path | None, source: Path | None, max_upload_bytes: int = 2_000_000):
-    holder = IndexHolder(_no_index, lambda metadata: None)
+    holder = _no_index(tmp_path)
     settings = ServingSettings(api_keys_file=str(keys_file) if keys_file else None,
                                max_upload_bytes=max_upload_bytes, refresh_interval_s=3600)
     curation = CurationDB(str(tmp_path / "curation.duckdb"))

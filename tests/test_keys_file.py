@@ -12,6 +12,9 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.auth import KEYS_ENV, create_key, hash_key, parse_keys
 from serving.holder import IndexHolder
+from vsearch_pipeline.core.catalog import ArtifactRecords
+from vsearch_pipeline.core.model_spec import DEFAULT_KEY
+from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.settings import ServingSettings
 
@@ -19,8 +22,9 @@ FIRST, SECOND = "first-key-kept-by-a-person", "second-key-kept-by-a-person"
 PASTED = "caf\xe9-a-key-pasted-in-latin-1"  # what must never reach the log
 
 
-def _no_index(_version):
-    raise LookupError("no faiss_index materialization yet")
+def _no_index(tmp_path: Path) -> IndexHolder:
+    """A holder over an empty storage: the service answers, with no index to search."""
+    return IndexHolder(ArtifactRecords(ArtifactStore(str(tmp_path / "artifacts")), DEFAULT_KEY))
 
 
 @pytest.fixture
@@ -41,7 +45,7 @@ def client(tmp_path, keys_file):
     """The real app with private reads, so GET /tags needs a key and nothing else (no index)."""
     settings = ServingSettings(api_keys_file=str(keys_file), public_reads=False,
                                refresh_interval_s=3600)
-    app = create_app(IndexHolder(_no_index, lambda metadata: None), settings,
+    app = create_app(_no_index(tmp_path), settings,
                      CurationDB(str(tmp_path / "curation.duckdb")))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client

@@ -289,6 +289,35 @@ def test_multi_view_batches_images_of_several_shapes_in_order(multi, photos) -> 
     assert ((onnx.embed_images(images) * batched).sum(axis=1) > 0.999).all()
 
 
+def test_queries_are_embedded_without_torch_by_the_cached_graphs(multi, photos, tmp_path) -> None:
+    """Once the pipeline exported the default model's graphs, a query is embedded by them with
+    NumPy preprocessing: the pipeline's own vectors, and torch is never imported."""
+    import subprocess
+    import sys
+
+    import skimage.data
+
+    from vsearch_pipeline.core.query_encoder import cached_query_encoder
+
+    spec = ModelSpec(DEFAULT_MODEL, view="multi")
+    onnx = load_model(spec, engine="onnx")  # exports the two graphs into the cache, if not yet
+    light = cached_query_encoder(spec)
+    assert light is not None and light.version == onnx.version and light.dim == onnx.dim
+    images = [photos["original"], photos["unrelated"], Image.fromarray(skimage.data.chelsea())]
+    np.testing.assert_allclose(light.embed_images(images), onnx.embed_images(images), atol=1e-6)
+    assert ((light.embed_images(images) * multi.embed_images(images)).sum(axis=1) > 0.999).all()
+    assert cached_query_encoder(ModelSpec(DEFAULT_MODEL, view="centre_crop")) is None  # full model
+    Image.fromarray(skimage.data.chelsea()).save(tmp_path / "cat.png")
+    code = ("import sys; from PIL import Image; "
+            "from vsearch_pipeline.core.model_spec import ModelSpec, DEFAULT_MODEL; "
+            "from vsearch_pipeline.core.query_encoder import cached_query_encoder; "
+            "encoder = cached_query_encoder(ModelSpec(DEFAULT_MODEL, view='multi')); "
+            f"vector = encoder.embed_images([Image.open({str(tmp_path / 'cat.png')!r})]); "
+            "print(vector.shape[1], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2560", "False"]
+
+
 def test_multi_view_finds_the_cropped_copy_the_whole_view_misses(multi) -> None:
     """The aspect-kept half sees a wide photo at its own proportions, as a crop of it is seen:
     the crop's nearest photo is its original, nearer than with the squashed view alone."""

@@ -14,8 +14,9 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from dagster import AssetKey
 
-from vsearch_pipeline.catalog import DUPLICATES_ASSET, latest_metadata, metadata_value
+from vsearch_pipeline.core.catalog import duplicates_threshold, latest_duplicates
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.embed import embed_files
 from vsearch_pipeline.core.hashing import near_duplicate_pairs, phash64
@@ -30,6 +31,7 @@ from vsearch_pipeline.core.near_duplicates import (
     score_pairs,
     truth_pairs,
 )
+from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.runner import open_instance, run_pipeline
 from vsearch_pipeline.settings import SettingsError, load_settings
 
@@ -230,6 +232,16 @@ def test_method_setting_is_validated(tmp_path):
 # --- the asset ---------------------------------------------------------------------------------
 
 @pytest.mark.slow
+def _latest_metadata(home: Path) -> dict:
+    """What the latest near_duplicate_groups materialization told people (Dagster metadata)."""
+    event = open_instance(home).get_latest_materialization_event(AssetKey("near_duplicate_groups"))
+    return event.asset_materialization.metadata
+
+
+def metadata_value(metadata: dict, key: str):
+    return metadata[key].value
+
+
 def test_asset_groups_edited_copies_and_records_its_thresholds(shared_data, cases, tmp_path):
     images, home = tmp_path / "images", tmp_path / "home"
     shutil.copytree(cases / "mixed_images", images / "ukbench")
@@ -241,10 +253,12 @@ def test_asset_groups_edited_copies_and_records_its_thresholds(shared_data, case
     settings = load_settings(home, {"source": {"uri": str(images)}, "model": {"view": "whole"}})
     assert run_pipeline(home, settings, say=print)["success"]
 
-    metadata = latest_metadata(open_instance(home), DUPLICATES_ASSET)
+    metadata = _latest_metadata(home)
     assert metadata_value(metadata, "method") == "combined"
     assert "Otsu" in metadata_value(metadata, "threshold_choice")
-    assert metadata_value(metadata, "hamming_threshold") == HAMMING  # what the service folds by
+    assert metadata_value(metadata, "hamming_threshold") == HAMMING
+    store = ArtifactStore(str(home / "artifacts"))  # what the service folds by: the file's record
+    assert duplicates_threshold(store.read_parquet(latest_duplicates(store))) == HAMMING
     # search embeds the whole image; copies are found in centre-crop vectors, embedded beside
     spec = ModelSpec("efficientnet-lite0", view="whole")
     assert metadata_value(metadata, "model") == spec.copy_spec.key == "efficientnet-lite0"
@@ -272,6 +286,6 @@ def test_asset_groups_edited_copies_and_records_its_thresholds(shared_data, case
                                  "near_duplicates": {"method": "phash"}})
     for expected_mode in ("full", "incremental"):
         run_pipeline(home, phash, say=print)
-        metadata = latest_metadata(open_instance(home), DUPLICATES_ASSET)
+        metadata = _latest_metadata(home)
         assert metadata_value(metadata, "method") == "phash"
         assert metadata_value(metadata, "mode") == expected_mode

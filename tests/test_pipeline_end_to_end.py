@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vsearch_pipeline.catalog import latest_index_metadata, load_index_artifacts
+from vsearch_pipeline.core.catalog import latest_index, load_index
 from vsearch_pipeline.core.grounding import format_grounding, grounding_from_folders
+from vsearch_pipeline.core.model_spec import DEFAULT_KEY
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.runner import open_instance, run_pipeline
 from vsearch_pipeline.settings import load_settings
@@ -99,7 +100,7 @@ def test_retrieval_by_class_far_above_chance(run):
 
 def test_faces_twins_are_neighbours_or_duplicates(run):
     home, store = run["home"], run["store"]
-    loaded = load_index_artifacts(store, latest_index_metadata(open_instance(home)))
+    loaded = load_index(store, latest_index(store, DEFAULT_KEY))
     paths = loaded.id_map.column("path").to_pylist()
     position = {p: i for i, p in enumerate(paths)}
     with duckdb.connect(str(home / "vsearch.duckdb"), read_only=True) as con:

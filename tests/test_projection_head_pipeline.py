@@ -9,8 +9,9 @@ import duckdb
 import pytest
 from dagster import AssetKey
 
-from vsearch_pipeline.catalog import latest_index_metadata, load_index_artifacts
-from vsearch_pipeline.core.layout import latest_head, latest_transform, load_embeddings
+from vsearch_pipeline.core.artifacts import latest_head, latest_transform, load_embeddings
+from vsearch_pipeline.core.catalog import latest_index, load_index
+from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec
 from vsearch_pipeline.definitions import make_definitions
 from vsearch_pipeline.runner import open_instance, run_pipeline
 from vsearch_pipeline.settings import load_settings
@@ -51,9 +52,14 @@ def _materialize(home: Path, overrides: dict, assets: list[AssetKey] = HEAD_ASSE
         asset_selection=assets, instance=open_instance(home), raise_on_error=True)
 
 
+def _loaded(store):
+    """The newest index of the default model, as the search service finds and loads it."""
+    return load_index(store, latest_index(store, ModelSpec(DEFAULT_MODEL).key))
+
+
 def test_head_is_trained_versioned_and_used_at_index_and_query_time(home):
     store = _store(home["home"])
-    loaded = load_index_artifacts(store, latest_index_metadata(open_instance(home["home"])))
+    loaded = _loaded(store)
     model_key = loaded.build["model_key"]
     head = latest_head(store, model_key)
     assert head["trained_on"] == len(CLASSES) * PER_CLASS and head["failed"] == 0
@@ -76,21 +82,19 @@ def test_head_is_trained_versioned_and_used_at_index_and_query_time(home):
 
 def test_head_is_kept_when_nothing_changed_and_can_be_turned_off(home):
     store = _store(home["home"])
-    model_key = load_index_artifacts(
-        store, latest_index_metadata(open_instance(home["home"]))).build["model_key"]
+    model_key = _loaded(store).build["model_key"]
     first = latest_head(store, model_key)
     _materialize(home["home"], home["base"])
     assert latest_head(store, model_key)["version"] == first["version"]  # kept, not retrained
     _materialize(home["home"], {**home["base"], "retrieval": {"projection_head": False}})
-    loaded = load_index_artifacts(store, latest_index_metadata(open_instance(home["home"])))
+    loaded = _loaded(store)
     assert loaded.transform.head is None
     assert loaded.index.d == table_vectors_dim(store, model_key)
 
 
 def test_a_photo_that_no_longer_decodes_is_left_out_of_training(home):
     store = _store(home["home"])
-    model_key = load_index_artifacts(
-        store, latest_index_metadata(open_instance(home["home"]))).build["model_key"]
+    model_key = _loaded(store).build["model_key"]
     before = latest_head(store, model_key)
     victim = sorted(home["images"].glob("emu/*.jpg"))[0]
     original = victim.read_bytes()

@@ -9,12 +9,12 @@ import faiss
 import numpy as np
 import pytest
 
-from vsearch_pipeline.assets.retrieval import MIN_VECTORS_PER_DIM
 from vsearch_pipeline.core import retrieval as R
 from vsearch_pipeline.core.embed import embed_files
 from vsearch_pipeline.core.metrics import retrieval_metrics
 from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import load_model
+from vsearch_pipeline.core.transform_fit import MIN_VECTORS_PER_DIM
 from vsearch_pipeline.settings import RetrievalSettings
 
 CLASSES_EVERY = 2  # every other Caltech class (51 classes)

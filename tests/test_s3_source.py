@@ -7,11 +7,11 @@ import boto3
 import duckdb
 import pytest
 
-from vsearch_pipeline.catalog import latest_index_metadata
+from vsearch_pipeline.core.catalog import latest_index
 from vsearch_pipeline.core.demo import build_demo_corpus
 from vsearch_pipeline.core.model_spec import DEFAULT_KEY
 from vsearch_pipeline.core.storage import ArtifactStore
-from vsearch_pipeline.runner import open_instance, run_pipeline
+from vsearch_pipeline.runner import run_pipeline
 from vsearch_pipeline.search import Searcher
 from vsearch_pipeline.settings import load_settings
 
@@ -57,9 +57,8 @@ def test_pipeline_reads_and_writes_s3(s3_endpoint, tmp_path):
         ).fetchall())
     assert figures["precision@1"] >= 0.95
 
-    metadata = latest_index_metadata(open_instance(home))
-    assert metadata["storage_root"].value == f"s3://{BUCKET}/artifacts"
-    searcher = Searcher.from_metadata(store, metadata, s3_endpoint)
+    assert store.root == f"s3://{BUCKET}/artifacts"
+    searcher = Searcher.from_build(store, latest_index(store, DEFAULT_KEY), s3_endpoint)
     top = searcher.by_image((images / "rocket" / "crop.jpg").read_bytes(), 3)
     assert top[0]["path"] == "rocket/crop.jpg"
     assert {r["path"].split("/")[0] for r in top} == {"rocket"}
@@ -75,7 +74,7 @@ def test_pipeline_reads_and_writes_s3(s3_endpoint, tmp_path):
 
     with TestClient(app_for_home(home, settings)) as client:
         health = client.get("/health").json()
-        assert health["status"] == "ok" and health["duplicates"].startswith(f"s3://{BUCKET}/")
+        assert health["status"] == "ok" and health["duplicates"].startswith("duplicates/")
         image = client.get(f"/images/{top[0]['id']}")
         assert image.status_code == 200
         assert image.content == (images / "rocket" / "crop.jpg").read_bytes()

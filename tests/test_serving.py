@@ -355,25 +355,26 @@ def test_tags_apply_filter_persist_and_refuse_bad_input(collection, ids):
 
 
 def test_an_index_that_does_not_load_is_refused_and_the_old_one_serves(collection):
-    from serving.holder import instance_metadata_source
+    from vsearch_pipeline.core.catalog import ArtifactRecords
     from vsearch_pipeline.core.storage import ArtifactStore
-    from vsearch_pipeline.runner import open_instance
 
-    latest = instance_metadata_source(open_instance(collection["home"]))
-    broken = {"serve": False}
+    class BreakingRecords(ArtifactRecords):
+        """The real records, until a newer version appears whose files are not there."""
 
-    def source(version):
-        metadata = dict(latest(version))
-        if broken["serve"]:
-            metadata |= {"version": "broken-1", "index_dir": "index/nowhere/broken-1"}
-        return metadata
+        broken = False
 
-    holder = IndexHolder(source, lambda m: ArtifactStore(str(collection["home"] / "artifacts")))
+        def index_build(self, version=None):
+            build = super().index_build(version)
+            return {**build, "version": "broken-1", "model_key": "nowhere"} if self.broken else build
+
+    records = BreakingRecords(ArtifactStore(str(collection["home"] / "artifacts")),
+                              collection["settings"].model.spec.key)
+    holder = IndexHolder(records)
     curation = CurationDB(str(collection["home"] / "curation.duckdb"))
     with TestClient(create_app(holder, collection["settings"].serving, curation),
                     headers=collection["auth"]) as client:
         before = client.get("/health").json()["index_version"]
-        broken["serve"] = True
+        records.broken = True
         assert holder.refresh() is False
         health = client.get("/health").json()
         assert health["index_version"] == before

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from vsearch_pipeline.settings import Settings, load_settings, save_settings
+from vsearch_pipeline.settings import Settings, SettingsError, load_settings, save_settings
 
 
 def test_defaults_are_the_documented_ones():
@@ -53,9 +53,11 @@ def test_bad_values_are_refused_with_the_setting_named(tmp_path, override, named
     ({"clusters": {"method": "dbscan"}}, "clusters.method must be one of"),
     ({"clusters": {"reduce": "tsne"}}, "clusters.reduce must be one of"),
 ])
-def test_check_refuses_unknown_choices(tmp_path, override, message):
-    with pytest.raises(ValueError, match=message):
-        load_settings(tmp_path, override).check()
+def test_loading_refuses_unknown_choices(tmp_path, override, message):
+    """Every check runs when the settings are read (the Definitions that `dagster dev` loads
+    included), not in a second step a caller could skip."""
+    with pytest.raises(SettingsError, match=message):
+        load_settings(tmp_path, override)
 
 
 def test_a_settings_file_that_is_not_a_mapping_is_refused(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from vsearch_pipeline.core.artifacts import load_embeddings
 from vsearch_pipeline.core.embed import embeddings_table
 from vsearch_pipeline.core.index import (
     IndexParams,
@@ -19,7 +20,7 @@ from vsearch_pipeline.core.index import (
     serialize,
     set_search_params,
 )
-from vsearch_pipeline.core.layout import embeddings_dir, embeddings_path, load_embeddings
+from vsearch_pipeline.core.layout import embeddings_dir, embeddings_path
 from vsearch_pipeline.core.sharded_index import (
     build_ivf_by_shards,
     exact_topk_by_shards,

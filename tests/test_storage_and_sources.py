@@ -199,8 +199,9 @@ def test_embeddings_of_several_shards_keep_each_id_once(tmp_path: Path) -> None:
     the predicted labels come back with the first shard's vector."""
     import numpy as np
 
+    from vsearch_pipeline.core.artifacts import load_embeddings, load_labels
     from vsearch_pipeline.core.embed import embeddings_table
-    from vsearch_pipeline.core.layout import embeddings_path, load_embeddings, load_labels
+    from vsearch_pipeline.core.layout import embeddings_path
 
     store = ArtifactStore(str(tmp_path))
     first = np.eye(3, dtype=np.float32)

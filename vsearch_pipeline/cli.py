@@ -12,13 +12,7 @@ from pathlib import Path
 
 import click
 
-from vsearch_pipeline.settings import (
-    HOME_ENV,
-    home_dir,
-    load_settings,
-    read_settings_file,
-    save_settings,
-)
+from vsearch_pipeline.core.layout import HOME_ENV, HomeLayout, home_dir
 
 home_option = click.option(
     "--home", type=click.Path(file_okay=False, path_type=Path), envvar=HOME_ENV,
@@ -76,9 +70,10 @@ def demo(home: Path | None) -> None:
     """Build the embedded demo corpus, materialize every asset, and show one search."""
     from vsearch_pipeline.core.demo import build_demo_corpus
     from vsearch_pipeline.runner import run_pipeline
+    from vsearch_pipeline.settings import load_settings, save_settings
 
     home = home_dir(home)
-    images, grounding = build_demo_corpus(home / "demo")
+    images, grounding = build_demo_corpus(HomeLayout(home).demo)
     settings = load_settings(home, {
         "source": {"uri": str(images)},
         "evaluation": {"grounding_sets": [str(grounding)]},
@@ -108,6 +103,8 @@ def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
 
     Every setting, the source and `subset.force_include` are checked first: bad ones fail with
     one line per problem, before anything is written to the home."""
+    from vsearch_pipeline.settings import load_settings, read_settings_file, save_settings
+
     home = home_dir(home)
     try:
         overrides = read_settings_file(config_file) if config_file else {}
@@ -171,6 +168,7 @@ def serve(home: Path | None, host: str, port: int) -> None:
     import uvicorn
 
     from serving.app import app_for_home
+    from vsearch_pipeline.settings import load_settings
 
     # No access log: every request is counted and timed in /metrics and every search is in the
     # search log, and formatting a log line per request cost 9% of the service's CPU under load.
@@ -188,7 +186,7 @@ def metrics(home: Path | None, as_json: bool) -> None:
     index, retrieval quality per grounding set, clusters and near-duplicate groups."""
     from vsearch_pipeline.core.report import format_table, latest_figures
 
-    db = home_dir(home) / "vsearch.duckdb"
+    db = HomeLayout(home_dir(home)).metrics_db
     if not db.exists():
         raise click.ClickException(f"no metrics yet at {db}: run `vsearch materialize` first")
     report = latest_figures(str(db))
@@ -258,15 +256,17 @@ def _run_stoppably(work):
 
 
 def _search(home: Path, query: str, k: int, as_text: bool = False) -> list[dict]:
-    from vsearch_pipeline.catalog import latest_index_metadata, metadata_value
+    """The k nearest to QUERY in the home's newest index. Only a query by image or text loads a
+    model; a query by id reads the index alone."""
+    from vsearch_pipeline.core.catalog import ArtifactRecords
     from vsearch_pipeline.core.storage import ArtifactStore
-    from vsearch_pipeline.runner import open_instance
     from vsearch_pipeline.search import Searcher
+    from vsearch_pipeline.settings import load_settings
 
     settings = load_settings(home)
-    metadata = latest_index_metadata(open_instance(home))
-    store = ArtifactStore(metadata_value(metadata, "storage_root"), settings.storage.endpoint_url)
-    searcher = Searcher.from_metadata(store, metadata, settings.source.endpoint_url)
+    store = ArtifactStore(settings.artifacts_root(home), settings.storage.endpoint_url)
+    build = ArtifactRecords(store, settings.model.spec.key).index_build()
+    searcher = Searcher.from_build(store, build, settings.source.endpoint_url)
     if as_text:
         return searcher.by_text(searcher.embed_text(query), k)
     if Path(query).is_file():
@@ -288,11 +288,14 @@ def _report(home: Path, summary: dict) -> None:
     """Time per asset, where the results are, and the latest figures from the DuckDB file."""
     import duckdb
 
+    from vsearch_pipeline.settings import load_settings
+
+
     click.echo("\nWall time per asset:")
     for row in summary["timings"]:
         click.echo(f"  {row['asset']:<24} {row['partition']:<8} {row['seconds']:>9.2f} s")
-    db = home / "vsearch.duckdb"
-    click.echo(f"\nArtifacts:  {home / 'artifacts'}\nMetrics DB: {db}  (duckdb {db})")
+    db = HomeLayout(home).metrics_db
+    click.echo(f"\nArtifacts:  {load_settings(home).artifacts_root(home)}\nMetrics DB: {db}  (duckdb {db})")
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute(
             "SELECT grounding_set, metric, round(value, 4) FROM retrieval_metrics "
@@ -363,6 +366,7 @@ def api_key_create(home: Path | None, name: str, keys_file: Path | None) -> None
     """Make a new key called NAME: its SHA-256 is appended to the keys file (never the key) and
     the key is printed once. Revoke it by deleting its line."""
     from serving.auth import create_key, keys_file_path
+    from vsearch_pipeline.settings import load_settings
 
     home = home_dir(home)
     try:
@@ -370,7 +374,7 @@ def api_key_create(home: Path | None, name: str, keys_file: Path | None) -> None
     except ValueError:  # a broken vsearch.yaml must not stop a key being made with --keys-file
         setting = None
     configured = keys_file_path(setting)
-    keys_file = keys_file or configured or home / "api-keys"
+    keys_file = keys_file or configured or HomeLayout(home).api_keys
     try:
         key = create_key(keys_file, name)
     except ValueError as err:
@@ -390,9 +394,10 @@ def backup(home: Path | None, dest: Path) -> None:
     settings and the artifacts (when they live in the home), consistently, while the pipeline and
     the service keep running. See docs/operations.md."""
     from vsearch_pipeline.core.backup import backup_home
+    from vsearch_pipeline.settings import load_settings
 
     home = home_dir(home)
-    storage_root = load_settings(home).storage.root or str(home / "artifacts")
+    storage_root = load_settings(home).artifacts_root(home)
     try:
         manifest = backup_home(home, dest, storage_root, say=_say)
     except (FileNotFoundError, FileExistsError) as err:

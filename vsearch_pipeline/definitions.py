@@ -12,6 +12,7 @@ from dagster import Definitions
 
 from vsearch_pipeline.assets import ALL_ASSETS
 from vsearch_pipeline.automation import JOBS, make_automation
+from vsearch_pipeline.core.layout import HomeLayout
 from vsearch_pipeline.execution import executor_for
 from vsearch_pipeline.resources import (
     ArtifactStorage,
@@ -29,15 +30,10 @@ def build_resources(home: Path, settings: Settings) -> dict:
         "source": ImageSource(**settings.source.model_dump()),
         "storage": ArtifactStorage(root=settings.artifacts_root(home),
                                    endpoint_url=settings.storage.endpoint_url),
-        "metrics_db": MetricsDatabase(path=str(home / "vsearch.duckdb")),
-        "curation_db": CurationDatabase(path=str(home / "curation.duckdb")),
+        "metrics_db": MetricsDatabase(path=str(HomeLayout(home).metrics_db)),
+        "curation_db": CurationDatabase(path=str(HomeLayout(home).curation_db)),
         "model": EmbeddingModelResource(**settings.model.model_dump()),
-        "settings": PipelineSettings(
-            manifest=settings.manifest, subset=settings.subset,
-            near_duplicates=settings.near_duplicates, index=settings.index,
-            retrieval=settings.retrieval,
-            clusters=settings.clusters, evaluation=settings.evaluation,
-        ),
+        "settings": PipelineSettings.of(settings),
     }
 
 

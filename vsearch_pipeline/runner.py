@@ -12,8 +12,9 @@ from pathlib import Path
 from dagster import DagsterInstance, Definitions, JobDefinition
 
 from vsearch_pipeline.assets.common import ingest_batches
+from vsearch_pipeline.core.artifacts import load_manifests
 from vsearch_pipeline.core.batches import batch_key, record_batch, stored_batches, unbatched
-from vsearch_pipeline.core.layout import embeddings_dir, load_manifests, manifest_path
+from vsearch_pipeline.core.layout import HomeLayout, embeddings_dir, manifest_path
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions
@@ -26,7 +27,7 @@ REPO_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
 
 def dagster_home(home: Path) -> Path:
-    return home / "dagster"
+    return HomeLayout(home).dagster
 
 
 def open_instance(home: Path) -> DagsterInstance:

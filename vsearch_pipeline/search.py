@@ -1,7 +1,9 @@
 """Nearest images to a query image (a file, bytes, an optional crop of them, or an id).
 
 The model is rebuilt from the index's own build record, so a query is embedded exactly as the
-collection was; an index whose model does not load, or loads with another version, is refused.
+collection was; an index whose installed model has another version is refused when it is
+loaded. The model itself is loaded on first use (or ahead, by `load_model`): a search by an image
+already in the index never needs it, nor torch.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 from PIL import Image
 
-from vsearch_pipeline.catalog import LoadedIndex, load_index_artifacts
+from vsearch_pipeline.core.catalog import LoadedIndex, load_index
 from vsearch_pipeline.core.decode import (
     DEFAULT_MAX_PIXELS,
     MAX_ASPECT_RATIO,
@@ -24,12 +26,14 @@ from vsearch_pipeline.core.decode import (
     aspect_ratio_text,
     decode_rgb,
 )
-from vsearch_pipeline.core.index import IndexParams, filtered_search
-from vsearch_pipeline.core.model_spec import LEGACY_VIEW, ModelSpec
-from vsearch_pipeline.core.models import EmbeddingModel, load_model
+from vsearch_pipeline.core.model_spec import LEGACY_VIEW, OPEN_CLIP_PREFIX, ModelSpec
+from vsearch_pipeline.core.model_version import model_version
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.text_search import AttachedTextIndex, SentenceEncoder
+
+if TYPE_CHECKING:  # torch loads with the model, on first use, not with this module
+    from vsearch_pipeline.core.models import EmbeddingModel
 
 RECONSTRUCTABLE = ("flat", "hnsw", "ivf-flat")  # index types that hold the exact vectors
 
@@ -68,6 +72,8 @@ def one_openmp_thread() -> Iterator[None]:
     """One query is searched by one thread whatever OpenMP is given, and in a request thread the
     rest of OpenMP's team only spins (measured: /similar at 4 connections went from 17-200
     requests/s to 226). The setting belongs to the calling thread; it is restored after."""
+    import faiss
+
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
@@ -76,29 +82,68 @@ def one_openmp_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(threads)
 
 
+def query_encoder(spec: ModelSpec) -> EmbeddingModel:
+    """The fastest measured encoder of `spec` on this CPU: the exported graphs without torch when
+    the pipeline cached them, else the full model (which exports and caches them)."""
+    from vsearch_pipeline.core.query_encoder import cached_query_encoder
+
+    light = cached_query_encoder(spec)
+    if light is not None:
+        return light
+    from vsearch_pipeline.core.models import load_model
+
+    return load_model(spec, "cpu", engine="auto")
+
+
 @dataclass
 class Searcher:
     loaded: LoadedIndex
-    model: EmbeddingModel
+    spec: ModelSpec  # the model the index was built with
     source_endpoint_url: str | None = None
     sentence_encoder: SentenceEncoder | None = None  # text search for a model without text tower
+    _model: EmbeddingModel | None = field(default=None, repr=False)
+    _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _attached: AttachedTextIndex | None = field(default=None, repr=False)
     _attached_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def from_metadata(cls, store: ArtifactStore, metadata, source_endpoint_url: str | None = None,
-                      device: str = "cpu", model: EmbeddingModel | None = None,
-                      sentence_encoder: SentenceEncoder | None = None) -> Searcher:
-        """Load an index; `model` is reused when it is the one the index was built with."""
-        loaded = load_index_artifacts(store, metadata)
-        build = loaded.build
+    def from_build(cls, store: ArtifactStore, build: dict, source_endpoint_url: str | None = None,
+                   model: EmbeddingModel | None = None,
+                   sentence_encoder: SentenceEncoder | None = None) -> Searcher:
+        """Load the index version `build` records; `model` is reused when it is the one the
+        index was built with. ValueError when the installed model has another version."""
         spec = ModelSpec(build["model"], build.get("pretrained"), build.get("view", LEGACY_VIEW))
-        if model is None or model.spec != spec:
-            model = load_model(spec, device, engine="auto")  # the fastest measured engine
-        if model.version != build["model_version"]:
-            raise ValueError(f"index {loaded.version} was built with model version "
-                             f"{build['model_version']!r}, but {model.version!r} is installed")
-        return cls(loaded, model, source_endpoint_url, sentence_encoder)
+        installed = model_version(spec)
+        if installed != build["model_version"]:
+            raise ValueError(f"index {build['version']} was built with model version "
+                             f"{build['model_version']!r}, but {installed!r} is installed")
+        reused = model if model is not None and model.spec == spec else None
+        return cls(load_index(store, build), spec, source_endpoint_url, sentence_encoder, reused)
+
+    @property
+    def model(self) -> EmbeddingModel:
+        """The image encoder, loaded on first use (once, whichever thread asks first)."""
+        with self._model_lock:
+            if self._model is None:
+                self._model = query_encoder(self.spec)
+            return self._model
+
+    @property
+    def loaded_model(self) -> EmbeddingModel | None:
+        """The image encoder if it is loaded already (for reuse, and for /health)."""
+        return self._model
+
+    @property
+    def text_ready(self) -> bool:
+        """Whether a text query is answered without loading a model first."""
+        if self.text_mode == "clip":
+            return self._model is not None
+        return self._attached is not None
+
+    @property
+    def model_version(self) -> str:
+        """The version of the model the index was built with (and that is installed)."""
+        return self.loaded.build["model_version"]
 
     @property
     def version(self) -> str:
@@ -142,6 +187,8 @@ class Searcher:
                 allowed = np.array([p for p in map(self.loaded.position_of.get, only) if p is not None])
                 if not len(allowed):
                     return []
+                from vsearch_pipeline.core.index import IndexParams, filtered_search
+
                 params = IndexParams(**self.loaded.build["params"])
                 scores, positions = filtered_search(self.loaded.index, params, vector, wanted, allowed)
         kept = [(pos, score) for score, pos in zip(scores[0], positions[0], strict=True)
@@ -161,7 +208,7 @@ class Searcher:
     @property
     def text_mode(self) -> str:
         """'clip': the model's text tower; 'attached_text': the words attached to the images."""
-        return "clip" if self.model.text_encoder is not None else "attached_text"
+        return "clip" if self.spec.name.startswith(OPEN_CLIP_PREFIX) else "attached_text"
 
     def embed_text(self, text: str) -> np.ndarray:
         if self.text_mode == "clip":  # into the index's space, as image queries are

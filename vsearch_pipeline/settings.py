@@ -8,32 +8,36 @@ metrics) and ``dagster/`` (the Dagster instance). Every setting is documented in
 from __future__ import annotations
 
 import difflib
-import os
 import typing
 from pathlib import Path
 from typing import Any
 
-import annotated_types
 import yaml
-from dagster import Config
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from vsearch_pipeline.core.cluster import ClusterParams
-from vsearch_pipeline.core.cluster import validate_params as validate_cluster_params
 from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
 from vsearch_pipeline.core.engines import validate_engine
-from vsearch_pipeline.core.index import IndexParams
-from vsearch_pipeline.core.index import validate_params as validate_index_params
+from vsearch_pipeline.core.layout import HOME_ENV, HomeLayout, home_dir  # noqa: F401 (re-exported)
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
-from vsearch_pipeline.core.retrieval import RERANKERS, QueryPlan
+from vsearch_pipeline.core.params import (
+    ClusterParams,
+    IndexParams,
+    bounds_in_words,
+    validate_cluster_params,
+    validate_index_params,
+)
+from vsearch_pipeline.core.retrieval import RERANKERS, NearDuplicateFloor, QueryExpansionK, QueryPlan
 from vsearch_pipeline.core.text_files import TextFileError, read_text
 
-HOME_ENV = "VSEARCH_HOME"
-DEFAULT_HOME = ".vsearch"
-SETTINGS_FILE = "vsearch.yaml"
 INT64_MAX = 2**63 - 1  # what DuckDB, Parquet, numpy and Dagster metadata hold
-C_INT_MAX = 2**31 - 1  # what FAISS takes for its build and search parameters
-SEED_MAX = 2**32 - 1  # what numpy and scikit-learn take as a random_state
 _INT64_RANGE = f"at most {INT64_MAX} (a 64-bit integer)"
 
 
@@ -42,12 +46,26 @@ class SettingsError(ValueError):
     `index.index_type`) and what it may be, so that a run fails before any work starts."""
 
 
-class Section(Config):
+class Section(BaseModel):
     """A settings section; unknown keys are refused (a typo must not be ignored), and so are
-    numbers that would not survive the run: NaN and infinities (YAML `.nan`, `.inf`, `1e400`)
-    and integers past 64 bits (booleans given for numbers: see _refuse_booleans_for_numbers)."""
+    values that would not survive the run: booleans where a number goes (YAML reads `yes`, `no`,
+    `on` and `off` as booleans, which pydantic would take as 1 and 0), NaN and infinities (YAML
+    `.nan`, `.inf`, `1e400`) and integers past 64 bits.
+
+    Plain pydantic, not Dagster's Config: everything that reads settings (the `vsearch` command,
+    the search service) loads without Dagster. vsearch_pipeline.resources derives the Dagster
+    Config of each section the pipeline's resources take."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is not None and _wants_number(field.annotation) and _has_boolean(value):
+            raise ValueError(f"must be a number, got {value!r} (YAML reads yes, no, on and off as "
+                             "booleans)")
+        return value
 
     @field_validator("*", mode="after")
     @classmethod
@@ -56,6 +74,20 @@ class Section(Config):
         if any(type(v) is int and abs(v) > INT64_MAX for v in values):
             raise ValueError(f"must be {_INT64_RANGE}, got {value!r}")
         return value
+
+
+def _has_boolean(value: Any) -> bool:
+    return any(isinstance(v, bool) for v in (value if isinstance(value, list) else [value]))
+
+
+def _wants_number(annotation: Any) -> bool:
+    """Whether a field's type takes an int or a float (alone, optional, or in a list)."""
+    return annotation in (int, float) or any(map(_wants_number, typing.get_args(annotation)))
+
+
+def _fields_of(section: BaseModel, params: type) -> dict[str, Any]:
+    """The section's values of the fields it inherits from the core's dataclass `params`."""
+    return {name: getattr(section, name) for name in params.__dataclass_fields__}
 
 
 class SourceSettings(Section):
@@ -78,10 +110,16 @@ class ModelSettings(Section):
     engine: str = "auto"  # auto | torch | onnx | openvino: see vsearch_pipeline.core.engines
 
     @model_validator(mode="after")
-    def _engine_fits(self) -> ModelSettings:
-        """An engine that cannot run this model, device or precision fails at load, not mid-run."""
+    def _runnable(self) -> ModelSettings:
+        """A model, view, device, precision or engine that cannot run fails at load, not mid-run.
+        Cheap for the default model; `device: cuda` imports torch to ask for a device."""
         validate_engine(self.engine, self.name, self.device, self.precision)
+        validate_settings(self.spec, self.device, self.precision)
         return self
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.name, self.pretrained, self.view)
 
 
 class ManifestSettings(Section):
@@ -107,24 +145,17 @@ class NearDuplicateSettings(Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, method: str) -> str:
+        if method == cls.model_fields["method"].default:
+            return method  # the check imports scipy and imagehash (a second): not for the default
         from vsearch_pipeline.core.near_duplicates import validate_method
 
         return validate_method(method)
 
 
-class IndexSettings(Section):
-    index_type: str = "hnsw"
-    M: int | None = Field(None, ge=1, le=C_INT_MAX)
-    efConstruction: int = Field(200, ge=1, le=C_INT_MAX)
-    efSearch: int = Field(128, ge=1, le=C_INT_MAX)
-    nlist: int | None = Field(None, ge=1, le=C_INT_MAX)
-    nprobe: int = Field(16, ge=1, le=C_INT_MAX)
-    nbits: int = Field(8, ge=1, le=16)
-    opq: bool = False
-    fast_scan: bool = False
-    storage: str = "Flat"
-    refine: bool = False
-    k_factor: float = Field(4.0, ge=1.0)
+class IndexSettings(Section, IndexParams):
+    """The index's parameters (declared once, with their bounds, by the core's IndexParams) and
+    how a built index is checked and when it is trained again."""
+
     min_recall: float = Field(0.9, ge=0.0, le=1.0)
     recall_queries: int = Field(1000, ge=1)
     rebuild_growth_ratio: float = Field(0.25, gt=0.0)
@@ -136,16 +167,17 @@ class IndexSettings(Section):
         return self
 
     def params(self) -> IndexParams:
-        return IndexParams(self.index_type, self.M, self.efConstruction, self.efSearch,
-                           self.nlist, self.nprobe, self.nbits, self.opq, self.fast_scan,
-                           self.storage, self.refine, self.k_factor)
+        return IndexParams(**_fields_of(self, IndexParams))
 
 
-class RetrievalSettings(Section):
+class RetrievalSettings(Section, QueryPlan):
     """How indexed vectors are post-processed and queries answered (docs/search-quality.md has
     each one's measured effect). All of it is recorded in the index's build.json and followed by
-    the search service and the evaluation asset alike."""
+    the search service and the evaluation asset alike. The query side is the core's QueryPlan
+    (declared there, with its bounds); the pipeline turns two of its stages on by default."""
 
+    query_expansion_k: QueryExpansionK = 10
+    near_duplicate_floor: NearDuplicateFloor = 0.7
     projection_head: bool = False  # a head trained on the collection (asset projection_head)
     projection_head_images: int = Field(10_000, ge=64)  # images it is trained on at most (a seeded sample)
     whitening: bool = False  # PCA-whitening fitted on the collection (asset retrieval_transform)
@@ -153,13 +185,6 @@ class RetrievalSettings(Section):
     whitening_shrinkage: float = Field(1.0, ge=0.0)  # eigenvalues + shrinkage * their mean
     whitening_power: float = Field(1.0, gt=0.0, le=1.0)  # signed power after whitening (1: none)
     database_augmentation_k: int = Field(10, ge=0, le=100)  # DBA neighbours per indexed vector; 0: off
-    query_expansion_k: int = Field(10, ge=0, le=100)  # alpha-QE neighbours per query; 0: off
-    expansion_alpha: float = Field(3.0, ge=0.0)  # neighbour weight cosine ** alpha (DBA and QE)
-    query_expansion_rounds: int = Field(1, ge=1, le=5)  # >1: the expanded query expanded again
-    rerank: str = "none"  # none | k_reciprocal
-    rerank_depth: int = Field(100, ge=1, le=10_000)  # candidates re-ranked and checked for near-duplicates
-    rerank_k1: int = Field(20, ge=1, le=100)  # neighbourhood size of the k-reciprocal sets
-    near_duplicate_floor: float = Field(0.7, ge=0.0, le=1.0)  # plain cosine lifting a candidate; 1: off
 
     @field_validator("rerank")
     @classmethod
@@ -170,9 +195,7 @@ class RetrievalSettings(Section):
         return rerank
 
     def query_plan(self) -> QueryPlan:
-        return QueryPlan(self.query_expansion_k, self.expansion_alpha,
-                         self.query_expansion_rounds, self.rerank, self.rerank_depth,
-                         self.rerank_k1, self.near_duplicate_floor)
+        return QueryPlan(**_fields_of(self, QueryPlan))
 
     def transform_settings(self) -> dict:
         """What the fitted whitening depends on: a change means fitting it again (the head is
@@ -182,18 +205,19 @@ class RetrievalSettings(Section):
                 "whitening_power": self.whitening_power}
 
 
-class ClusterSettings(Section):
-    method: str = "hdbscan"
-    reduce: str = "pca"
-    n_components: int = Field(32, ge=2)
-    min_cluster_size: int = Field(5, ge=2)
-    min_samples: int | None = Field(None, ge=1)
-    n_clusters: int | None = Field(None, ge=2)
-    seed: int = Field(0, ge=0, le=SEED_MAX)
+class ClusterSettings(Section, ClusterParams):
+    """The clustering's parameters (declared by the core's ClusterParams) and how far the
+    clusters may drift before the collection is clustered again."""
+
     drift_tolerance: float = Field(0.1, gt=0.0)
 
+    @model_validator(mode="after")
+    def _known_choices(self) -> ClusterSettings:
+        validate_cluster_params(self.params())
+        return self
+
     def params(self) -> ClusterParams:
-        return ClusterParams(**self.model_dump(exclude={"drift_tolerance"}))
+        return ClusterParams(**_fields_of(self, ClusterParams))
 
 
 class EvaluationSettings(Section):
@@ -238,7 +262,9 @@ class AutomationSettings(Section):
 
     @field_validator("recluster_cron", "index_rebuild_cron")
     @classmethod
-    def _cron(cls, value: str) -> str:
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        if value == cls.model_fields[info.field_name or ""].default:
+            return value  # Dagster's own rule imports all of Dagster (seconds): not for a default
         from dagster._utils.schedules import is_valid_cron_string
 
         if not is_valid_cron_string(value):
@@ -279,67 +305,22 @@ class Settings(Section):
 
     def artifacts_root(self, home: Path) -> str:
         """Where the artifacts go: `storage.root`, else the home's artifacts/ folder."""
-        return self.storage.root or str(home / "artifacts")
+        return self.storage.root or str(HomeLayout(home).artifacts)
 
     def check(self) -> Settings:
-        """The checks that need more than a type: run them before any work starts."""
-        validate_settings(ModelSpec(self.model.name, self.model.pretrained, self.model.view),
-                          self.model.device, self.model.precision)
-        validate_index_params(self.index.params())
-        validate_cluster_params(self.clusters.params())
+        """Nothing left to check: every check runs when the settings are read (kept for the
+        callers that still ask)."""
         return self
-
-
-def home_dir(home: str | os.PathLike | None = None) -> Path:
-    return Path(home or os.environ.get(HOME_ENV) or DEFAULT_HOME).resolve()
 
 
 def load_settings(home: Path, overrides: dict[str, Any] | None = None) -> Settings:
     """The home's vsearch.yaml (if any) with `overrides` merged in, section by section."""
-    path = home / SETTINGS_FILE
+    path = HomeLayout(home).settings_file
     data = read_settings_file(path) if path.exists() else {}
-    merged, problems = _refuse_booleans_for_numbers(_merge(data, overrides or {}))
     try:
-        settings = Settings.model_validate(merged)
+        return Settings.model_validate(_merge(data, overrides or {}))
     except ValidationError as err:
-        problems += [describe_error(e) for e in err.errors()]
-    if problems:
-        raise SettingsError("\n".join(problems))
-    return settings
-
-
-def _refuse_booleans_for_numbers(data: Any, model: type[BaseModel] = Settings,
-                                loc: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
-    """`data` without the booleans given where a setting takes a number, and a line for each.
-
-    pydantic would read `batch_size: yes` as 1, and Dagster's Config drops a value equal to its
-    default before any validator sees it (`fraction: yes` equals 1.0), so booleans are looked
-    for here, in the raw sections, before they are validated."""
-    if not isinstance(data, dict):
-        return data, []
-    kept, problems = {}, []
-    for key, value in data.items():
-        field = model.model_fields.get(key)
-        annotation = field.annotation if field else None
-        name = ".".join((*loc, str(key)))
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            value, inner = _refuse_booleans_for_numbers(value, annotation, (*loc, str(key)))
-            problems += inner
-        elif _wants_number(annotation) and _has_boolean(value):
-            problems.append(f"{name} must be a number, got {value!r} (YAML reads yes, no, on and "
-                            "off as booleans)")
-            continue
-        kept[key] = value
-    return kept, problems
-
-
-def _has_boolean(value: Any) -> bool:
-    return any(isinstance(v, bool) for v in (value if isinstance(value, list) else [value]))
-
-
-def _wants_number(annotation: Any) -> bool:
-    """Whether a field's type takes an int or a float (alone, optional, or in a list)."""
-    return annotation in (int, float) or any(map(_wants_number, typing.get_args(annotation)))
+        raise SettingsError("\n".join(describe_error(e) for e in err.errors())) from None
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:
@@ -430,30 +411,18 @@ def _unknown_setting(loc: list[str]) -> str:
     return f"{'.'.join(loc)}: unknown setting{hint}; {where}: {', '.join(known)}"
 
 
-def _allowed_range(field) -> str | None:
+def _allowed_range(field: Any) -> str | None:
     """A field's bounds in words: 'in (0, 1]', 'in 0..32', 'at least 1', 'above 0'."""
     if field is None:
         return None
-    bounds = {name: getattr(m, name) for m in field.metadata for name in ("gt", "ge", "lt", "le")
-              if isinstance(m, annotated_types.BaseMetadata) and hasattr(m, name)}
-    low = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds["ge"]) if "ge" in bounds else None
-    high = (")", bounds["lt"]) if "lt" in bounds else ("]", bounds["le"]) if "le" in bounds else None
-    if low and high:
-        if field.annotation is int and low[0] == "[" and high[0] == "]":
-            return f"in {low[1]}..{high[1]}"
-        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
-    if low:
-        return f"at least {low[1]}" if low[0] == "[" else f"above {low[1]}"
-    if high:
-        return f"at most {high[1]}" if high[0] == "]" else f"below {high[1]}"
-    return None
+    return bounds_in_words(field.metadata, integer=field.annotation is int)
 
 
 def save_settings(home: Path, settings: Settings) -> Path:
     from vsearch_pipeline.core.storage import write_atomically  # pyarrow: not for `vsearch --help`
 
     home.mkdir(parents=True, exist_ok=True)
-    path = home / SETTINGS_FILE
+    path = HomeLayout(home).settings_file
     # whole or not at all: a run killed while saving must not leave half a settings file
     write_atomically(str(path), yaml.safe_dump(settings.model_dump(), sort_keys=False).encode())
     return path

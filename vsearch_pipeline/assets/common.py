@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -21,7 +22,7 @@ from dagster import (
     RetryPolicy,
 )
 
-from vsearch_pipeline.core.layout import NoEmbeddingsError, load_embeddings
+from vsearch_pipeline.core.artifacts import NoEmbeddingsError, load_embeddings
 from vsearch_pipeline.core.names import shown
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.interrupts import stop_step_if_requested
@@ -36,13 +37,20 @@ not the run. Repeating a step is safe: artifacts are written whole under their f
 DuckDB writes are transactions, so a failed attempt leaves nothing that the next one reads."""
 
 
-def collection_embeddings(store: ArtifactStore, model_key: str) -> tuple[list[str], np.ndarray, str]:
-    """`load_embeddings` for a collection step; none at all is a failure that no retry mends,
-    so it fails at once with its reason (retries are for storage that may come back)."""
+@contextlib.contextmanager
+def fail_without_embeddings() -> Iterator[None]:
+    """No embeddings at all (`NoEmbeddingsError`) is a failure that no retry mends, so the step
+    fails at once with its reason (retries are for storage that may come back)."""
     try:
-        return load_embeddings(store, model_key)
+        yield
     except NoEmbeddingsError as err:
         raise Failure(description=str(err), allow_retries=False) from None
+
+
+def collection_embeddings(store: ArtifactStore, model_key: str) -> tuple[list[str], np.ndarray, str]:
+    """`load_embeddings` for a collection step (`fail_without_embeddings`)."""
+    with fail_without_embeddings():
+        return load_embeddings(store, model_key)
 
 
 def artifact_version(context: AssetExecutionContext) -> str:

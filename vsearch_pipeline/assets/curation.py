@@ -11,13 +11,8 @@ from vsearch_pipeline.core.grounding import (
     grounding_from_ratings,
     grounding_from_tags,
 )
+from vsearch_pipeline.core.layout import curation_set_path
 from vsearch_pipeline.resources import ArtifactStorage, CurationDatabase
-
-CURATION_SETS = ("feedback", "tags")
-
-
-def curation_set_path(name: str) -> str:
-    return f"grounding/{name}.csv"
 
 
 @asset(code_version="1", group_name="evaluate", retry_policy=STORAGE_RETRY)

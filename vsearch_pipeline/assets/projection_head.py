@@ -1,12 +1,8 @@
 """Asset: a projection head trained on the collection itself, self-supervised (optional)."""
 
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
-from PIL import Image
 
 from vsearch_pipeline.assets.common import (
     STORAGE_RETRY,
@@ -18,15 +14,9 @@ from vsearch_pipeline.assets.common import (
     run_keys,
 )
 from vsearch_pipeline.assets.embeddings import embeddings
-from vsearch_pipeline.core.decode import ImageError, decode_rgb
-from vsearch_pipeline.core.embed import bounded_map
-from vsearch_pipeline.core.layout import (
-    HEAD_FILE,
-    head_dir,
-    image_locations,
-    latest_head,
-    load_manifests,
-)
+from vsearch_pipeline.core.artifacts import image_locations, latest_head, load_manifests
+from vsearch_pipeline.core.head_training import decoded_images, training_rows, write_head_version
+from vsearch_pipeline.core.layout import head_dir
 from vsearch_pipeline.core.projection_head import train_projection_head, view_vectors
 from vsearch_pipeline.resources import (
     ArtifactStorage,
@@ -91,13 +81,12 @@ def projection_head(
     head, history = train_projection_head(views, plain=vectors[used], epochs=EPOCHS, seed=0)
     version = artifact_version(context)
     folder = head_dir(model_key, version)
-    store.write_bytes(f"{folder}/{HEAD_FILE}", head.to_bytes())
     record = {"version": version, "folder": folder, "model_key": model_key,
               "model_version": model_version, "settings": wanted, "fitted_on": len(ids),
               "trained_on": len(used), "failed": len(failed), "head_version": head.version,
               "dimension": head.dim, "reason": reason, "view_seconds": view_seconds,
               "train_seconds": history["seconds"], "loss": history["loss"]}
-    store.write_json(f"{folder}/head.json", record)  # last: the folder is whole with it
+    write_head_version(store, folder, head, record)
     figures = {"trained_on": len(used), "failed": len(failed), "view_seconds": view_seconds,
                "train_seconds": history["seconds"], "final_loss": round(history["loss"][-1], 4)}
     metrics_db.db.record_metrics("projection_head", run_keys(context),
@@ -108,36 +97,6 @@ def projection_head(
         "loss_by_epoch": MetadataValue.md(loss_table(history["loss"])),
         "failed_images": MetadataValue.json(dict(sorted(failed.items())[:50])),
         "code_version": code_version()})
-
-
-def training_rows(count: int, limit: int) -> np.ndarray:
-    """The rows the head is trained on: all, or a seeded sample of `limit`, in order."""
-    if count <= limit:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
-
-
-def decoded_images(uris: list[str], read: Callable[[str], bytes], min_size: int,
-                   rows: np.ndarray, used: list[int], failed: dict[str, str],
-                   progress: Callable[[int, int], None]) -> Iterator[Image.Image]:
-    """The images at `uris`, decoded two ahead on worker threads; each row decoded is appended
-    to `used` as its image is yielded, a file that does not decode goes to `failed` instead."""
-
-    def decode(uri: str) -> Image.Image | str:
-        try:
-            return decode_rgb(read(uri), min_size=min_size)
-        except (ImageError, OSError) as err:
-            return str(err)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for done, (row, uri, image) in enumerate(
-                zip(rows, uris, bounded_map(pool, decode, uris, 8), strict=True), start=1):
-            if isinstance(image, str):
-                failed[uri] = image
-            else:
-                used.append(int(row))
-                yield image
-            progress(done, len(uris))
 
 
 def loss_table(losses: list[float]) -> str:

@@ -32,11 +32,10 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from vsearch_pipeline.core.layout import ARTIFACTS_DIR, INSTANCE_DIR
 from vsearch_pipeline.core.store import MetricsDB
 
 MANIFEST = "backup.json"
-INSTANCE_DIR = "dagster"
-ARTIFACTS_DIR = "artifacts"
 
 
 def backup_home(home: Path, dest: Path, storage_root: str,

@@ -4,41 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from vsearch_pipeline.core.knn_hdbscan import knn_hdbscan_labels
 
-CLUSTER_METHODS = ("hdbscan", "kmeans")
-REDUCTIONS = ("none", "pca", "umap")
-
-
-@dataclass(frozen=True)
-class ClusterParams:
-    method: str = "hdbscan"
-    reduce: str = "pca"
-    n_components: int = 32
-    min_cluster_size: int = 5
-    min_samples: int | None = None
-    n_clusters: int | None = None  # kmeans; default sqrt(n / 2)
-    seed: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def validate_params(params: ClusterParams) -> None:
-    if params.method not in CLUSTER_METHODS:
-        raise ValueError(f"clusters.method must be one of {CLUSTER_METHODS}, got {params.method!r}")
-    if params.reduce not in REDUCTIONS:
-        raise ValueError(f"clusters.reduce must be one of {REDUCTIONS}, got {params.reduce!r}")
-    if params.n_components < 2:
-        raise ValueError("clusters.n_components must be at least 2")
-    if params.min_cluster_size < 2:
-        raise ValueError("clusters.min_cluster_size must be at least 2")
-    if params.n_clusters is not None and params.n_clusters < 2:
-        raise ValueError("clusters.n_clusters must be at least 2")
+# declared in core.params, without FAISS or scipy: the settings build on them
+from vsearch_pipeline.core.params import ClusterParams
+from vsearch_pipeline.core.params import validate_cluster_params as validate_params
 
 
 def reduce_dimensions(vectors: np.ndarray, params: ClusterParams) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vsearch_pipeline.core.grounding import format_grounding
+from vsearch_pipeline.core.layout import DEMO_GROUNDING_FILE, DEMO_IMAGES_DIR
 
 PHOTOS = (
     "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
@@ -74,7 +75,7 @@ def _write(path: Path, data: bytes) -> None:
 
 def build_demo_corpus(folder: Path) -> tuple[Path, Path]:
     """Write the corpus under folder/images and its grounding set; return both paths."""
-    images = folder / "images"
+    images = folder / DEMO_IMAGES_DIR
     rows = []
     for name in PHOTOS:
         photo = _photo(name)
@@ -85,6 +86,6 @@ def build_demo_corpus(folder: Path) -> tuple[Path, Path]:
             rows.append((name, f"{name}/{edit}.jpg"))
     broken = _jpeg(_photo("coffee"), 90)
     _write(images / "broken" / "truncated.jpg", broken[: len(broken) // 3])
-    grounding = folder / "grounding.csv"
+    grounding = folder / DEMO_GROUNDING_FILE
     grounding.write_text(format_grounding(rows))
     return images, grounding

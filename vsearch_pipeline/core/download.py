@@ -35,6 +35,7 @@ import httpx
 
 from vsearch_pipeline.core.decode import SNIFF_BYTES, sniff_image_format
 from vsearch_pipeline.core.image_sink import ImageSink
+from vsearch_pipeline.core.layout import HomeLayout
 from vsearch_pipeline.core.text_files import TextFileError, numbered_lines
 
 RETRYABLE_HTTP = frozenset({408, 429})  # and every 5xx
@@ -198,7 +199,7 @@ def read_url_list(urls: Iterable[str] | TextIO) -> UrlList:
 def default_manifest(home: Path, target: str) -> Path:
     """`<home>/downloads/<hash of the target>.jsonl`: one manifest per target, found again on re-run."""
     key = target.rstrip("/") if "://" in target else str(Path(target).resolve())
-    return home / "downloads" / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.jsonl"
+    return HomeLayout(home).downloads / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.jsonl"
 
 
 def retryable_status(status: int | None) -> bool:

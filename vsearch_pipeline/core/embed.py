@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.models import EmbeddingModel, Prepared
+from vsearch_pipeline.core.vectors import table_vectors as table_vectors  # where it lived before
 
 
 @dataclass
@@ -118,13 +119,6 @@ def embeddings_table(ids: Sequence[str], vectors: np.ndarray, model: str, versio
         "labels": pa.array([[name for name, _ in row] for row in labels], pa.list_(pa.string())),
         "label_probs": pa.array([[p for _, p in row] for row in labels], pa.list_(pa.float32())),
     })
-
-
-def table_vectors(table: pa.Table) -> np.ndarray:
-    """The vector column of a shard as an (n, dim) float32 array, without a Python loop."""
-    column = table.column("vector").combine_chunks()
-    dim = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
 
 
 def vector_problems(vectors: np.ndarray, tolerance: float = 1e-3) -> dict[str, int]:

@@ -18,6 +18,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +69,7 @@ def exported_onnx(module: object, example: object, model_version: str,
     """The ONNX file of `module` (a torch module returning features and logits), exported once
     and cached by model version, torch version and opset: a stale graph is never reused. With
     `size_varies` the graph takes pixels of any height and width, else only the example's."""
-    import torch
-
-    identity = f"{model_version}|torch {torch.__version__}|opset {ONNX_OPSET}"
-    path = cache_dir() / "onnx" / f"{hashlib.sha256(identity.encode()).hexdigest()[:16]}.onnx"
+    path = onnx_cache_path(model_version)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,6 +82,13 @@ def exported_onnx(module: object, example: object, model_version: str,
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def onnx_cache_path(model_version: str) -> Path:
+    """Where the graph of a model version is cached: named by the model version, the installed
+    torch (its distribution version, read without importing it) and the opset."""
+    identity = f"{model_version}|torch {package_version('torch')}|opset {ONNX_OPSET}"
+    return cache_dir() / "onnx" / f"{hashlib.sha256(identity.encode()).hexdigest()[:16]}.onnx"
 
 
 def _export(module: object, example: object, target: str, size_varies: bool) -> None:

@@ -22,59 +22,16 @@ Index types and their parameters:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 
 import faiss
 import numpy as np
 
-INDEX_TYPES = ("flat", "hnsw", "ivf-flat", "ivf-pq")
-HNSW_STORAGES = ("Flat", "SQfp16", "SQ8", "SQ4")
+# declared in core.params, without FAISS: the settings build on them (and import them cheaply)
+from vsearch_pipeline.core.params import IndexParams
+from vsearch_pipeline.core.params import validate_index_params as validate_params
+
 MIN_POINTS_PER_CENTROID = 39
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    index_type: str = "hnsw"
-    M: int | None = None
-    efConstruction: int = 200
-    efSearch: int = 128
-    nlist: int | None = None
-    nprobe: int = 16
-    nbits: int = 8
-    opq: bool = False
-    fast_scan: bool = False
-    storage: str = "Flat"
-    refine: bool = False
-    k_factor: float = 4.0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def validate_params(params: IndexParams) -> None:
-    if params.index_type not in INDEX_TYPES:
-        raise ValueError(f"index.index_type must be one of {INDEX_TYPES}, got {params.index_type!r}")
-    for name in ("efConstruction", "efSearch", "nprobe"):
-        if getattr(params, name) < 1:
-            raise ValueError(f"index.{name} must be at least 1")
-    if not 1 <= params.nbits <= 16:
-        raise ValueError("index.nbits must be in 1..16")
-    _validate_encoding(params)
-
-
-def _validate_encoding(params: IndexParams) -> None:
-    """The options that only mean something for some types are refused elsewhere, so a setting
-    that would be silently ignored is a mistake the user hears about."""
-    if params.storage not in HNSW_STORAGES:
-        raise ValueError(f"index.storage must be one of {HNSW_STORAGES}, got {params.storage!r}")
-    if params.storage != "Flat" and params.index_type != "hnsw":
-        raise ValueError("index.storage applies to index_type hnsw only (ivf-pq stores PQ codes)")
-    if params.fast_scan and (params.index_type != "ivf-pq" or params.nbits != 4):
-        raise ValueError("index.fast_scan needs index_type ivf-pq with nbits 4 (PQ{M}x4fs)")
-    if params.refine and params.index_type == "flat":
-        raise ValueError("index.refine re-ranks an approximate index; flat is already exact")
-    if params.k_factor < 1:
-        raise ValueError("index.k_factor must be at least 1 (candidates per result to re-rank)")
 
 
 def _largest_divisor(d: int, limit: int) -> int:

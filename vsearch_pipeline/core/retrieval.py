@@ -36,8 +36,10 @@ import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
 RERANKERS = ("none", "k_reciprocal")
 RERANK_ORIGINAL_WEIGHT = 0.3  # share of the cosine distance in the re-ranked distance
@@ -281,17 +283,26 @@ class KReciprocalReranker:
         return 1 - shared / (total - shared) if total > shared else 1.0
 
 
+QueryExpansionK = Annotated[int, Field(ge=0, le=100)]  # alpha-QE neighbours per query; 0: off
+NearDuplicateFloor = Annotated[float, Field(ge=0.0, le=1.0)]  # plain cosine lifting a candidate; 1: off
+
+
 @dataclass(frozen=True)
 class QueryPlan:
-    """What happens to a query vector after embedding; recorded in the index's build.json."""
+    """What happens to a query vector after embedding; recorded in the index's build.json.
 
-    query_expansion_k: int = 0
-    expansion_alpha: float = 3.0
-    query_expansion_rounds: int = 1
-    rerank: str = "none"
-    rerank_depth: int = 100
-    rerank_k1: int = 20
-    near_duplicate_floor: float = 1.0  # 1: off (what builds recorded before it existed)
+    Also the declaration of these `retrieval` settings (types and bounds; the settings section
+    inherits them). The defaults here are the plan that changes nothing, which is what a build
+    recorded before each stage existed (`from_record`); the pipeline's own defaults for
+    `query_expansion_k` and `near_duplicate_floor` are the settings section's."""
+
+    query_expansion_k: QueryExpansionK = 0
+    expansion_alpha: Annotated[float, Field(ge=0.0)] = 3.0  # neighbour weight cosine ** alpha
+    query_expansion_rounds: Annotated[int, Field(ge=1, le=5)] = 1  # >1: the expanded query expanded again
+    rerank: str = "none"  # none | k_reciprocal
+    rerank_depth: Annotated[int, Field(ge=1, le=10_000)] = 100  # candidates re-ranked / lifted
+    rerank_k1: Annotated[int, Field(ge=1, le=100)] = 20  # neighbourhood size of the k-reciprocal sets
+    near_duplicate_floor: NearDuplicateFloor = 1.0
 
     @property
     def depth(self) -> int:

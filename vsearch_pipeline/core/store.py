@@ -143,6 +143,46 @@ class MetricsDB:
                             [run["run_id"], run["asset"], run.get("partition")])
             insert_rows(con, f"{kind}_metrics", rows, names)
 
+    def replace_perceptual_hashes(self, hashes: pa.Table | None) -> None:
+        """Refill the table `perceptual_hashes` with `hashes` (id, phash, partition); None empties it."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM perceptual_hashes")
+            if hashes is not None:
+                con.register("hash_files", hashes)
+                con.execute("INSERT INTO perceptual_hashes SELECT id, partition, phash FROM hash_files")
+                con.unregister("hash_files")
+
+    def distinct_hashes(self) -> list[tuple[str, int]]:
+        """(id, pHash) of every hashed image once, by id (an id hashed in two batches has one hash)."""
+        with self.connect() as con:
+            return con.execute("SELECT id, any_value(phash) FROM perceptual_hashes "
+                               "GROUP BY id ORDER BY id").fetchall()
+
+    def replace_duplicate_groups(self, rows: list[tuple[str, str, int]]) -> None:
+        """Replace the table `near_duplicate_groups` with `rows` (run id, image id, group)."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM near_duplicate_groups")
+            insert_rows(con, "near_duplicate_groups", rows)
+
+    def duplicate_groups(self) -> dict[str, int]:
+        """Image id -> near-duplicate group, for the images in a group."""
+        with self.connect() as con:
+            return dict(con.execute("SELECT id, group_id FROM near_duplicate_groups").fetchall())
+
+    def previous_cluster_figures(self, model_key: str, run_id: str) -> dict[str, float]:
+        """The figures of the latest clusters run of this model other than `run_id`: overall names,
+        and `<grounding set>:<name>` per grounding set (timings left out)."""
+        with self.connect() as con:
+            rows = con.execute(
+                """
+                WITH last AS (
+                    SELECT run_id FROM cluster_metrics WHERE model = ? AND run_id <> ?
+                    ORDER BY recorded_at DESC LIMIT 1)
+                SELECT grounding_set, metric, value FROM cluster_metrics
+                WHERE run_id = (SELECT run_id FROM last) AND metric <> 'seconds'
+                """, [model_key, run_id]).fetchall()
+        return {(f"{g}:{m}" if g else m): v for g, m, v in rows}
+
 
 def insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple | list],
                 columns: tuple[str, ...] | None = None) -> None:

@@ -6,7 +6,7 @@ chosen per deployment (a local folder or S3 for both the source and the artifact
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource
+from dagster import Config, ConfigurableResource
 from pydantic import PrivateAttr
 
 from vsearch_pipeline.core.model_spec import ModelSpec
@@ -19,17 +19,50 @@ from vsearch_pipeline.settings import (
     EvaluationSettings,
     IndexSettings,
     ManifestSettings,
+    ModelSettings,
     NearDuplicateSettings,
     RetrievalSettings,
+    Settings,
+    SourceSettings,
     SubsetSettings,
 )
 
+# A resource that holds one settings section is that section with Dagster's ConfigurableResource
+# mixed in (ImageSource, EmbeddingModelResource); a resource's fields must be Dagster Config, so
+# the sections that PipelineSettings holds are each the section with Config mixed in: the same
+# fields, defaults and validators, declared once in vsearch_pipeline.settings.
 
-class ImageSource(ConfigurableResource):
-    """A local folder or an s3:// prefix holding the images."""
 
-    uri: str | None = None
-    endpoint_url: str | None = None
+class ManifestConfig(Config, ManifestSettings):
+    """The `manifest` settings."""
+
+
+class SubsetConfig(Config, SubsetSettings):
+    """The `subset` settings."""
+
+
+class NearDuplicateConfig(Config, NearDuplicateSettings):
+    """The `near_duplicates` settings."""
+
+
+class IndexConfig(Config, IndexSettings):
+    """The `index` settings."""
+
+
+class RetrievalConfig(Config, RetrievalSettings):
+    """The `retrieval` settings."""
+
+
+class ClusterConfig(Config, ClusterSettings):
+    """The `clusters` settings."""
+
+
+class EvaluationConfig(Config, EvaluationSettings):
+    """The `evaluation` settings."""
+
+
+class ImageSource(ConfigurableResource, SourceSettings):
+    """A local folder or an s3:// prefix holding the images (the `source` settings)."""
 
     def list(self) -> list[SourceObject]:
         if not self.uri:
@@ -78,20 +111,9 @@ class CurationDatabase(ConfigurableResource):
         return CurationDB(self.path)
 
 
-class EmbeddingModelResource(ConfigurableResource):
-    """The image encoder and how it runs; see vsearch_pipeline.core.models for the names."""
-
-    name: str
-    pretrained: str | None = None
-    view: str | None = None  # None: the model's default view
-    batch_size: int = 32
-    device: str = "cpu"
-    precision: str = "fp32"
-    engine: str = "auto"  # torch | onnx | openvino, or auto: the fastest measured for the model
-
-    @property
-    def spec(self) -> ModelSpec:
-        return ModelSpec(self.name, self.pretrained, self.view)
+class EmbeddingModelResource(ConfigurableResource, ModelSettings):
+    """The image encoder and how it runs (the `model` settings, checked as they are when read);
+    see vsearch_pipeline.core.models for the names."""
 
     _model: EmbeddingModel | None = PrivateAttr(None)
     _copy_model: EmbeddingModel | None = PrivateAttr(None)
@@ -100,7 +122,7 @@ class EmbeddingModelResource(ConfigurableResource):
     def model(self) -> EmbeddingModel:
         """Loaded on first use, once per process."""
         if self._model is None:
-            self._model = load_model(self.spec, self.device, self.precision, self.engine)
+            self._model = self._load(self.spec)
         return self._model
 
     @property
@@ -110,18 +132,25 @@ class EmbeddingModelResource(ConfigurableResource):
         if self.spec.copy_spec == self.spec:
             return self.model
         if self._copy_model is None:
-            self._copy_model = load_model(self.spec.copy_spec, self.device, self.precision,
-                                          self.engine)
+            self._copy_model = self._load(self.spec.copy_spec)
         return self._copy_model
+
+    def _load(self, spec: ModelSpec) -> EmbeddingModel:
+        return load_model(spec, self.device, self.precision, self.engine)
 
 
 class PipelineSettings(ConfigurableResource):
     """The settings of each asset, from the home's vsearch.yaml."""
 
-    manifest: ManifestSettings
-    subset: SubsetSettings
-    near_duplicates: NearDuplicateSettings
-    index: IndexSettings
-    retrieval: RetrievalSettings
-    clusters: ClusterSettings
-    evaluation: EvaluationSettings
+    manifest: ManifestConfig
+    subset: SubsetConfig
+    near_duplicates: NearDuplicateConfig
+    index: IndexConfig
+    retrieval: RetrievalConfig
+    clusters: ClusterConfig
+    evaluation: EvaluationConfig
+
+    @classmethod
+    def of(cls, settings: Settings) -> PipelineSettings:
+        """The sections of `settings` that the assets read."""
+        return cls(**{name: getattr(settings, name).model_dump() for name in cls.model_fields})

@@ -1,0 +1,90 @@
+"""What people say about the results: clicks and ratings, tags on images and on clusters."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+
+from serving.access import Access
+from serving.models import ClickRequest, ClusterLabel, ClusterTagRequest, FeedbackRequest, TagRequest
+from serving.routers.browsing import cluster_members, cluster_summary
+from serving.state import ServiceState, State
+from vsearch_pipeline.core.store import insert_click, insert_rating, normalize_tag
+
+
+def click(request: ClickRequest, state: State) -> dict:
+    """Record that a person opened a result of a search (`query_id` from its answer)."""
+    _, ranks = shown_in(state, request)
+    state.search_log.write(lambda con: insert_click(con, request.query_id, request.id,
+                                                    ranks[request.id]))
+    return {"recorded": True, "rank": ranks[request.id]}
+
+
+def feedback(request: FeedbackRequest, state: State) -> dict:
+    """Rate a result relevant or not to its search; the pipeline's `curation_grounding`
+    asset turns the ratings into a grounding set that the evaluation measures against."""
+    query, _ = shown_in(state, request)
+    state.search_log.write(lambda con: insert_rating(con, request.query_id, query, request.id,
+                                                     request.relevant))
+    return {"recorded": True}
+
+
+def shown_in(state: ServiceState, request: ClickRequest) -> tuple[str, dict[str, int]]:
+    found = state.search_log.search_of(request.query_id)
+    if found is None:
+        raise HTTPException(404, f"no search with query_id {request.query_id!r}")
+    query, ranks = found
+    if request.id not in ranks:
+        raise HTTPException(422, f"image {request.id!r} was not among that search's results")
+    return query, ranks
+
+
+def add_tags(request: TagRequest, state: State) -> dict:
+    """Apply a tag to images of the collection."""
+    unknown = [i for i in request.ids if i not in state.live().files]
+    if unknown:
+        raise HTTPException(404, f"no images with ids {unknown[:20]}")
+    try:
+        added = state.tag_index.add(request.ids, request.tag)
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+    return {"tag": request.tag, "added": added}
+
+
+def remove_tags(request: TagRequest, state: State) -> dict:
+    """Take a tag off images."""
+    removed = state.tag_index.remove(request.ids, request.tag)
+    if not removed and not state.tag_index.ids_with(request.tag):
+        raise HTTPException(404, f"no image has the tag {request.tag!r}")
+    return {"tag": request.tag, "removed": removed}
+
+
+def list_tags(state: State) -> dict:
+    """Every tag with the number of images that carry it."""
+    return {"tags": [{"tag": t, "count": n} for t, n in state.tag_index.counts().items()]}
+
+
+def tag_cluster(label: ClusterLabel, request: ClusterTagRequest, state: State) -> dict:
+    """Tag every member of a cluster: with the suggested name, or with the tag given."""
+    served, members = cluster_members(state, label)
+    tag = request.tag or cluster_summary(served, label, members,
+                                         state.tag_index.tags_by_id())["suggested_name"]
+    if not tag:
+        raise HTTPException(422, f"cluster {label} has no suggested name; give a tag")
+    try:
+        tag = normalize_tag(tag)  # a suggested name is stored as a typed one would be
+        added = state.tag_index.add(members, tag)
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+    return {"tag": tag, "added": added, "size": len(members)}
+
+
+def router(access: Access) -> APIRouter:
+    routes = APIRouter()
+    routes.add_api_route("/click", click, methods=["POST"], dependencies=access.clicks)
+    routes.add_api_route("/feedback", feedback, methods=["POST"], dependencies=access.clicks)
+    routes.add_api_route("/tags", add_tags, methods=["POST"], dependencies=access.writes)
+    routes.add_api_route("/tags", remove_tags, methods=["DELETE"], dependencies=access.writes)
+    routes.add_api_route("/tags", list_tags, methods=["GET"], dependencies=access.reads)
+    routes.add_api_route("/clusters/{label}/tag", tag_cluster, methods=["POST"],
+                         dependencies=access.writes)
+    return routes

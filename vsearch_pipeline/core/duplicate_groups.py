@@ -1,0 +1,137 @@
+"""Near-duplicate groups over the whole collection, by pHash alone or by pHash and embeddings
+together (core.near_duplicates), and the groups artifact `duplicates/<version>.parquet`: every
+hashed image with its pHash and group (-1 for none), what the search service folds results and
+browses groups by. Its metadata says how it was made, so that a later pHash grouping with the
+same threshold checks only the new hashes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from vsearch_pipeline.core.artifacts import load_embeddings
+from vsearch_pipeline.core.hashing import group_edges, group_labels, near_duplicate_pairs
+from vsearch_pipeline.core.layout import DUPLICATES
+from vsearch_pipeline.core.near_duplicates import MIN_IMAGES_TO_CHOOSE, combined_near_duplicates
+from vsearch_pipeline.core.storage import ArtifactStore
+
+THRESHOLD_KEY = b"vsearch.hamming_threshold"
+METHOD_KEY = b"vsearch.method"
+
+
+@dataclass
+class Grouping:
+    """What one way of grouping found: a group per image (-1: none), its figures and notes."""
+
+    labels: np.ndarray
+    mode: str
+    figures: dict[str, float]
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def grouped(self) -> np.ndarray:
+        """Positions of the images in a group."""
+        return np.flatnonzero(self.labels >= 0)
+
+    def sizes(self) -> np.ndarray:
+        """The size of each group, by group number."""
+        grouped = self.grouped()
+        return np.bincount(self.labels[grouped]) if len(grouped) else np.zeros(0, int)
+
+
+def phash_grouping(store: ArtifactStore, ids: list[str], hashes: np.ndarray,
+                   threshold: int) -> Grouping:
+    """pHashes within `threshold` bits; only new hashes checked when earlier groups exist."""
+    previous = previous_groups(store, threshold)
+    if previous is None:
+        mode, is_new = "full", np.ones(len(ids), dtype=bool)
+        pairs = near_duplicate_pairs(hashes, threshold)
+        edges = pairs[:, :2]
+    else:
+        mode = "incremental"
+        is_new = np.array([i not in previous for i in ids], dtype=bool)
+        pairs = near_duplicate_pairs(hashes, threshold, touching=is_new)
+        old_labels = np.array([previous.get(i, -1) for i in ids], dtype=np.int64)
+        edges = np.concatenate([pairs[:, :2], group_edges(old_labels)])
+    return Grouping(group_labels(len(ids), edges), mode,
+                    {"checked_now": int(is_new.sum()), "new_pairs": len(pairs)})
+
+
+def combined_grouping(store: ArtifactStore, model_key: str, ids: list[str], hashes: np.ndarray, *,
+                      hamming_threshold: int, neighbours: int, contrast_threshold: float | None,
+                      cosine_floor: float | None) -> Grouping:
+    """pHash and embedding signals together (core.near_duplicates), over the whole collection;
+    thresholds left None are chosen from the data.
+
+    Images without a vector of the model (outside the sampled subset) are paired by pHash alone."""
+    vectors, positions = vectors_of(store, model_key, ids)
+    result = combined_near_duplicates(hashes, vectors, positions, hamming_threshold, neighbours,
+                                      contrast_threshold, cosine_floor)
+    figures = {"checked_now": len(ids), "new_pairs": len(result.pairs),
+               "with_vectors": len(positions), "candidate_pairs": result.candidates,
+               "pairs_by_contrast": result.by_contrast, "pairs_by_phash": result.by_phash}
+    chosen = result.thresholds
+    if chosen is None:
+        notes = {"threshold_choice": f"pHash alone: fewer than {MIN_IMAGES_TO_CHOOSE} images "
+                                     "with vectors to choose thresholds from"}
+    else:
+        figures |= {"contrast_threshold": round(chosen.contrast, 4),
+                    "cosine_floor": round(chosen.cosine_floor, 4), "strict_bits": chosen.strict_bits}
+        notes = {"threshold_choice": chosen.chosen_by}
+    notes["model"] = model_key
+    return Grouping(group_labels(len(ids), result.pairs), "full", figures, notes)
+
+
+def vectors_of(store: ArtifactStore, model_key: str, ids: list[str]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The model's vectors of the hashed images, and each one's position in `ids`."""
+    try:
+        vector_ids, vectors, _ = load_embeddings(store, model_key)
+    except ValueError:  # nothing embedded yet: pHash alone
+        return np.empty((0, 1), np.float32), np.empty(0, np.int64)
+    position = {image_id: i for i, image_id in enumerate(ids)}
+    rows = [(row, position[i]) for row, i in enumerate(vector_ids) if i in position]
+    keep = np.array([r for r, _ in rows], dtype=np.int64)
+    return vectors[keep], np.array([p for _, p in rows], dtype=np.int64)
+
+
+def previous_groups(store: ArtifactStore, threshold: int) -> dict[str, int] | None:
+    """Id -> group of the latest groups artifact when pHash alone made it with this threshold."""
+    for path in reversed(store.list(DUPLICATES, ".parquet")):
+        table = store.read_parquet(path)
+        made = table.schema.metadata or {}
+        made_with = made.get(THRESHOLD_KEY)
+        if made_with is None or int(made_with) != threshold \
+                or made.get(METHOD_KEY, b"phash") != b"phash":
+            return None
+        return dict(zip(table.column("id").to_pylist(), table.column("group").to_pylist(),
+                        strict=True))
+    return None
+
+
+def write_groups(store: ArtifactStore, path: str, ids: list[str], hashes: np.ndarray,
+                 labels: np.ndarray, threshold: int, method: str) -> None:
+    """The groups artifact: every hashed image with its pHash and group, and how it was made."""
+    store.write_parquet(path, pa.table({
+        "id": pa.array(ids, pa.string()), "phash": pa.array(hashes, pa.uint64()),
+        "group": pa.array(labels, pa.int64())},
+        metadata={THRESHOLD_KEY.decode(): str(threshold), METHOD_KEY.decode(): method}))
+
+
+def group_rows(run_id: str, ids: list[str], grouping: Grouping) -> list[tuple[str, str, int]]:
+    """The rows of the DuckDB table `near_duplicate_groups`: (run id, image id, group)."""
+    labels = grouping.labels
+    return [(run_id, ids[i], int(labels[i])) for i in grouping.grouped()]
+
+
+def largest_groups(ids: list[str], labels: np.ndarray, sizes: np.ndarray,
+                   where: dict[str, tuple[str, str]], limit: int = 20) -> list[dict]:
+    """The `limit` largest groups, with their first members' paths (an id without a file
+    stands for itself)."""
+    rows = []
+    for group in np.argsort(-sizes, kind="stable")[:limit]:
+        members = [where.get(ids[i], ("", ids[i]))[1] for i in np.flatnonzero(labels == group)]
+        rows.append({"group": int(group), "size": int(sizes[group]),
+                     "members": ", ".join(members[:6]) + (" ..." if len(members) > 6 else "")})
+    return rows

@@ -1,0 +1,110 @@
+"""Retrieval quality of an index against grounding sets: every grounded image in the index is a
+query, the other members of its group the relevant answers, the query itself left out of its
+results; and how many same-group pairs the near-duplicate groups put together."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from vsearch_pipeline.core.artifacts import reference_lookup
+from vsearch_pipeline.core.grounding import ResolvedGrounding, parse_grounding, resolve_grounding
+from vsearch_pipeline.core.layout import CURATION_SETS, curation_set_path
+from vsearch_pipeline.core.metrics import retrieval_metrics
+from vsearch_pipeline.core.retrieval import VectorTransform
+from vsearch_pipeline.core.storage import ArtifactStore
+
+
+class SearchableIndex(Protocol):
+    """What the evaluation needs of a loaded index (catalog.LoadedIndex)."""
+
+    transform: VectorTransform
+
+    @property
+    def ids(self) -> list[str]: ...
+
+    @property
+    def position_of(self) -> dict[str, int]: ...
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def retrieval_label(build: dict) -> str:
+    """The post-processing an index was built and is queried with, in one comparable string,
+    e.g. 'whiten=256,dba=10,qe=10x2,alpha=3.0,rerank=none,ndfloor=0.75' (the `retrieval`
+    column; qe is neighbours x rounds), with ',head=<version>' when a projection head is used."""
+    retrieval = build.get("retrieval") or {}
+    plan = retrieval.get("query_plan") or {}
+    transform = retrieval.get("transform") or {}
+    whitening = transform.get("whitening_dims", 0)
+    qe_k = plan.get("query_expansion_k", 0)
+    qe = f"{qe_k}x{plan.get('query_expansion_rounds', 1)}" if qe_k else "0"
+    label = (f"whiten={whitening},dba={retrieval.get('database_augmentation_k', 0)},"
+             f"qe={qe},alpha={plan.get('expansion_alpha', 0)},"
+             f"rerank={plan.get('rerank', 'none')},ndfloor={plan.get('near_duplicate_floor', 1.0)}")
+    head = transform.get("head_version")
+    return f"{label},head={head}" if head else label
+
+
+def curation_sets(store: ArtifactStore, manifest: pa.Table) -> list[ResolvedGrounding]:
+    """The grounding sets made from what people said in the search service, once they hold a
+    group."""
+    found = []
+    lookup = reference_lookup(manifest)
+    for name in CURATION_SETS:
+        path = curation_set_path(name)
+        if store.exists(path):
+            resolved = resolve_grounding(parse_grounding(name, store.read_bytes(path), path),
+                                         lookup)
+            if resolved.group_of:
+                found.append(resolved)
+    return found
+
+
+def measure_grounding(loaded: SearchableIndex, grounding: ResolvedGrounding,
+                      vectors: np.ndarray, vector_of: dict[str, int], ks: list[int],
+                      duplicate_group: dict[str, int]) -> dict[str, float]:
+    """Every figure of one grounding set: retrieval quality, the seconds it took, the
+    near-duplicate pair recall and the references that name no image."""
+    start = time.perf_counter()
+    figures = evaluate(loaded, grounding, vectors, vector_of, ks)
+    figures["seconds"] = time.perf_counter() - start
+    figures["duplicate_pair_recall"] = pair_recall(grounding, duplicate_group)
+    figures["unresolved_references"] = len(grounding.unresolved)
+    return figures
+
+
+def evaluate(loaded: SearchableIndex, grounding: ResolvedGrounding, vectors: np.ndarray,
+             vector_of: dict[str, int], ks: list[int]) -> dict[str, float]:
+    """Precision, recall, mAP, nDCG and hit rate at each k of the set's queries."""
+    positions = loaded.position_of
+    item_groups = grounding.labels_for(loaded.ids)
+    queries = [i for i in grounding.group_of if i in positions and i in vector_of]
+    k = max(ks)
+    if not queries:
+        return {"queries": 0, "skipped_queries": 0}
+    found = loaded.search(loaded.transform.apply(vectors[[vector_of[i] for i in queries]]), k + 1)[1]
+    own = np.array([positions[i] for i in queries])
+    ranked = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (hits, me) in enumerate(zip(found, own, strict=True)):
+        others = hits[hits != me][:k]
+        ranked[row, : len(others)] = others
+    query_groups = np.array([grounding.group_of[i] for i in queries])
+    return retrieval_metrics(ranked, query_groups, item_groups, ks=[x for x in ks if x <= k])
+
+
+def pair_recall(grounding: ResolvedGrounding, duplicate_group: dict[str, int]) -> float:
+    """Share of same-group pairs that fall in one near-duplicate group (NaN if no pairs)."""
+    members: dict[int, list[str]] = {}
+    for image_id, group in grounding.group_of.items():
+        members.setdefault(group, []).append(image_id)
+    together = total = 0
+    for ids in members.values():
+        labels = np.array([duplicate_group.get(i, -1) for i in ids])
+        counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0)
+        together += int((counts * (counts - 1) // 2).sum())
+        total += len(ids) * (len(ids) - 1) // 2
+    return together / total if total else float("nan")
