@@ -99,22 +99,24 @@ def an_image(checkout: Path, home: Path) -> tuple[str, Path]:
     return row["id"], Path(row["uri"])
 
 
+def show(label: str, value: float) -> None:
+    print(f"  {label:<36} {value:>7.2f} s", flush=True)
+
+
 def entry_points(checkout: Path, homes: dict[str, Path], repeats: int) -> dict:
     figures: dict = {}
     argv, env = command(checkout, "--help")
     figures["help_s"] = median_seconds(argv, env, checkout, repeats)
-    print(f"  vsearch --help{'':<22} {figures['help_s']:>7.2f} s", flush=True)
+    show("vsearch --help", figures["help_s"])
     for name, home in homes.items():
         image_id, image_file = an_image(checkout, home)
         for label, query in (("search_id", image_id), ("search_image", str(image_file))):
             argv, env = command(checkout, "search", "--home", str(home), query)
             figures[f"{name}_{label}_s"] = median_seconds(argv, env, checkout, repeats)
-            print(f"  vsearch search {label[7:]:<6} ({name}){'':<{12 - len(name)}}"
-                  f" {figures[f'{name}_{label}_s']:>7.2f} s", flush=True)
+            show(f"vsearch search {label[7:]} ({name})", figures[f"{name}_{label}_s"])
         figures[f"{name}_serve_s"] = round(statistics.median(
             serve_seconds(checkout, home, image_id) for _ in range(repeats)), 2)
-        print(f"  vsearch serve to /similar ({name}){'':<{6 - len(name)}}"
-              f" {figures[f'{name}_serve_s']:>7.2f} s", flush=True)
+        show(f"vsearch serve to /similar ({name})", figures[f"{name}_serve_s"])
     return figures
 
 
@@ -124,7 +126,7 @@ def floors(repeats: int) -> dict:
     for name, code in (("python_s", "pass"), ("import_torch_s", "import torch"),
                        ("import_dagster_s", "import dagster"), ("import_fastapi_s", "import fastapi")):
         figures[name] = median_seconds([sys.executable, "-c", code], dict(os.environ), REPO, repeats)
-        print(f"  python -c {code!r:<24} {figures[name]:>7.2f} s", flush=True)
+        show(f"python -c {code!r}", figures[name])
     return figures
 
 
