@@ -22,6 +22,7 @@ from distributed import Client, LocalCluster, get_task_stream
 from vsearch_pipeline.assets.common import ingest_batches
 from vsearch_pipeline.core.embed import table_vectors
 from vsearch_pipeline.core.layout import (
+    HOME_ENV,
     batch_path,
     embeddings_dir,
     embeddings_path,
@@ -35,7 +36,7 @@ from vsearch_pipeline.definitions import make_definitions
 from vsearch_pipeline.execution import RunScopedDaskExecutor, executor_for
 from vsearch_pipeline.resources import EmbeddingModelResource, ImageSource
 from vsearch_pipeline.runner import open_instance, register_new_batch
-from vsearch_pipeline.settings import HOME_ENV, ExecutionSettings, load_settings, save_settings
+from vsearch_pipeline.settings import ExecutionSettings, load_settings, save_settings
 
 BUCKET = "scaleout"
 CLASSES = ["accordion", "anchor", "pyramid", "windsor_chair"]  # one ingest batch each

@@ -12,7 +12,7 @@ from dagster import Definitions
 
 from vsearch_pipeline.assets import ALL_ASSETS
 from vsearch_pipeline.automation import JOBS, make_automation
-from vsearch_pipeline.core.layout import HomeLayout
+from vsearch_pipeline.core.layout import HomeLayout, home_dir
 from vsearch_pipeline.execution import executor_for
 from vsearch_pipeline.resources import (
     ArtifactStorage,
@@ -22,7 +22,7 @@ from vsearch_pipeline.resources import (
     MetricsDatabase,
     PipelineSettings,
 )
-from vsearch_pipeline.settings import Settings, home_dir, load_settings
+from vsearch_pipeline.settings import Settings, load_settings
 
 
 def build_resources(home: Path, settings: Settings) -> dict:

@@ -105,6 +105,7 @@ class Searcher:
     _model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _attached: AttachedTextIndex | None = field(default=None, repr=False)
     _attached_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _sentences_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_build(cls, store: ArtifactStore, build: dict, source_endpoint_url: str | None = None,
@@ -253,6 +254,8 @@ class Searcher:
             return self._attached
 
     def _sentences(self) -> SentenceEncoder:
-        if self.sentence_encoder is None:
-            self.sentence_encoder = SentenceEncoder()
-        return self.sentence_encoder
+        """Loaded once: the service's background warm-up and a first text query may both ask."""
+        with self._sentences_lock:
+            if self.sentence_encoder is None:
+                self.sentence_encoder = SentenceEncoder()
+            return self.sentence_encoder

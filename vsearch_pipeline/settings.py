@@ -25,7 +25,7 @@ from pydantic import (
 
 from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
 from vsearch_pipeline.core.engines import validate_engine
-from vsearch_pipeline.core.layout import HOME_ENV, HomeLayout, home_dir  # noqa: F401 (re-exported)
+from vsearch_pipeline.core.layout import HomeLayout
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
 from vsearch_pipeline.core.params import (
     ClusterParams,
