@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from fastapi import Depends
 from fastapi.params import Depends as Dependency
 
-from serving.auth import ApiKeys, api_key_guard
+from serving.auth import WriteGuard
 from serving.http import FORM_OVERHEAD
 from vsearch_pipeline.settings import ServingSettings
 
@@ -22,8 +22,8 @@ class Access:
     many_uploads: int  # body limit of a route that takes up to max_embed_files images
 
     @classmethod
-    def of(cls, settings: ServingSettings, keys: ApiKeys) -> Access:
-        writes = [Depends(api_key_guard(keys))]
+    def of(cls, settings: ServingSettings, guard: WriteGuard) -> Access:
+        writes = [Depends(guard)]
         return cls(writes=writes,
                    reads=[] if settings.public_reads else writes,
                    clicks=[] if settings.public_clicks else writes,

@@ -12,8 +12,10 @@ source as indexed (serving.originals), and `query_id` is what clicks and ratings
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 
 from serving.access import Access
-from serving.auth import ApiKeys
+from serving.auth import ApiKeys, WriteGuard
 from serving.holder import IndexHolder
 from serving.http import JSON_BODY_LIMIT, ObservedRequests, Service, invalid_request
 from serving.limits import RateLimit, TokenBuckets, client_of
@@ -38,8 +40,14 @@ ROUTERS = (browsing, operations, search, collection, curation)
 
 
 def create_app(holder: IndexHolder, settings: ServingSettings, curation: CurationDB,
-               source_endpoint_url: str | None = None, *, source_uri: str | None = None) -> FastAPI:
-    state = ServiceState.create(holder, settings, curation, source_uri, source_endpoint_url)
+               source_endpoint_url: str | None = None, *, source_uri: str | None = None,
+               local_writes: bool = False) -> FastAPI:
+    """The service; `local_writes` (for a service bound to loopback) lets the person at the
+    machine write without a key while there is no keys file (serving.auth.WriteGuard)."""
+    keys = ApiKeys(settings.api_keys_file)
+    guard = WriteGuard(keys, local_without_key=local_writes)
+    state = ServiceState.create(holder, settings, curation, source_uri, source_endpoint_url,
+                                guard)
     app = Service(title="vsearch", version="0.1.0", lifespan=lifespan,
                   max_body_size=JSON_BODY_LIMIT,
                   description="Visual search over a collection materialized by the vsearch "
@@ -48,13 +56,12 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
     app.state.search_log = state.search_log
     app.state.query_vectors = state.query_vectors
     app.add_exception_handler(RequestValidationError, invalid_request)
-    keys = ApiKeys(settings.api_keys_file)
     if settings.rate_limit_per_s > 0:
         app.add_middleware(RateLimit, identify=client_of(keys), buckets=TokenBuckets(
             settings.rate_limit_per_s, settings.rate_limit_burst))
     app.add_middleware(ObservedRequests, metrics=state.metrics)  # outside the limit: 429s count
     app.mount("/static", StaticFiles(directory=browsing.WEB_DIR), name="static")
-    access = Access.of(settings, keys)
+    access = Access.of(settings, guard)
     for routes in ROUTERS:
         app.include_router(routes.router(access))
     return app
@@ -72,13 +79,37 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.search_log.close()
 
 
-def app_for_home(home: Path, settings: Settings) -> FastAPI:
+def app_for_home(home: Path, settings: Settings, *, local_writes: bool = False) -> FastAPI:
     """The service for a vsearch home: the index versions, clusters and duplicate groups of its
-    storage, as their records name them (no Dagster: the service reads what the pipeline wrote)."""
+    storage, as their records name them (no Dagster: the service reads what the pipeline wrote).
+    Its keys file is serving.api_keys_file, else the home's own (where `vsearch api-key create`
+    puts keys)."""
     layout = HomeLayout(home)
+    serving = settings.serving.model_copy(
+        update={"api_keys_file": settings.serving.api_keys_file or str(layout.api_keys)})
     store = ArtifactStore(settings.artifacts_root(home), settings.storage.endpoint_url)
     holder = IndexHolder(ArtifactRecords(store, settings.model.spec.key),
                          settings.source.endpoint_url, pin_file=layout.pin_file)
     curation = CurationDB(str(layout.curation_db))
-    return create_app(holder, settings.serving, curation, settings.source.endpoint_url,
-                      source_uri=settings.source.uri)
+    return create_app(holder, serving, curation, settings.source.endpoint_url,
+                      source_uri=settings.source.uri, local_writes=local_writes)
+
+
+def serve_until_stopped(app: FastAPI, host: str, port: int, on_ready: Callable[[], None]) -> None:
+    """Serve until Ctrl-C or SIGTERM, quietly: `on_ready` runs once the index is loaded and the
+    port is listening; uvicorn says only warnings and errors (a port in use, say)."""
+    import uvicorn
+
+    class Announcing(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                on_ready()
+
+    # No access log: every request is counted and timed in /metrics and every search is in the
+    # search log, and formatting a log line per request cost 9% of the service's CPU under load.
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again for its default action, so a
+    # clean stop ended 'killed by SIGTERM'; here that ends the process with status 0, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning")
+    Announcing(config).run()

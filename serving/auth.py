@@ -4,7 +4,9 @@ Keys are stored hashed, never as themselves: a keys file holds one ``name:sha256
 key (``#`` starts a comment), so a leaked keys file grants nothing. A request presents its key as
 ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; its SHA-256 is compared with every
 stored hash by :func:`hmac.compare_digest`, so the comparison time says nothing about how close a
-guess was. With no keys configured the write endpoints are off (403) rather than open.
+guess was. With no keys file the write endpoints are off (403) rather than open, except for the
+person at the machine: a service bound to loopback takes writes without a key from a request that
+is local in every respect (:func:`request_is_local`), so tagging works on a fresh home.
 
 The file comes from ``VSEARCH_API_KEYS_FILE`` or else the ``serving.api_keys_file`` setting; it is
 read again when it changes, so a key added with ``vsearch api-key create`` (or a line deleted to
@@ -15,14 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import re
 import secrets
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -30,6 +33,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from vsearch_pipeline.core.text_files import TextFileError, numbered_lines
 
 KEYS_ENV = "VSEARCH_API_KEYS_FILE"
+LOCAL_WRITER = "this-machine"  # the name a write without a key is recorded under
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HASH_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
@@ -151,38 +155,91 @@ def presented_keys(authorization: str | None, x_api_key: str | None) -> list[str
     return [k for k in (bearer, (x_api_key or "").strip()) if k]
 
 
-def api_key_guard(keys: ApiKeys) -> Callable[..., str]:
-    """A FastAPI dependency that lets a request through only with a valid API key; the key's name
+def is_loopback(host: str | None) -> bool:
+    """A bind address, client address or host name that only this machine reaches."""
+    if not host:
+        return False
+    name = host.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def request_is_local(request: Request) -> bool:
+    """From this machine to this machine by name. The client's address is loopback; the Host
+    header names loopback, so a page whose own name was rebound to 127.0.0.1 (DNS rebinding) is
+    refused; an Origin, when the browser sends one, is loopback too, so another site open in the
+    same browser cannot post to the service."""
+    host = urlsplit("//" + request.headers.get("host", "")).hostname
+    origin = request.headers.get("origin")
+    return (is_loopback(request.client.host if request.client else None) and is_loopback(host)
+            and (origin is None or is_loopback(urlsplit(origin).hostname)))
+
+
+class WriteGuard:
+    """A FastAPI dependency that lets a write through only with a valid API key; the key's name
     is its value and ``request.state.api_key_name``. Put it on every endpoint that writes (and on
     reads or clicks where they are private): ``@app.post(..., dependencies=[Depends(guard)])``.
 
-    401 (with ``WWW-Authenticate: Bearer``) for a missing or unknown key; 403 while no keys file
-    is configured, so guarded endpoints are off rather than open by default; 503 while the
-    configured file cannot be read.
+    401 (with ``WWW-Authenticate: Bearer``) for a missing or unknown key; 503 while the keys file
+    cannot be read. While there is no keys file: with ``local_without_key`` (the service is bound
+    to loopback) a local request passes as :data:`LOCAL_WRITER`; everything else gets 403, so
+    guarded endpoints are off rather than open.
     """
 
-    def require_api_key(
+    def __init__(self, keys: ApiKeys, local_without_key: bool = False) -> None:
+        self.keys = keys
+        self.local_without_key = local_without_key
+
+    def mode(self) -> str:
+        """How writes are let in now: `api_key`, `this_machine` (no key needed from here) or
+        `off`; the page shows the key field only for `api_key`."""
+        try:
+            configured = self.keys.current()
+        except KeysFileUnreadable:
+            return "api_key"
+        if configured:
+            return "api_key"
+        return "this_machine" if self.local_without_key else "off"
+
+    def __call__(
+        self,
         request: Request,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         header_key: Annotated[str | None, Depends(_header)],
     ) -> str:
         try:
-            configured = keys.current()
+            configured = self.keys.current()
         except KeysFileUnreadable as err:
             raise HTTPException(503, str(err)) from None
         if not configured:
-            raise HTTPException(403, "this endpoint is disabled until an API keys file is "
-                                     f"configured (serving.api_keys_file or {KEYS_ENV}; create a "
-                                     "key with `vsearch api-key create NAME`)")
+            return self._without_keys_file(request)
         presented = [k for k in (bearer.credentials if bearer else None, header_key) if k]
-        name = next((n for n in map(keys.name_of, presented) if n), None)
+        name = next((n for n in map(self.keys.name_of, presented) if n), None)
         if name is None:
-            client = request.client.host if request.client else "unknown"
-            log.warning("refused %s %s from %s: %s", request.method, request.url.path, client,
-                        "an unknown API key" if presented else "no API key")
+            _log_refusal(request, "an unknown API key" if presented else "no API key")
             raise HTTPException(401, "a valid API key is needed: 'Authorization: Bearer <key>' or "
                                      "'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
         request.state.api_key_name = name
         return name
 
-    return require_api_key
+    def _without_keys_file(self, request: Request) -> str:
+        if self.local_without_key and request_is_local(request):
+            request.state.api_key_name = LOCAL_WRITER
+            return LOCAL_WRITER
+        if self.local_without_key:
+            _log_refusal(request, "not from this machine")
+            raise HTTPException(403, "without an API keys file this service takes writes only "
+                                     "from this machine; create a key with `vsearch api-key "
+                                     "create NAME` to write from elsewhere")
+        raise HTTPException(403, "this endpoint is disabled until an API keys file is "
+                                 f"configured (serving.api_keys_file or {KEYS_ENV}; create a "
+                                 "key with `vsearch api-key create NAME`)")
+
+
+def _log_refusal(request: Request, why: str) -> None:
+    client = request.client.host if request.client else "unknown"
+    log.warning("refused %s %s from %s: %s", request.method, request.url.path, client, why)

@@ -16,6 +16,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, HTTPException, Request, UploadFile
 
+from serving.auth import WriteGuard
 from serving.cache import VectorCache
 from serving.holder import IndexHolder, ServedIndex
 from serving.http import UPLOAD_REFUSALS, read_image_upload
@@ -37,6 +38,7 @@ class ServiceState:
     search_log: SearchLog
     tag_index: TagIndex
     query_vectors: VectorCache
+    writes: WriteGuard
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     source_uri: str | None = None
     source_endpoint_url: str | None = None
@@ -44,10 +46,11 @@ class ServiceState:
 
     @classmethod
     def create(cls, holder: IndexHolder, settings: ServingSettings, curation: CurationDB,
-               source_uri: str | None, source_endpoint_url: str | None) -> ServiceState:
+               source_uri: str | None, source_endpoint_url: str | None,
+               writes: WriteGuard) -> ServiceState:
         search_log = SearchLog(curation, settings.search_log_flush_s)
         return cls(holder, settings, search_log, TagIndex(curation, search_log.write),
-                   VectorCache(settings.query_cache_size), source_uri=source_uri,
+                   VectorCache(settings.query_cache_size), writes, source_uri=source_uri,
                    source_endpoint_url=source_endpoint_url)
 
     # ------------------------------------------------------------------ the index, kept fresh

@@ -190,9 +190,12 @@ def test_api_key_create_command(tmp_path, monkeypatch):
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
     again = CliRunner().invoke(main, ["api-key", "create", "ci-bot", "--keys-file", str(keys)])
     assert again.exit_code == 2 and "already has a key" in again.output
-    # Without --keys-file: the home's default, with a hint to configure it.
+    # With --keys-file elsewhere: a hint to point the service at it.
+    assert "point one of them at" in CliRunner().invoke(
+        main, ["api-key", "create", "ci-bot2", "--keys-file", str(keys)]).stderr
+    # Without --keys-file: the home's own file, which the service on that home reads.
     home = tmp_path / "home"
     result = CliRunner().invoke(main, ["api-key", "create", "laptop", "--home", str(home)])
     assert result.exit_code == 0, result.output
     assert (home / "api-keys").read_text().startswith("laptop:")
-    assert "serving.api_keys_file" in result.stderr
+    assert "serve --home" in result.stderr and "point one of them" not in result.stderr

@@ -37,8 +37,9 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from serving.app import Service, app_for_home
-from serving.auth import KEYS_ENV, create_key, hash_key
+from serving.auth import KEYS_ENV, create_key, hash_key, request_is_local
 from serving.limits import TokenBuckets
+from vsearch_pipeline.core.layout import HomeLayout
 from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.runner import run_pipeline
 from vsearch_pipeline.settings import load_settings
@@ -189,6 +190,101 @@ def test_without_a_keys_file_writes_are_off(collection, ids, monkeypatch):
             assert answer.status_code == 403 and "disabled until an API keys file" in answer.text
         assert client.get("/gallery").status_code == 200
     _show("writes with no keys file configured", statuses)
+
+
+def _serve_process(collection: dict, host: str):
+    """`vsearch serve` on the collection's home (no keys file there, none in the environment),
+    as a person starts it; yields its base URL on 127.0.0.1 and a reader of what it printed."""
+    import subprocess
+    import sys
+
+    port = _free_port()
+    log = collection["root"] / f"serve-{host}-{port}.log"
+    env = {k: v for k, v in os.environ.items() if k != KEYS_ENV}
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "vsearch"), "serve", "--home",
+             str(collection["home"]), "--host", host, "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env={**env, "HF_HUB_OFFLINE": "1"})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_served(base, lambda: process.poll() is None)
+        yield base, log.read_text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_on_loopback_the_person_at_the_machine_writes_without_a_key(collection, ids):
+    """A fresh home, `vsearch serve` on loopback: tagging from the page works with no key, but
+    only for requests that are local in every respect (a rebound host name or another site's
+    Origin is refused); a keys file, once created, is required from then on."""
+    image = next(iter(ids.values()))
+    for base, said in _serve_process(collection, "127.0.0.1"):
+        assert "tagging and naming from this machine need no key" in said()
+        assert httpx.get(f"{base}/health").json()["writes"] == "this_machine"
+        tagged = httpx.post(f"{base}/tags", json={"ids": [image], "tag": "local-tag"})
+        assert tagged.status_code == 200, tagged.text
+        assert image in httpx.get(f"{base}/gallery", params={"tag": "local-tag"}).text
+        label = httpx.get(f"{base}/clusters").json()["clusters"][0]["label"]
+        named = httpx.post(f"{base}/clusters/{label}/tag", json={"tag": "local-cluster"})
+        assert named.status_code == 200, named.text
+        for headers in ({"Host": "evil.example"}, {"Origin": "http://evil.example"},
+                        {"Origin": "null"}):
+            refused = httpx.post(f"{base}/tags", json={"ids": [image], "tag": "x"}, headers=headers)
+            assert refused.status_code == 403 and "only from this machine" in refused.text, headers
+        for tag in ("local-tag", "local-cluster"):  # leave the home's tags as they were
+            assert httpx.request("DELETE", f"{base}/tags", json={"ids": list(ids.values()),
+                                                                  "tag": tag}).status_code == 200
+        assert "serving 15 images (index " in said() and f" at {base}/ " in said(), said()
+        key = create_key(HomeLayout(collection["home"]).api_keys, "curator")
+        try:
+            assert httpx.get(f"{base}/health").json()["writes"] == "api_key"
+            assert httpx.post(f"{base}/tags", json={"ids": [image], "tag": "x"}).status_code == 401
+            assert httpx.post(f"{base}/tags", json={"ids": [image], "tag": "keyed"},
+                              headers={"X-API-Key": key}).status_code == 200
+            assert httpx.request("DELETE", f"{base}/tags", json={"ids": [image], "tag": "keyed"},
+                                 headers={"X-API-Key": key}).status_code == 200
+        finally:
+            HomeLayout(collection["home"]).api_keys.unlink()
+
+
+def test_reachable_from_other_machines_writes_need_a_key_and_it_says_so(collection, ids):
+    """Bound to every address, with no keys file: writes are refused as before, even from this
+    machine, and the start-up says why in one line."""
+    image = next(iter(ids.values()))
+    for base, said in _serve_process(collection, "0.0.0.0"):
+        lines = [line for line in said().splitlines() if "reachable from other machines" in line]
+        assert len(lines) == 1 and "vsearch api-key create" in lines[0], said()
+        assert httpx.get(f"{base}/health").json()["writes"] == "off"
+        label = httpx.get(f"{base}/clusters").json()["clusters"][0]["label"]
+        for method, path, kwargs in _writes(ids, label, httpx.get(f"{base}/health").json()[
+                "index_version"]):
+            answer = httpx.request(method, f"{base}{path}", **kwargs)
+            assert answer.status_code == 403 and "disabled until an API keys file" in answer.text
+        assert httpx.get(f"{base}/similar/{image}").status_code == 200
+
+
+@pytest.mark.parametrize("client_host, headers, local", [
+    ("127.0.0.1", {"host": "127.0.0.1:8000"}, True),
+    ("::1", {"host": "[::1]:8000", "origin": "http://[::1]:8000"}, True),
+    ("127.0.0.1", {"host": "localhost:8000", "origin": "http://localhost:8000"}, True),
+    ("192.168.1.7", {"host": "127.0.0.1:8000"}, False),
+    ("127.0.0.1", {"host": "photos.example:8000"}, False),
+    ("127.0.0.1", {"host": "127.0.0.1:8000", "origin": "https://evil.example"}, False),
+    ("127.0.0.1", {}, False)])
+def test_what_counts_as_a_request_from_this_machine(client_host, headers, local):
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": "POST", "path": "/tags", "client": (client_host, 5000),
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    assert request_is_local(Request(scope)) is local
 
 
 def test_private_reads_and_clicks_need_a_key(collection, ids):

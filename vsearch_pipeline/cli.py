@@ -6,7 +6,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 
@@ -160,22 +159,43 @@ def search(home: Path | None, query: str, k: int, as_text: bool, as_json: bool) 
 
 @main.command()
 @home_option
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. On loopback (the default) the person at this machine "
+                   "may tag, name and pin from the page without a key while the home has no keys "
+                   "file; on any other address (0.0.0.0, a LAN address) writes need an API key "
+                   "(`vsearch api-key create NAME`) and are refused until one exists.")
 @click.option("--port", default=8000, show_default=True)
 def serve(home: Path | None, host: str, port: int) -> None:
-    """Start the search service (FastAPI; API docs at /docs) on the home's latest index."""
+    """Start the search service and its web page (FastAPI; API docs at /docs) on the home's
+    latest index. Prints one line when it answers, with its URL; stops on Ctrl-C or SIGTERM."""
     home = _existing_home(home)  # before the imports, which take seconds
-    import uvicorn
-
-    from serving.app import app_for_home
+    from serving.app import app_for_home, serve_until_stopped
+    from serving.auth import is_loopback
     from vsearch_pipeline.settings import load_settings
 
-    # No access log: every request is counted and timed in /metrics and every search is in the
-    # search log, and formatting a log line per request cost 9% of the service's CPU under load.
-    # uvicorn shuts down gracefully on SIGTERM, then raises it again for its default action, so a
-    # clean stop ended 'killed by SIGTERM'; here that ends the process with status 0, as Ctrl-C does.
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
-    uvicorn.run(app_for_home(home, load_settings(home)), host=host, port=port, access_log=False)
+    local = is_loopback(host)
+    app = app_for_home(home, load_settings(home), local_writes=local)
+    click.echo(f"vsearch: {_writes_line(app.state.service.writes.mode(), host)}", err=True)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    serve_until_stopped(app, host, port, lambda: click.echo(
+        f"vsearch: serving {_served(app)} at {url}  (API docs {url}docs; Ctrl-C stops)", err=True))
+
+
+def _writes_line(mode: str, host: str) -> str:
+    if mode == "this_machine":
+        return ("no API keys file, listening on loopback only: tagging and naming from this "
+                "machine need no key")
+    if mode == "off":
+        return (f"listening on {host}, reachable from other machines: writes (tags, names, pins) "
+                "are refused until an API key exists (`vsearch api-key create NAME`)")
+    return "writes need an API key from the keys file (`vsearch api-key create NAME` adds one)"
+
+
+def _served(app) -> str:
+    live = app.state.service.holder.live
+    if live is None:
+        return f"no index yet ({app.state.service.holder.last_error or 'none materialized'})"
+    return f"{live.searcher.loaded.index.ntotal} images (index {live.version})"
 
 
 @main.command()
@@ -380,9 +400,13 @@ def api_key_create(home: Path | None, name: str, keys_file: Path | None) -> None
     except ValueError as err:
         raise click.UsageError(str(err)) from err
     click.echo(f"key {name!r} added to {keys_file}; keep it now, it is not stored anywhere:", err=True)
-    if configured is None or configured.resolve() != keys_file.resolve():
+    read_by_service = configured or HomeLayout(home).api_keys
+    if read_by_service.resolve() != keys_file.resolve():
         click.echo(f"(the service reads the keys file named by serving.api_keys_file or "
                    f"VSEARCH_API_KEYS_FILE: point one of them at {keys_file})", err=True)
+    else:
+        click.echo(f"(`vsearch serve --home {home}` reads this file, a running one at once; from "
+                   "now on every write needs a key, from this machine too)", err=True)
     click.echo(key)
 
 

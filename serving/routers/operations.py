@@ -25,7 +25,8 @@ def health(state: State) -> dict:
             "ready": ready(served),
             "clusters": served.views.identity[0] if served else None,
             "duplicates": served.views.identity[1] if served else None,
-            "public_reads": state.settings.public_reads}  # the page sends its key for images if not
+            "public_reads": state.settings.public_reads,  # the page sends its key for images if not
+            "writes": state.writes.mode()}  # api_key | this_machine | off
 
 
 def ready(served: ServedIndex | None) -> dict:
