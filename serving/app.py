@@ -4,10 +4,12 @@ Started by `vsearch serve --home DIR`. `create_app` only wires: one `ServiceStat
 shared by the routers of each concern (serving.routers: search, collection, curation, browsing,
 operations), the guards and body limits of this app's settings (serving.access), and the
 middleware. Every search answers in one shape:
-``{"results": [{rank, id, score, uri, path, image_url, thumbnail_url, original, duplicates}],
-"k", "index_version", "latency_ms", "query_id", "folded"}``; `duplicates` holds the results folded
-under this one as its near-duplicates (by pHash), `original` whether the file is still in the
-source as indexed (serving.originals), and `query_id` is what clicks and ratings name.
+``{"results": [{rank, id, score, match, uri, path, image_url, thumbnail_url, original,
+duplicates}], "k", "index_version", "latency_ms", "query_id", "folded", "relevance"}``; `match`
+says whether the score reaches the collection's match floor (`relevance`, core.relevance);
+`duplicates` holds the results folded under this one as its near-duplicates (by pHash),
+`original` whether the file is still in the source as indexed (serving.originals), and
+`query_id` is what clicks and ratings name.
 """
 
 from __future__ import annotations

@@ -149,12 +149,15 @@ def write_pin(path: Path, version: str | None) -> None:
 
 def warm_in_background(searcher: Searcher) -> threading.Thread:
     """Load what the searcher's queries need, off the request path: the image encoder, and for
-    text search by attached words the sentence model with the collection's phrases."""
+    text search by attached words the sentence model with the collection's phrases, and the
+    match floors of both."""
     def warm() -> None:
         try:
+            searcher.match_floor("image")
             searcher.model  # noqa: B018 (loads it)
             if searcher.text_mode == "attached_text":
                 searcher.attached_text()
+            searcher.match_floor("text")
         except Exception as err:  # the query that needs it says why again
             log.error("index %s: a query model did not load: %s", searcher.version, err)
 

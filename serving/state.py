@@ -30,6 +30,10 @@ from vsearch_pipeline.core.hashing import fold_near_duplicates
 from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.settings import ServingSettings
 
+RELEVANCE_METHOD = ("a result matches when its score reaches what unrelated pairs of this "
+                    "collection seldom reach: median + 3 robust SD of random image pairs, or the "
+                    "99th percentile of unrelated text queries")
+
 
 @dataclass
 class ServiceState:
@@ -130,15 +134,21 @@ class ServiceState:
     # ------------------------------------------------------------------------------- answers
 
     def answer(self, served: ServedIndex, results: list[dict], k: int, started: float,
-               endpoint: str, query: str, tag: str | None, fold: bool, **extra) -> dict:
-        """The one shape of every search answer, logged in the search log."""
+               endpoint: str, query: str, tag: str | None, fold: bool, floor: float | None,
+               **extra) -> dict:
+        """The one shape of every search answer, logged in the search log. Each result says
+        whether it `match`es (its score reaches the collection's floor, core.relevance)."""
         shown = fold_results(results, served.views, fold, served.files)[:k]
+        for result in shown:
+            result["match"] = floor is None or result["score"] >= floor
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
         query_id = self.search_log.served(endpoint, query, shown, k, served.version, latency_ms,
                                           tag)
         return {"results": shown, "k": k, "index_version": served.version,
                 "latency_ms": latency_ms, "query_id": query_id,
-                "folded": sum(len(r["duplicates"]) for r in shown), **extra}
+                "folded": sum(len(r["duplicates"]) for r in shown),
+                "relevance": {"floor": floor, "matches": sum(r["match"] for r in shown),
+                              "method": RELEVANCE_METHOD}, **extra}
 
     def images(self, served: ServedIndex, ids: list[str],
                tags: dict[str, list[str]] | None = None) -> list[dict]:

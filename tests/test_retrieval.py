@@ -226,3 +226,21 @@ def test_reranking_trusts_mutual_neighbours():
     assert positions[0, 0] == 12  # the outlier is the nearest by cosine
     _, reranked = reranker.rerank(scores[0], positions[0])
     assert set(reranked[:6].tolist()) == set(range(6))
+
+
+def test_the_match_floor_stands_above_unrelated_scores_and_ignores_a_few_related():
+    """95% unrelated pairs around 0.3 and 5% near-duplicates at 1.0 (the demo's share): the
+    floor sits just above the unrelated ones, unmoved by the duplicates; a tiny sample has none."""
+    from vsearch_pipeline.core.relevance import match_floor, pair_scores, sample_positions, tail_floor
+
+    rng = np.random.default_rng(0)
+    unrelated = rng.normal(0.3, 0.05, 9500)
+    floor = match_floor(np.concatenate([unrelated, np.ones(500)]))
+    assert 0.43 < floor < 0.48 and np.mean(unrelated >= floor) < 0.01
+    assert match_floor(unrelated[:10]) is None and tail_floor(unrelated[:10]) is None
+    assert abs(tail_floor(unrelated) - np.quantile(unrelated, 0.99)) < 1e-6
+    vectors = rng.normal(size=(600, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sample = sample_positions(600)
+    assert len(sample) == 512 and np.array_equal(sample, sample_positions(600))
+    assert len(pair_scores(vectors[sample])) == 512 * 511 // 2

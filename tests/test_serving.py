@@ -167,6 +167,28 @@ def test_text_search_reads_folder_names_labels_and_tags(client, ids):
     client.request("DELETE", "/tags", json={"ids": cameras, "tag": "vacation snapshot"})
 
 
+def test_result_lists_say_where_the_matches_end(client, ids):
+    """Each answer carries the collection's match floor; every result says whether it reaches
+    it, the matches come first, and a query that nothing matches says so."""
+    accordion = client.get("/search/text", params={"q": "accordion", "k": 30, "fold": "false"}).json()
+    floor, results = accordion["relevance"]["floor"], accordion["results"]
+    matched = [r for r in results if r["match"]]
+    assert 0 < floor < 1 and accordion["relevance"]["matches"] == len(matched) >= 10
+    assert all("accordion" in r["path"] for r in matched)  # the folder, and the planted crop
+    assert results[:len(matched)] == matched and all(r["score"] < floor for r in results[len(matched):])
+
+    nothing = client.get("/search/text", params={"q": "zebra crossing in the rain"}).json()
+    assert nothing["relevance"]["matches"] == 0 and not any(r["match"] for r in nothing["results"])
+
+    similar = client.get(f"/similar/{ids['airplanes/image_0001.jpg']}", params={"k": 30}).json()
+    shown = similar["results"]
+    close = [r for r in shown if r["match"]]
+    assert 0 < similar["relevance"]["floor"] < 1 and 5 <= len(close) < len(shown)
+    assert sum(r["path"].startswith("airplanes/") for r in close) >= 0.9 * len(close)
+    print(f"\nfloors: text {floor}, image {similar['relevance']['floor']}; 'accordion' "
+          f"{len(matched)} of {len(results)} match, airplane similars {len(close)} of {len(shown)}")
+
+
 @pytest.mark.parametrize(("request_args", "status", "message"), [
     ({"files": {"file": ("x.jpg", b"<html>not an image</html>")}}, 415, "not a usable image"),
     ({"files": {"file": ("x.jpg", b"")}}, 400, "empty"),

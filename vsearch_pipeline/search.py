@@ -28,6 +28,13 @@ from vsearch_pipeline.core.decode import (
 )
 from vsearch_pipeline.core.model_spec import LEGACY_VIEW, OPEN_CLIP_PREFIX, ModelSpec
 from vsearch_pipeline.core.model_version import model_version
+from vsearch_pipeline.core.relevance import (
+    SAMPLE_SIZE,
+    match_floor,
+    pair_scores,
+    sample_positions,
+    tail_floor,
+)
 from vsearch_pipeline.core.sources import read_object
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.text_search import AttachedTextIndex, SentenceEncoder
@@ -106,6 +113,7 @@ class Searcher:
     _attached: AttachedTextIndex | None = field(default=None, repr=False)
     _attached_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _sentences_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _floors: dict[str, float | None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_build(cls, store: ArtifactStore, build: dict, source_endpoint_url: str | None = None,
@@ -195,6 +203,23 @@ class Searcher:
         kept = [(pos, score) for score, pos in zip(scores[0], positions[0], strict=True)
                 if pos >= 0 and pos != exclude]
         return self._rows(kept[:k])
+
+    def match_floor(self, kind: str) -> float | None:
+        """The score below which a result of an `image` or a `text` query does not match
+        (core.relevance), measured once per index version; None for a tiny collection, and for
+        text through a CLIP text tower (its scores are not yet measured against a background)."""
+        if kind not in self._floors:
+            self._floors[kind] = self._measured_floor(kind)
+        return self._floors[kind]
+
+    def _measured_floor(self, kind: str) -> float | None:
+        n = self.loaded.index.ntotal
+        if kind == "image":
+            return match_floor(pair_scores(self.loaded.stored_vectors(sample_positions(n))))
+        if self.text_mode == "clip":
+            return None
+        return tail_floor(self.attached_text().unrelated_scores(
+            sample_positions(n, SAMPLE_SIZE // 8), sample_positions(n)))
 
     def _rows(self, ranked: Sequence[tuple[int, float]]) -> list[dict]:
         table = self.loaded.id_map

@@ -24,7 +24,8 @@ def similar(image_id: str, state: State, k: int = 50, tag: OptionalTag = None,
         results = served.searcher.by_id(image_id, state.wanted(k, fold), only=state.tagged(tag))
     except KeyError as err:
         raise HTTPException(404, err.args[0]) from None
-    return state.answer(served, results, k, started, "similar", f"image:{image_id}", tag, fold)
+    return state.answer(served, results, k, started, "similar", f"image:{image_id}", tag, fold,
+                        served.searcher.match_floor("image"))
 
 
 async def search(state: State,
@@ -49,7 +50,8 @@ async def search(state: State,
     vector = state.cached_vector((searcher.model_version, searcher.loaded.transform.version, query),
                                  lambda: state.embed_upload(served, data, box))
     results = searcher.by_vector(vector, state.wanted(k, fold), only=only)
-    return state.answer(served, results, k, started, "search", query, tag, fold)
+    return state.answer(served, results, k, started, "search", query, tag, fold,
+                        searcher.match_floor("image"))
 
 
 def search_text(state: State, q: Annotated[str, Query(description="What to look for, in words")],
@@ -72,7 +74,7 @@ def search_text(state: State, q: Annotated[str, Query(description="What to look 
     results = searcher.by_text(vector, state.wanted(k, fold), only=state.tagged(tag),
                                tags=state.tag_index.by_tag())
     return state.answer(served, results, k, started, "search/text", f"text:{text.lower()}", tag,
-                        fold, mode=searcher.text_mode)
+                        fold, searcher.match_floor("text"), mode=searcher.text_mode)
 
 
 async def embed(state: State,

@@ -111,6 +111,23 @@ class AttachedTextIndex:
                 best[chosen] = np.maximum(best[chosen], value)
         return best.astype(np.float32)
 
+    def unrelated_scores(self, queries: Sequence[int], images: Sequence[int]) -> np.ndarray:
+        """The scores that one phrase of each image in `queries` gives the images in `images`
+        that do not carry it: what a query unrelated to an image scores (relevance floor)."""
+        images = np.asarray(images, dtype=np.int64)
+        weights = self.weights[images].tocsc()
+        found = []
+        for query in queries:
+            row = self.weights.getrow(int(query))
+            if not row.nnz:
+                continue
+            phrase = int(row.indices[np.argmax(row.data)])  # the image's strongest phrase
+            similarity = np.clip(self.vectors @ self.vectors[phrase], 0, None)
+            scores = weights.multiply(similarity[None, :]).tocsr().max(axis=1).toarray().ravel()
+            carriers = weights.getcol(phrase).toarray().ravel() > 0
+            found.append(scores[~carriers])
+        return np.concatenate(found) if found else np.zeros(0, np.float32)
+
     def matched_phrase(self, position: int, query: np.ndarray, tags: Sequence[str] = ()
                        ) -> str | None:
         """The phrase (or tag) that gave an image its score: shown with the result."""
