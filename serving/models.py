@@ -41,6 +41,10 @@ class TagRequest(BaseModel):
     tag: TagText
 
 
+class TagsOfRequest(BaseModel):
+    ids: list[Text] = PydanticField(min_length=1, max_length=100_000)
+
+
 class ClusterTagRequest(BaseModel):
     tag: OptionalTag = PydanticField(None, description="The tag; none (or empty) accepts the "
                                                        "suggested name")

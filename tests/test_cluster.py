@@ -126,6 +126,22 @@ def test_suggested_name_prefers_a_common_tag_then_the_common_label():
     assert suggest_name(2, [[], []], [None, None]) == (None, [])
 
 
+def test_suggested_name_counts_each_member_once_per_name():
+    """A member tagged with its own predicted class counts once for that name, not twice: a
+    6-image cluster never has a candidate of 12 (issue 20: "Egyptian cat (12)")."""
+    from vsearch_pipeline.core.cluster import suggest_name
+
+    name, candidates = suggest_name(6, [["Egyptian cat"]] * 6, ["Egyptian cat"] * 6)
+    assert (name, candidates) == ("Egyptian cat", [("Egyptian cat", 6)])
+    # Partly overlapping: 3 tagged and labelled alike, 2 only labelled, 1 tagged something else.
+    tags = [["cat"], ["cat"], ["cat", "cat"], [], [], ["pet"]]
+    labels = ["cat", "cat", "cat", "cat", "cat", "dog"]
+    name, candidates = suggest_name(6, tags, labels)
+    assert name == "cat"
+    assert candidates == [("cat", 5), ("pet", 1), ("dog", 1)]
+    assert all(count <= 6 for _, count in candidates)
+
+
 def test_knn_graph_hdbscan_agrees_with_the_hdbscan_library() -> None:
     """Overlapping clusters of uneven density, with stray points: the pipeline's k-NN-graph
     HDBSCAN labels them as hdbscan.HDBSCAN does."""

@@ -167,6 +167,20 @@ def test_text_search_reads_folder_names_labels_and_tags(client, ids):
     client.request("DELETE", "/tags", json={"ids": cameras, "tag": "vacation snapshot"})
 
 
+def test_the_tags_of_images_on_screen_come_in_one_read(client, ids):
+    """The page refreshes the chips of every card it shows with one POST /tags/of."""
+    cameras = [ids[f"camera/image_000{n}.jpg"] for n in (1, 2)]
+    other = ids["accordion/image_0001.jpg"]
+    assert client.post("/tags", json={"ids": cameras, "tag": "chip"}).status_code == 200
+    try:
+        answer = client.post("/tags/of", json={"ids": [*cameras, other, "no-such-id"]}).json()
+        assert answer["tags"] == {cameras[0]: ["chip"], cameras[1]: ["chip"], other: [],
+                                  "no-such-id": []}
+        assert client.post("/tags/of", json={"ids": []}).status_code == 422
+    finally:
+        client.request("DELETE", "/tags", json={"ids": cameras, "tag": "chip"})
+
+
 def test_result_lists_say_where_the_matches_end(client, ids):
     """Each answer carries the collection's match floor; every result says whether it reaches
     it, the matches come first, and a query that nothing matches says so."""

@@ -260,6 +260,11 @@ def test_upload_drop_and_crop_box_search(page, collection, tmp_path):
                      "POST", "/search")
     assert "bbox" not in _last_form(page)
     expect(page.locator("#results .result-card").first).to_have_attribute("data-path", LARGE[1])
+    # The drop zone names the chosen file (the input itself is reset to allow choosing it again).
+    expect(page.locator("#file-name")).to_contain_text("image_0013.jpg")
+    expect(page.locator("#preview")).to_be_visible()
+    expect(page.locator("#query-panel")).to_have_attribute("data-kind", "upload")
+    expect(page.get_by_test_id("query-image")).to_be_visible()
     expect(page.locator("#status")).to_contain_text(re.compile(r"\d+(\.\d+)? ms"))
     natural, shown = page.eval_on_selector(
         "#preview", "img => [[img.naturalWidth, img.naturalHeight], [img.clientWidth, img.clientHeight]]")
@@ -277,6 +282,12 @@ def test_upload_drop_and_crop_box_search(page, collection, tmp_path):
     assert all(abs(s - w) <= 8 for s, w in zip(sent, wanted, strict=True)), (sent, wanted)
     assert answer.json()["results"]
     expect(page.locator("#status")).to_contain_text("results for a crop of image_0013.jpg")
+    # The query panel shows the upload with the crop box the results answer, where it was drawn.
+    crop = page.get_by_test_id("query-crop-box")
+    expect(crop).to_be_visible()
+    image, drawn = page.get_by_test_id("query-image").bounding_box(), crop.bounding_box()
+    assert abs((drawn["x"] - image["x"]) / image["width"] - 0.25) < 0.03
+    assert abs(drawn["width"] / image["width"] - 0.5) < 0.03
     expect(page.locator("#results .result-card")).to_have_count(len(answer.json()["results"]))
     assert _thumbnails_loaded(page, "#results .result-card .thumb img")
 
@@ -334,8 +345,9 @@ def test_select_all_tag_and_filter_by_tag(page, api, collection):
     page.fill("#text-query", "pizza")
     _search_and_wait(page, lambda: page.click("#text-search-button"), "GET", "/search/text")
     expect(page.locator("#results .result-card")).to_have_count(5)
+    expect(page.locator("#tag-selected-button")).to_be_disabled()  # nothing selected yet
     page.check("#select-all")
-    expect(page.locator("#selection-count")).to_have_text("5 selected")
+    expect(page.locator("#selection-count")).to_have_text(re.compile(r"^5 selected in the results"))
     expect(page.locator("#results .select-box:checked")).to_have_count(5)
     chosen = set(_card_values(page, "#results .result-card", "id"))
     page.fill("#tag-input", "web picked")
@@ -415,6 +427,11 @@ def test_clusters_and_duplicates_side_by_side(page, api, tmp_path, collection):
     page.click("#tab-curation")
     expect(page.locator("#clusters .cluster")).to_have_count(len(clusters["clusters"]))
     expect(page.locator("#duplicates .dup-group")).to_have_count(len(duplicates["groups"]))
+    grouped = sum(c["size"] for c in clusters["clusters"])
+    summary = f"{len(clusters['clusters'])} clusters of {grouped} images · " + (
+        f"{clusters['noise']} image{'s' if clusters['noise'] != 1 else ''} in no cluster"
+        if clusters["noise"] else "every image is in one")
+    expect(page.locator("#clusters-summary")).to_have_text(summary)
     expect(page.locator("#gallery-view")).to_be_hidden()
     left, right = page.locator("#clusters").bounding_box(), page.locator("#duplicates").bounding_box()
     assert left["x"] + left["width"] <= right["x"] and abs(left["y"] - right["y"]) < 100
@@ -433,6 +450,13 @@ def test_clusters_and_duplicates_side_by_side(page, api, tmp_path, collection):
     members = api.get(f"/clusters/{first['label']}", params={"limit": 60}).json()
     expect(page.locator("#cluster-members .card")).to_have_count(len(members["images"]))
     assert _card_values(page, "#cluster-members .card", "id") == [i["id"] for i in members["images"]]
+    # The members open in place of the list, on screen, with a way back.
+    expect(page.locator("#clusters")).to_be_hidden()
+    expect(page.locator("#cluster-members-view")).to_be_in_viewport()
+    page.screenshot(path=str(ARTIFACTS / "cluster_members.png"))
+    page.click("#clusters-back")
+    expect(page.locator("#cluster-members-view")).to_be_hidden()
+    expect(row).to_be_in_viewport()
 
     if not first["suggested_name"]:
         row.locator(".cluster-name").fill("web cluster")
@@ -447,6 +471,18 @@ def test_clusters_and_duplicates_side_by_side(page, api, tmp_path, collection):
     expect(page.locator(f"#tag-filter option[value='{name}']")).to_have_text(
         f"{name} ({tagged['total']})")
     expect(page.locator("#status")).to_contain_text(f"Tagged cluster {first['label']}")
+    # At once, without a reload: the cluster bears its new name, every count is of images (at
+    # most the cluster's size), and its cards (here the examples' gallery cards) carry the tag.
+    expect(row.locator(".suggested")).to_have_text(f"“{name}”")
+    expect(row.locator(".candidates")).to_contain_text(f"{name} ({first['size']})")
+    rows = page.eval_on_selector_all("#clusters .cluster", """rows => rows.map(r =>
+        [Number(r.dataset.size), r.querySelector('.candidates')?.textContent || ''])""")
+    for size, text in rows:
+        assert all(int(n) <= size for n in re.findall(r"\((\d+)\)", text)), (size, text)
+    row.locator(".cluster-open").click()
+    expect(page.locator("#cluster-members .card .chip", has_text=name)).to_have_count(
+        len(members["images"]))
+    page.click("#clusters-back")
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(ARTIFACTS / "web_page_curation.png"), full_page=True)
 
@@ -461,8 +497,14 @@ def test_api_errors_are_shown(page, collection):
     assert "not a usable image" in detail
     status = page.locator("#status")
     expect(status).to_have_attribute("data-kind", "error")
-    expect(status).to_have_text(f"Error 415: {detail}")
-    expect(status).to_be_visible()
+    error = page.locator("#error-text")
+    expect(error).to_have_text(f"Error 415: {detail}")
+    expect(error).to_be_visible()
+    # Nothing is previewed (no broken image); the page says the file is not an image.
+    expect(page.locator("#preview-wrap")).to_be_hidden()
+    expect(page.locator("#file-note")).to_have_text("notes.txt is not an image this browser can show.")
+    page.click("#error-dismiss")
+    expect(page.locator("#error-banner")).to_be_hidden()
 
     # A tag the service refuses: its reason is shown, not swallowed.
     _sign_in(page, collection["key"])
@@ -471,8 +513,8 @@ def test_api_errors_are_shown(page, collection):
     with page.expect_response(_is("POST", "/tags")) as refused:
         page.click("#tag-selected-button")
     assert refused.value.status == 422
-    expect(status).to_have_text("Error 422: tag: a tag is 1 to 100 printable characters, got "
-                                f"'{'x' * 120}'")
+    expect(error).to_have_text("Error 422: tag: a tag is 1 to 100 printable characters, got "
+                               f"'{'x' * 120}'")
 
 
 def test_private_reads_ask_for_the_key_and_still_show_images(browser, collection):
@@ -527,3 +569,206 @@ def test_a_card_says_when_its_original_is_gone(page, collection):
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
     expect(page.locator("#gallery [data-testid=original-gone]")).to_have_count(0)
+
+
+def test_a_selection_belongs_to_its_view_and_a_tag_covers_folded_duplicates(page, api, collection):
+    """Tagging a folded card tags its whole group, says so, and shows the chips on every card of
+    those images at once; a selection lives in its view, and the bar is idle without one."""
+    expect = _expect()
+    _sign_in(page, collection["key"])
+    bar, count = page.locator("#selection-bar"), page.locator("#selection-count")
+    expect(bar).to_have_attribute("data-state", "empty")
+    for control in ("#tag-input", "#tag-selected-button", "#untag-selected-button"):
+        expect(page.locator(control)).to_be_disabled()
+    _search_and_wait(page, lambda: page.set_input_files(
+        "#file-input", collection["images"] / DUPLICATE[0]), "POST", "/search")
+    top = page.locator("#results .result-card").first
+    expect(top).to_have_attribute("data-path", DUPLICATE[0])
+    group = {top.get_attribute("data-id"), top.locator(".dup-item").get_attribute("data-id")}
+    top.locator(".select-box").check()
+    expect(count).to_have_text("1 selected in the results (+1 near-duplicate)")
+    expect(bar).to_have_attribute("data-state", "active")
+    page.fill("#tag-input", "web group")
+    with page.expect_response(_is("POST", "/tags")) as tagged:
+        page.click("#tag-selected-button")
+    assert tagged.value.ok and set(tagged.value.request.post_data_json["ids"]) == group
+    expect(page.locator("#status")).to_contain_text(
+        "Tagged 2 images (1 card + 1 near-duplicate) “web group”")
+    # In place, no reload: the result card, its folded near-duplicate and both gallery cards.
+    expect(top.locator(":scope > .tags .chip", has_text="web group")).to_have_count(1)
+    top.locator(".dup-badge").click()
+    expect(top.locator(".dup-item .chip", has_text="web group")).to_have_count(1)
+    expect(page.locator("#gallery .card .chip", has_text="web group")).to_have_count(2)
+    tagged_ids = api.get("/gallery", params={"tag": "web group"}).json()["images"]
+    assert {i["id"] for i in tagged_ids} == group
+    page.screenshot(path=str(ARTIFACTS / "selection_tags.png"))
+
+    # Removing takes the tag off the whole group too, and the chips go at once.
+    with page.expect_response(_is("DELETE", "/tags")) as removed:
+        page.click("#untag-selected-button")
+    assert removed.value.ok and removed.value.json()["removed"] == 2
+    expect(page.locator("#status")).to_contain_text(
+        "Removed “web group” from 2 images (1 card + 1 near-duplicate)")
+    expect(page.locator(".chip", has_text="web group")).to_have_count(0)
+
+    # Selecting in the gallery starts a selection there: the results' one is no longer on.
+    page.locator("#gallery .card").nth(2).locator(".select-box").check()
+    expect(count).to_have_text("1 selected in the gallery")
+    expect(page.locator("#results .select-box:checked")).to_have_count(0)
+    # Another gallery page is another view: its selection goes with it.
+    page.click("#gallery-next")
+    expect(count).to_have_text("Nothing selected: tick cards to tag them")
+    # A new search does not carry the results' selection over to cards nobody has seen.
+    top.locator(".select-box").check()
+    expect(count).to_contain_text("1 selected in the results")
+    page.fill("#text-query", "pizza")
+    _search_and_wait(page, lambda: page.click("#text-search-button"), "GET", "/search/text")
+    expect(count).to_have_text("Nothing selected: tick cards to tag them")
+    expect(page.locator(".select-box:checked")).to_have_count(0)
+    expect(page.locator("#tag-selected-button")).to_be_disabled()
+    expect(bar).to_have_attribute("data-state", "empty")
+
+
+def test_the_query_panel_shows_what_the_results_answer(page, collection):
+    """The upload, then a text, then an image of the collection: the page shows the query that
+    the results on screen answer, and the sidebar keeps no stale upload or crop box."""
+    expect = _expect()
+    _search_and_wait(page, lambda: page.set_input_files(
+        "#file-input", collection["images"] / LARGE[1]), "POST", "/search")
+    expect(page.locator("#preview")).to_be_visible()
+    expect(page.locator("#query-kind")).to_have_text("Your image")
+
+    page.fill("#text-query", "pizza")
+    _search_and_wait(page, lambda: page.click("#text-search-button"), "GET", "/search/text")
+    expect(page.locator("#query-panel")).to_have_attribute("data-kind", "text")
+    expect(page.locator("#query-kind")).to_have_text("Text")
+    expect(page.locator("#results-title")).to_contain_text("“pizza”")
+    expect(page.locator("#query-media")).to_be_hidden()
+    expect(page.locator("#preview-wrap")).to_be_hidden()
+    expect(page.locator("#file-name")).to_have_text("No image chosen")
+    expect(page.locator("#search-button")).to_be_disabled()
+
+    card = page.locator("#gallery .card").nth(4)
+    image_id, path = card.get_attribute("data-id"), card.get_attribute("data-path")
+    _search_and_wait(page, lambda: card.locator(".similar-button").click(),
+                     "GET", f"/similar/{image_id}")
+    expect(page.locator("#query-kind")).to_have_text("Images like")
+    expect(page.locator("#results-title")).to_contain_text(path)
+    query_image = page.locator("#query-media img")
+    expect(query_image).to_be_visible()
+    assert f"/images/{image_id}/thumbnail" in query_image.get_attribute("src")
+    assert _thumbnails_loaded(page, "#query-media img")
+    expect(page.locator("#text-query")).to_have_value("")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ARTIFACTS / "query_similar.png"))
+
+
+def _with_floor(page, matches: int) -> None:
+    """Answer text searches as the service does, plus a match floor that `matches` results
+    reach (the page must not depend on whether the service sends one yet)."""
+    def handle(route):
+        response = route.fetch()
+        body = response.json()
+        scores = [r["score"] for r in body["results"]]
+        floor = scores[matches - 1] if matches else max(scores) + 0.01
+        for n, result in enumerate(body["results"]):  # by position: scores may tie
+            result["match"] = n < matches
+        body["relevance"] = {"floor": floor, "matches": matches, "method": "test"}
+        route.fulfill(response=response, json=body)
+    page.unroute("**/search/text*")
+    page.route("**/search/text*", handle)
+
+
+def test_weaker_results_come_after_a_break_below_the_match_floor(page):
+    expect = _expect()
+    page.fill("#text-query", "sunflower")
+    _with_floor(page, 3)
+    answer = _search_and_wait(page, lambda: page.click("#text-search-button"), "GET", "/search/text")
+    total = len(answer.json()["results"])
+    brk = page.get_by_test_id("weak-break")
+    floor = answer.json()["results"][2]["score"]
+    expect(brk).to_contain_text(f"Weaker results — below this collection's match floor {floor:.2f}")
+    expect(page.locator("#results > .result-card")).to_have_count(3)
+    weak = page.locator("#results .weak-results .result-card")
+    expect(weak).to_have_count(total - 3)
+    expect(weak.first).to_be_visible()  # shown, dimmed, after the break; one click folds them
+    page.get_by_test_id("weak-toggle").click()
+    expect(page.get_by_test_id("weak-results")).to_be_hidden()
+    expect(page.get_by_test_id("weak-toggle")).to_have_text(f"Show {total - 3} weaker results")
+    page.get_by_test_id("weak-toggle").click()
+    assert float(weak.first.evaluate("c => getComputedStyle(c).opacity")) < 1  # dimmed
+    assert page.locator("#results").evaluate(  # the break sits between strong and weak
+        "r => r.querySelector('.weak-break').previousElementSibling.dataset.rank") == "3"
+    page.screenshot(path=str(ARTIFACTS / "weaker_results.png"), full_page=True)
+
+    # Nothing reaches the floor: say so, and still show the closest images.
+    _with_floor(page, 0)
+    _search_and_wait(page, lambda: page.click("#text-search-button"), "GET", "/search/text")
+    expect(page.get_by_test_id("nothing-matched")).to_contain_text("Nothing matched well")
+    expect(page.locator("#results .weak-results .result-card").first).to_be_visible()
+    expect(page.locator("#results .result-card")).to_have_count(total)
+
+    # An answer without the fields (a service from before them): no break.
+    def without(route):
+        response = route.fetch()
+        body = response.json()
+        body.pop("relevance", None)
+        for result in body["results"]:
+            result.pop("match", None)
+        route.fulfill(response=response, json=body)
+    page.unroute("**/search/text*")
+    page.route("**/search/text*", without)
+    _search_and_wait(page, lambda: page.click("#text-search-button"), "GET", "/search/text")
+    expect(brk).to_have_count(0)
+    expect(page.locator("#results > .result-card")).to_have_count(total)
+    page.unroute("**/search/text*")
+
+    # End to end, the service's own floor: a query about nothing in the collection.
+    page.fill("#text-query", "zebra crossing in the rain")
+    real = _search_and_wait(page, lambda: page.click("#text-search-button"),
+                            "GET", "/search/text").json()
+    relevance = real["relevance"]
+    assert relevance["floor"] is not None and relevance["matches"] == 0, relevance
+    expect(page.locator("#results > .result-card")).to_have_count(0)
+    expect(page.get_by_test_id("nothing-matched")).to_contain_text(
+        f"match floor {relevance['floor']:.2f}")
+    expect(page.locator("#results .weak-results .result-card")).to_have_count(
+        len(real["results"]))
+    expect(page.locator("#status")).to_contain_text("0 above the match floor")
+    page.screenshot(path=str(ARTIFACTS / "nothing_matched.png"))
+
+
+def test_a_phone_width_screen(browser, service):
+    """390 px wide: no horizontal scroll, a compact header, errors in a dismissible banner under
+    it (never covering it)."""
+    expect = _expect()
+    context = browser.new_context(viewport={"width": 390, "height": 844}, base_url=service,
+                                  is_mobile=True, has_touch=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"/?page_size={PAGE_SIZE}")
+    page.wait_for_selector("body[data-ready=true]")
+    no_sideways = "document.documentElement.scrollWidth <= window.innerWidth"
+    page.fill("#text-query", "accordion")
+    _search_and_wait(page, lambda: page.click("#text-search-button"), "GET", "/search/text")
+    assert page.evaluate(no_sideways)
+    with page.expect_response(_is("POST", "/search")):
+        page.set_input_files("#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain",
+                                                    "buffer": b"this is not a picture"}])
+    banner, header = page.locator("#error-banner"), page.locator(".topbar")
+    expect(banner).to_be_visible()
+    expect(page.locator("#error-text")).to_contain_text("not a usable image")
+    top, under = header.bounding_box(), banner.bounding_box()
+    assert top["height"] <= 56, top  # one compact line
+    assert under["y"] >= top["y"] + top["height"] - 1, (top, under)
+    assert page.evaluate(no_sideways)
+    page.screenshot(path=str(ARTIFACTS / "phone_390x844.png"))
+    page.click("#error-dismiss")
+    expect(banner).to_be_hidden()
+    page.click("#tab-curation")
+    expect(page.locator("#clusters .cluster").first).to_be_visible()
+    assert page.evaluate(no_sideways)
+    context.close()
+    assert not errors, errors

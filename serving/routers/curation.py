@@ -5,7 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from serving.access import Access
-from serving.models import ClickRequest, ClusterLabel, ClusterTagRequest, FeedbackRequest, TagRequest
+from serving.models import (
+    ClickRequest,
+    ClusterLabel,
+    ClusterTagRequest,
+    FeedbackRequest,
+    TagRequest,
+    TagsOfRequest,
+)
 from serving.routers.browsing import cluster_members, cluster_summary
 from serving.state import ServiceState, State
 from vsearch_pipeline.core.store import insert_click, insert_rating, normalize_tag
@@ -63,6 +70,13 @@ def list_tags(state: State) -> dict:
     return {"tags": [{"tag": t, "count": n} for t, n in state.tag_index.counts().items()]}
 
 
+def tags_of(request: TagsOfRequest, state: State) -> dict:
+    """The tags of each of these images ([] for none): what the page shows on result cards,
+    whose search answers carry no tags."""
+    by_id = state.tag_index.tags_by_id()
+    return {"tags": {i: by_id.get(i, []) for i in request.ids}}
+
+
 def tag_cluster(label: ClusterLabel, request: ClusterTagRequest, state: State) -> dict:
     """Tag every member of a cluster: with the suggested name, or with the tag given."""
     served, members = cluster_members(state, label)
@@ -85,6 +99,7 @@ def router(access: Access) -> APIRouter:
     routes.add_api_route("/tags", add_tags, methods=["POST"], dependencies=access.writes)
     routes.add_api_route("/tags", remove_tags, methods=["DELETE"], dependencies=access.writes)
     routes.add_api_route("/tags", list_tags, methods=["GET"], dependencies=access.reads)
+    routes.add_api_route("/tags/of", tags_of, methods=["POST"], dependencies=access.reads)
     routes.add_api_route("/clusters/{label}/tag", tag_cluster, methods=["POST"],
                          dependencies=access.writes)
     return routes

@@ -20,7 +20,12 @@
     box: null,             // crop box in pixels of the original image: [x1, y1, x2, y2]
     lastSearch: null,      // a function that runs the last search again (filters changed)
     searchSeq: 0,          // drops answers of searches overtaken by a newer one
-    selected: new Set(),   // ids of selected cards
+    // A selection belongs to the view it was made in: "results", "gallery", "cluster" or
+    // "duplicates". Selecting in another view starts a new one; a view that changes drops its own.
+    selection: { scope: null, ids: new Set() },
+    folded: new Map(),     // result id -> ids of the near-duplicates folded under it
+    tags: new Map(),       // image id -> its tags, as last heard from the service
+    query: null,           // what the results on screen answer (see showQuery)
     curationLoaded: false,
     publicReads: true,     // false: images too are fetched with the API key (see setImage)
   };
@@ -32,16 +37,33 @@
 
   // ---- status line -------------------------------------------------------------------------
 
+  // Progress and outcomes go to the one-line status in the header; an error goes to a banner
+  // under it (whole, however long), until dismissed or until the next thing succeeds.
   function setStatus(message, kind = "info") {
     const status = $("#status");
+    if (kind === "error") {
+      $("#error-text").textContent = message;
+      $("#error-banner").hidden = false;
+      message = "Error: see below";
+    } else if (kind === "ok") {
+      dismissError();
+    }
     status.textContent = message;
+    status.title = message;
     status.className = `status ${kind}`;
     status.dataset.kind = kind;
+  }
+
+  function dismissError() {
+    $("#error-banner").hidden = true;
+    $("#error-text").textContent = "";
   }
 
   function showError(err) {
     setStatus(err instanceof Error ? err.message : String(err), "error");
   }
+
+  $("#error-dismiss").addEventListener("click", dismissError);
 
   window.addEventListener("error", (event) => showError(event.message));
   window.addEventListener("unhandledrejection", (event) => showError(event.reason));
@@ -233,9 +255,26 @@
     }).catch(showError);
   }
 
-  function tagChips(tags) {
-    if (!tags || !tags.length) return null;
-    return el("div", { class: "tags" }, ...tags.map((t) => el("span", { class: "chip", text: t })));
+  /** Remember an image's tags when an answer carries them (search answers may not). */
+  function noteTags(image) {
+    if (Array.isArray(image.tags)) state.tags.set(image.id, image.tags);
+  }
+
+  /** The tag chips of one image; every card keeps one, so tags can change in place. */
+  function tagChips(image) {
+    noteTags(image);
+    return paintChips(el("div", { class: "tags", "data-testid": "tags", dataset: { id: image.id } }));
+  }
+
+  function paintChips(holder) {
+    const tags = state.tags.get(holder.dataset.id) || [];
+    holder.replaceChildren(...tags.map((t) => el("span", { class: "chip", text: t })));
+    return holder;
+  }
+
+  /** Show what is known of every image's tags on every card on the page. */
+  function paintAllChips() {
+    for (const holder of $$(".tags[data-id]")) paintChips(holder);
   }
 
   function selectBox(image) {
@@ -243,11 +282,7 @@
       type: "checkbox", class: "select-box", "aria-label": `Select ${image.path}`,
       "data-testid": "select-box",
     });
-    box.checked = state.selected.has(image.id);
-    box.addEventListener("change", () => {
-      if (box.checked) state.selected.add(image.id); else state.selected.delete(image.id);
-      syncSelection();
-    });
+    box.addEventListener("change", () => select(scopeOf(box), [image.id], box.checked));
     return box;
   }
 
@@ -271,7 +306,7 @@
       open,
       el("div", { class: "path", title: image.path, text: image.path }),
       originalNote(image),
-      tagChips(image.tags),
+      tagChips(image),
       el("div", { class: "actions" }, similarButton(image)),
     );
     return card;
@@ -302,7 +337,7 @@
       feedbackButton(queryId, result.id, true), feedbackButton(queryId, result.id, false));
     add(card,
       el("div", { class: "card-top" }, selectBox(result), meta),
-      open, path, originalNote(result), matched, tagChips(result.tags),
+      open, path, originalNote(result), matched, tagChips(result),
       el("div", { class: "actions" }, similarButton(result), feedback),
     );
     const duplicates = result.duplicates || [];
@@ -314,6 +349,7 @@
             onclick: () => { logClick(queryId, d.id); openLightbox(d); },
           }, thumbnail(d, "mini")),
           el("div", { class: "path small", title: d.path, text: d.path }),
+          tagChips(d),
           el("div", {
             class: "muted small",
             text: [typeof d.score === "number" ? `score ${d.score.toFixed(3)}` : null,
@@ -384,48 +420,118 @@
 
   // ---- selection and tags ------------------------------------------------------------------
 
-  function syncSelection() {
-    $("#selection-count").textContent = `${state.selected.size} selected`;
-    for (const box of $$(".card .select-box")) {
-      box.checked = state.selected.has(box.closest(".card").dataset.id);
-    }
-    const resultBoxes = $$("#results .select-box");
-    const all = $("#select-all");
-    all.checked = resultBoxes.length > 0 && resultBoxes.every((b) => b.checked);
-    all.indeterminate = !all.checked && resultBoxes.some((b) => b.checked);
+  const SCOPE_NAMES = { results: "the results", gallery: "the gallery", duplicates: "duplicates" };
+
+  const scopeOf = (node) => node.closest("[data-scope]")?.dataset.scope || null;
+
+  function scopeName(scope) {
+    if (scope === "cluster") return `cluster ${$("#cluster-members").dataset.label ?? ""}`.trim();
+    return SCOPE_NAMES[scope] || scope;
   }
 
-  $("#select-all").addEventListener("change", (event) => {
-    for (const card of $$("#results .result-card")) {
-      if (event.target.checked) state.selected.add(card.dataset.id);
-      else state.selected.delete(card.dataset.id);
+  /** Select (or unselect) ids in a view; selecting in another view starts a new selection. */
+  function select(scope, ids, on) {
+    if (on && state.selection.scope !== scope) state.selection = { scope, ids: new Set() };
+    if (state.selection.scope === scope) {
+      for (const id of ids) {
+        if (on) state.selection.ids.add(id); else state.selection.ids.delete(id);
+      }
     }
     syncSelection();
-  });
+  }
+
+  /** A view whose contents change (or that is hidden) drops its selection. */
+  function dropSelection(scope) {
+    if (scope === undefined || state.selection.scope === scope) {
+      state.selection = { scope: null, ids: new Set() };
+    }
+    syncSelection();
+  }
+
+  /** The cards a view shows (not those folded away behind "show weaker results"). */
+  function shownCards(scope) {
+    return $$(`[data-scope="${scope}"] .card`).filter((card) => !card.closest("[hidden]"));
+  }
+
+  function syncSelection() {
+    const { scope, ids } = state.selection;
+    for (const box of $$(".card .select-box")) {
+      box.checked = scopeOf(box) === scope && ids.has(box.closest(".card").dataset.id);
+    }
+    for (const all of $$("[data-scope-all]")) {
+      const boxes = shownCards(all.dataset.scopeAll).map((card) => $(".select-box", card));
+      all.checked = boxes.length > 0 && boxes.every((b) => b.checked);
+      all.indeterminate = !all.checked && boxes.some((b) => b.checked);
+      all.disabled = !boxes.length;
+    }
+    const count = ids.size;
+    const folded = scope === "results" ? foldedUnder(ids).length : 0;
+    $("#selection-count").textContent = count
+      ? `${count} selected in ${scopeName(scope)}`
+        + (folded ? ` (+${folded} near-duplicate${folded === 1 ? "" : "s"})` : "")
+      : "Nothing selected: tick cards to tag them";
+    const bar = $("#selection-bar");
+    bar.dataset.state = count ? "active" : "empty";
+    bar.dataset.scope = scope || "";
+    for (const control of $$("input, button", bar)) control.disabled = !count;
+  }
+
+  for (const all of $$("[data-scope-all]")) {
+    all.addEventListener("change", () => select(all.dataset.scopeAll,
+      shownCards(all.dataset.scopeAll).map((card) => card.dataset.id), all.checked));
+  }
+  $("#clear-selection").addEventListener("click", () => dropSelection());
+
+  /** The near-duplicates folded under these result cards: a tag goes to the whole group. */
+  function foldedUnder(ids) {
+    return Array.from(ids).flatMap((id) => state.folded.get(id) || []);
+  }
+
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
   async function changeTag(method) {
     const tag = $("#tag-input").value.trim();
-    const ids = Array.from(state.selected);
+    const { scope, ids: chosen } = state.selection;
+    if (!chosen.size) return setStatus("Select some images first.", "error");
     if (!tag) return setStatus("Type a tag name first.", "error");
-    if (!ids.length) return setStatus("Select some images first.", "error");
+    const cards = Array.from(chosen);
+    const folded = scope === "results" ? foldedUnder(chosen) : [];
+    const ids = Array.from(new Set([...cards, ...folded]));
     try {
       const answer = await api("/tags", {
         method, headers: { "Content-Type": "application/json" }, body: JSON.stringify({ ids, tag }),
       });
-      const count = method === "POST" ? answer.added : answer.removed;
+      const group = folded.length
+        ? ` (${plural(cards.length, "card")} + ${plural(folded.length, "near-duplicate")})` : "";
       setStatus(method === "POST"
-        ? `Tagged ${ids.length} images “${answer.tag}” (${count} newly).`
-        : `Removed “${answer.tag}” from ${count} images.`, "ok");
-      const filter = currentTag();
-      await loadTags();
-      if (currentTag() !== filter) {  // the filtered tag is gone: show everything again
-        state.galleryOffset = 0;
-        if (state.lastSearch) state.lastSearch();
-      }
-      await loadGallery();
+        ? `Tagged ${plural(ids.length, "image")}${group} “${answer.tag}” · ${answer.added} newly.`
+        : `Removed “${answer.tag}” from ${plural(answer.removed, "image")}${group}.`, "ok");
+      await afterTagsChanged();
     } catch (err) {
       showError(err);
     }
+  }
+
+  /** After tags change: the filter's choices, and the chips on every card on screen. A view
+   * filtered by a tag may have lost or gained images: it is shown again. */
+  async function afterTagsChanged() {
+    const filter = currentTag();
+    await loadTags();
+    await refreshTags();
+    if (filter) {
+      state.galleryOffset = currentTag() === filter ? state.galleryOffset : 0;
+      if (state.lastSearch) state.lastSearch();
+      await loadGallery();
+    }
+  }
+
+  /** Ask the service for the tags of these images (by default, every image on screen). */
+  async function refreshTags(ids = $$(".tags[data-id]").map((holder) => holder.dataset.id)) {
+    const unique = Array.from(new Set(ids));
+    if (!unique.length) return;
+    const answer = await postJson("/tags/of", { ids: unique });
+    for (const [id, tags] of Object.entries(answer.tags)) state.tags.set(id, tags);
+    paintAllChips();
   }
 
   $("#tag-selected-button").addEventListener("click", () => changeTag("POST"));
@@ -474,6 +580,7 @@
         + (currentTag() ? ` tagged “${currentTag()}”` : "");
       $("#gallery-prev").disabled = answer.offset <= 0;
       $("#gallery-next").disabled = answer.offset + pageSize >= answer.total;
+      dropSelection("gallery");
       gallery.replaceChildren(...answer.images.map((image) => imageCard(image, "gallery-card")));
       gallery.dataset.page = String(page);
       syncSelection();
@@ -495,7 +602,12 @@
 
   // ---- searches ----------------------------------------------------------------------------
 
-  async function runSearch(describe, request, rerun) {
+  /**
+   * Run a search and show its answer. `current` is the query it answers: {kind: "upload", file,
+   * url, box, size}, {kind: "text", text} or {kind: "similar", image}; once its answer is on screen
+   * it is the query the page shows (showQuery).
+   */
+  async function runSearch(describe, request, rerun, current) {
     const seq = ++state.searchSeq;
     state.lastSearch = rerun;
     const results = $("#results");
@@ -504,15 +616,10 @@
     try {
       const answer = await request();
       if (seq !== state.searchSeq) return;  // a newer search is under way
-      renderResults(answer, describe);
-      const parts = [`${answer.results.length} results for ${describe}`,
-        `${Number(answer.latency_ms).toFixed(1)} ms`];
-      if (answer.mode) parts.push(`mode ${answer.mode}`);
-      if (answer.folded) {
-        parts.push(`${answer.folded} near-duplicate${answer.folded === 1 ? "" : "s"} folded`);
-      }
-      if (currentTag()) parts.push(`tag “${currentTag()}”`);
-      setStatus(parts.join(" · "), "ok");
+      showQuery(current, describe, answer);
+      renderResults(answer);
+      setStatus(searchSummary(answer, describe), "ok");
+      if (!answer.results.every((r) => Array.isArray(r.tags))) await refreshTags(resultIds(answer));
     } catch (err) {
       if (seq === state.searchSeq) showError(err);
     } finally {
@@ -520,22 +627,124 @@
     }
   }
 
-  function renderResults(answer, describe) {
+  const resultIds = (answer) => answer.results.flatMap(
+    (r) => [r.id, ...(r.duplicates || []).map((d) => d.id)]);
+
+  function searchSummary(answer, describe) {
+    const parts = [`${answer.results.length} results for ${describe}`,
+      `${Number(answer.latency_ms).toFixed(1)} ms`];
+    const relevance = relevanceOf(answer);
+    if (relevance) parts.push(`${relevance.matches} above the match floor`);
+    if (answer.mode) parts.push(`mode ${answer.mode}`);
+    if (answer.folded) parts.push(`${plural(answer.folded, "near-duplicate")} folded`);
+    if (currentTag()) parts.push(`tag “${currentTag()}”`);
+    return parts.join(" · ");
+  }
+
+  /** The answer's match floor, when the service sends one (older answers have none). */
+  function relevanceOf(answer) {
+    const relevance = answer.relevance;
+    if (!relevance || typeof relevance.floor !== "number") return null;
+    const matches = answer.results.filter((r) => r.match !== false).length;
+    return { floor: relevance.floor, method: relevance.method || "", matches };
+  }
+
+  function renderResults(answer) {
     const results = $("#results");
     results.dataset.queryId = answer.query_id || "";
     results.dataset.indexVersion = answer.index_version || "";
-    results.replaceChildren(...answer.results.map((r) => resultCard(r, answer.query_id)));
+    state.folded = new Map(answer.results.map((r) => [r.id, (r.duplicates || []).map((d) => d.id)]));
+    dropSelection("results");
+    const card = (r) => resultCard(r, answer.query_id);
+    const relevance = relevanceOf(answer);
+    const strong = relevance ? answer.results.filter((r) => r.match !== false) : answer.results;
+    const weak = relevance ? answer.results.filter((r) => r.match === false) : [];
+    results.dataset.matches = String(strong.length);
+    results.replaceChildren(...strong.map(card));
     if (!answer.results.length) {
       results.append(el("p", { class: "muted empty", text: "No results." }));
+    } else if (weak.length) {
+      results.append(...weakResults(weak.map(card), relevance, !strong.length));
     }
-    $("#results-title").textContent = `${describe} · ${answer.results.length} results`;
     syncSelection();
+  }
+
+  /** Results below the collection's match floor: after a break, dimmed, shown (the floor is
+   * a guide, and the closest images may still be what the person wants); a button folds them. */
+  function weakResults(cards, relevance, nothingMatched) {
+    const floor = relevance.floor.toFixed(2);
+    const group = el("div", { class: "weak-results", "data-testid": "weak-results" }, ...cards);
+    const toggle = el("button", {
+      type: "button", class: "weak-toggle", "data-testid": "weak-toggle",
+      "aria-expanded": "true", text: "Hide them",
+    });
+    toggle.addEventListener("click", () => {
+      group.hidden = !group.hidden;
+      toggle.setAttribute("aria-expanded", String(!group.hidden));
+      toggle.textContent = group.hidden ? `Show ${plural(cards.length, "weaker result")}` : "Hide them";
+      syncSelection();
+    });
+    const title = relevance.method ? `Match floor from ${relevance.method}` : null;
+    const heading = nothingMatched
+      ? el("div", { class: "nothing-matched", "data-testid": "nothing-matched" },
+        el("strong", { text: "Nothing matched well." }),
+        el("span", { class: "muted", title, text: ` No result reaches this collection's match floor ${
+          floor}; the closest ${plural(cards.length, "image")} are below, dimmed.` }))
+      : el("div", { class: "weak-break-text", title,
+        text: `Weaker results — below this collection's match floor ${floor}` });
+    return [el("div", { class: "weak-break", "data-testid": "weak-break" }, heading, toggle), group];
+  }
+
+  // ---- the query on screen -----------------------------------------------------------------
+
+  const QUERY_KINDS = { upload: "Your image", text: "Text", similar: "Images like" };
+
+  /** Show what the results on screen answer; the sidebar keeps only the query in use. */
+  function showQuery(current, describe, answer) {
+    if (state.query?.url && state.query.url !== current.url) URL.revokeObjectURL(state.query.url);
+    state.query = current;
+    const panel = $("#query-panel");
+    panel.dataset.kind = current.kind;
+    $("#query-kind").textContent = QUERY_KINDS[current.kind];
+    $("#results-title").textContent = `${describe} · ${plural(answer.results.length, "result")}`;
+    const media = $("#query-media");
+    media.replaceChildren(...queryMedia(current));
+    media.hidden = !media.childElementCount;
+    if (current.kind !== "upload") forgetUpload();
+    if (current.kind !== "text") $("#text-query").value = "";
+  }
+
+  function queryMedia(current) {
+    if (current.kind === "upload") {
+      const img = el("img", { src: current.url, alt: `Query: ${current.file.name || "your upload"}`,
+        "data-testid": "query-image" });
+      return [el("div", { class: "query-image-wrap" }, img, cropOverlay(current.box, current.size))];
+    }
+    if (current.kind === "similar") {
+      const image = current.image;
+      return [el("button", { type: "button", class: "thumb query-thumb", title: image.path,
+        "data-testid": "query-image", onclick: () => openLightbox(image) }, thumbnail(image))];
+    }
+    return [];
+  }
+
+  /** The crop box over the query image, in shares of the image, so it fits any size. */
+  function cropOverlay(box, size) {
+    if (!box || !size) return null;
+    const [x1, y1, x2, y2] = box;
+    const share = (v, of) => `${(100 * v / of).toFixed(2)}%`;
+    const overlay = el("div", { class: "crop-box", "data-testid": "query-crop-box" });
+    Object.assign(overlay.style, { left: share(x1, size[0]), top: share(y1, size[1]),
+      width: share(x2 - x1, size[0]), height: share(y2 - y1, size[1]) });
+    return overlay;
   }
 
   function searchUpload() {
     const file = state.file;
     if (!file) return setStatus("Choose an image first.", "error");
     const box = state.box;
+    const size = preview.naturalWidth ? [preview.naturalWidth, preview.naturalHeight] : null;
+    const current = { kind: "upload", file, box, size, url: URL.createObjectURL(file) };
     const describe = box ? `a crop of ${file.name || "the upload"}` : (file.name || "the upload");
     runSearch(describe, () => {
       const form = new FormData();
@@ -545,7 +754,9 @@
       if (currentTag()) form.append("tag", currentTag());
       form.append("fold", currentFold());
       return api("/search", { method: "POST", body: form });
-    }, searchUpload);
+    }, searchUpload, current).finally(() => {
+      if (state.query !== current) URL.revokeObjectURL(current.url);
+    });
   }
 
   function searchText() {
@@ -557,7 +768,7 @@
       })}`);
       $("#text-mode").textContent = answer.mode || "?";
       return answer;
-    }, searchText);
+    }, searchText, { kind: "text", text });
   }
 
   function searchSimilar(image) {
@@ -565,7 +776,7 @@
     runSearch(`images like ${image.path || image.id}`, () => api(
       `/similar/${encodeURIComponent(image.id)}${query({
         k: currentK(), tag: currentTag(), fold: currentFold(),
-      })}`), again);
+      })}`), again, { kind: "similar", image });
   }
 
   $("#search-button").addEventListener("click", searchUpload);
@@ -578,30 +789,61 @@
 
   let previewUrl = null;
 
+  /** A chosen file: shown once the browser can draw it (never as a broken image), and searched
+   * (the service decides whether its bytes are an image). */
   function useFile(file) {
     if (!file) return;
     state.file = file;
     clearBox();
-    const preview = $("#preview");
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = URL.createObjectURL(file);
+    $("#preview-wrap").hidden = true;
+    $("#preview-hint").hidden = true;
+    setFileNote("");
+    $("#file-name").textContent = `${file.name || "pasted image"} · ${formatBytes(file.size)}`;
+    $("#drop-zone").classList.add("chosen");
     preview.src = previewUrl;
-    $("#preview-wrap").hidden = false;
-    $("#preview-hint").hidden = false;
     $("#search-button").disabled = false;
     searchUpload();
   }
 
+  /** Back to no upload: the sidebar shows only the query in use. */
+  function forgetUpload() {
+    state.file = null;
+    clearBox();
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = null;
+    preview.removeAttribute("src");
+    $("#preview-wrap").hidden = true;
+    $("#preview-hint").hidden = true;
+    setFileNote("");
+    $("#file-name").textContent = "No image chosen";
+    $("#drop-zone").classList.remove("chosen");
+    $("#search-button").disabled = true;
+  }
+
+  function setFileNote(text) {
+    $("#file-note").textContent = text;
+    $("#file-note").hidden = !text;
+  }
+
+  function formatBytes(n) {
+    if (n < 1024) return `${n} B`;
+    return n < 1024 * 1024 ? `${(n / 1024).toFixed(0)} KB` : `${(n / 1024 / 1024).toFixed(1)} MB`;
+  }
+
   $("#preview").addEventListener("error", () => {
-    if (state.file) $("#preview-hint").textContent = "The browser cannot show this file.";
+    if (!state.file || !$("#preview").getAttribute("src")) return;
+    setFileNote(`${state.file.name || "This file"} is not an image this browser can show.`);
   });
   $("#preview").addEventListener("load", () => {
-    $("#preview-hint").textContent = "Drag on the image to search a part of it.";
+    $("#preview-wrap").hidden = false;
+    $("#preview-hint").hidden = false;
   });
 
   $("#file-input").addEventListener("change", (event) => {
     useFile(event.target.files[0]);
-    event.target.value = "";  // choosing the same file again searches again
+    event.target.value = "";  // choosing the same file again searches again (#file-name says which)
   });
 
   const dropZone = $("#drop-zone");
@@ -690,6 +932,7 @@
     $("#curation-view").hidden = !curation;
     $("#tab-gallery").setAttribute("aria-selected", String(!curation));
     $("#tab-curation").setAttribute("aria-selected", String(curation));
+    for (const scope of curation ? ["gallery"] : ["cluster", "duplicates"]) dropSelection(scope);
     if (curation && !state.curationLoaded) {
       state.curationLoaded = true;
       loadClusters();
@@ -705,16 +948,29 @@
     list.setAttribute("aria-busy", "true");
     try {
       const answer = await api("/clusters");
-      $("#clusters-summary").textContent =
-        `${answer.clusters.length} cluster${answer.clusters.length === 1 ? "" : "s"} · `
-        + `${answer.noise} image${answer.noise === 1 ? "" : "s"} in none`;
+      $("#clusters-summary").textContent = clustersSummary(answer);
       list.replaceChildren(...answer.clusters.map(clusterRow));
-      if (!answer.clusters.length) list.append(el("p", { class: "muted", text: "No clusters." }));
+      markOpenCluster();
+      if (!answer.clusters.length) {
+        list.append(el("p", { class: "muted", text: "No clusters: no group of images is alike "
+          + "enough to form one yet." }));
+      }
     } catch (err) {
       showError(err);
     } finally {
       list.removeAttribute("aria-busy");
     }
+  }
+
+  /** "3 clusters of 21 images · 5 images in no cluster", true in every state. */
+  function clustersSummary(answer) {
+    const grouped = answer.clusters.reduce((sum, c) => sum + c.size, 0);
+    const parts = [answer.clusters.length
+      ? `${plural(answer.clusters.length, "cluster")} of ${plural(grouped, "image")}`
+      : "No clusters yet"];
+    if (answer.noise) parts.push(`${plural(answer.noise, "image")} in no cluster`);
+    else if (grouped) parts.push("every image is in one");
+    return parts.join(" · ");
   }
 
   function clusterRow(cluster) {
@@ -725,7 +981,8 @@
     });
     const candidates = (cluster.candidates || []).map((c) => `${c.name} (${c.count})`).join(", ");
     const row = el("div", {
-      class: "cluster", "data-testid": "cluster", dataset: { label: cluster.label },
+      class: "cluster", "data-testid": "cluster",
+      dataset: { label: cluster.label, size: cluster.size, name },
     },
     el("div", { class: "cluster-head" },
       el("button", {
@@ -734,7 +991,8 @@
         onclick: () => loadClusterMembers(cluster),
       }),
       el("span", { class: "suggested", text: name ? `“${name}”` : "no suggested name" })),
-    candidates ? el("div", { class: "muted small", text: `Candidates: ${candidates}` }) : null,
+    candidates ? el("div", { class: "muted small candidates", "data-testid": "candidates",
+      text: `Candidates: ${candidates}` }) : null,
     el("div", { class: "examples" }, ...(cluster.examples || []).map((image) => el("button", {
       type: "button", class: "thumb", title: image.path, onclick: () => loadClusterMembers(cluster),
     }, thumbnail(image, "mini")))),
@@ -752,15 +1010,15 @@
       const answer = await api(`/clusters/${encodeURIComponent(cluster.label)}${query({
         offset: 0, limit: CLUSTER_MEMBERS,
       })}`);
+      dropSelection("cluster");
       $("#cluster-members-title").textContent = `Cluster ${answer.label}`
         + (answer.suggested_name ? ` “${answer.suggested_name}”` : "")
-        + ` · ${answer.size} images` + (answer.size > answer.images.length
+        + ` · ${plural(answer.size, "image")}` + (answer.size > answer.images.length
         ? ` (first ${answer.images.length})` : "");
       members.dataset.label = String(answer.label);
       members.replaceChildren(...answer.images.map((image) => imageCard(image, "member-card")));
-      for (const row of $$("#clusters .cluster")) {
-        row.classList.toggle("active", row.dataset.label === String(answer.label));
-      }
+      markOpenCluster();
+      showClusterMembers(true);
       syncSelection();
     } catch (err) {
       showError(err);
@@ -768,6 +1026,26 @@
       members.removeAttribute("aria-busy");
     }
   }
+
+  function markOpenCluster() {
+    const open = $("#cluster-members").dataset.label;
+    for (const row of $$("#clusters .cluster")) row.classList.toggle("active", row.dataset.label === open);
+  }
+
+  /** The members take the place of the list (where the user is looking); back returns to it. */
+  function showClusterMembers(open) {
+    $("#clusters").hidden = open;
+    $("#cluster-members-view").hidden = !open;
+    if (open) {
+      $("#cluster-members-view").scrollIntoView({ block: "start" });
+      return;
+    }
+    dropSelection("cluster");
+    const active = $("#clusters .cluster.active");
+    if (active) active.scrollIntoView({ block: "nearest" });
+  }
+
+  $("#clusters-back").addEventListener("click", () => showClusterMembers(false));
 
   async function acceptClusterName(cluster, name) {
     // null accepts the suggested name as it is.
@@ -777,8 +1055,9 @@
     }
     try {
       const answer = await postJson(`/clusters/${encodeURIComponent(cluster.label)}/tag`, { tag });
-      setStatus(`Tagged cluster ${cluster.label} “${answer.tag}” (${answer.added} newly).`, "ok");
-      await loadTags();
+      setStatus(`Tagged cluster ${cluster.label} “${answer.tag}”: ${plural(answer.size, "image")}`
+        + ` · ${answer.added} newly.`, "ok");
+      await Promise.all([loadClusters(), afterTagsChanged()]);
     } catch (err) {
       showError(err);
     }
@@ -798,6 +1077,7 @@
       $("#duplicates-prev").disabled = state.duplicatesOffset <= 0;
       $("#duplicates-next").disabled = state.duplicatesOffset + DUPLICATE_GROUPS >= answer.total;
       $("#duplicates-summary").textContent = `${answer.total} group${answer.total === 1 ? "" : "s"}`;
+      dropSelection("duplicates");
       list.replaceChildren(...answer.groups.map((group) => el("div", {
         class: "dup-group", "data-testid": "dup-group", dataset: { group: group.group },
       },

@@ -57,11 +57,16 @@ def suggest_name(size: int, tags: Sequence[Sequence[str]], labels: Sequence[str 
 
     People's tags win over the model's guesses: the most frequent tag names the cluster when at
     least TAG_SHARE_FOR_NAME of the members carry it; otherwise the most frequent predicted
-    class (each member's best guess) does. `tags` and `labels` are given per member.
+    class (each member's best guess) does. `tags` and `labels` are given per member; each
+    candidate comes with the number of members it names, at most `size`.
     """
     tag_counts = Counter(t for member in tags for t in dict.fromkeys(member))
     label_counts = Counter(label for label in labels if label)
-    candidates = (tag_counts + label_counts).most_common(5)
+    # A candidate's count is the number of members it names: a member whose tag and predicted
+    # class are the same word counts once for it, so no count exceeds the cluster's size.
+    candidates = Counter(name for member, label in zip(tags, labels, strict=True)
+                         for name in dict.fromkeys([*member, *([label] if label else [])])
+                         ).most_common(5)
     if tag_counts:
         tag, count = tag_counts.most_common(1)[0]
         if count >= TAG_SHARE_FOR_NAME * size:
