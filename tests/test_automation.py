@@ -323,7 +323,8 @@ def test_a_second_model_materializes_side_by_side(tmp_path):
     images, grounding = build_demo_corpus(tmp_path / "demo")
     home = tmp_path / "home"
     base = {"source": {"uri": str(images)}, "index": {"index_type": "flat"},
-            "clusters": {"min_cluster_size": 3}, "evaluation": {"grounding_sets": [str(grounding)]}}
+            "clusters": {"min_cluster_size": 3},
+            "evaluation": {"grounding_sets": [str(grounding)]}}
     assert run_pipeline(home, load_settings(home, base), say=print)["success"]
     other = load_settings(home, {**base, "model": {"name": "open_clip:ViT-B-32",
                                                    "pretrained": "random"}})
@@ -334,10 +335,10 @@ def test_a_second_model_materializes_side_by_side(tmp_path):
     keys = [DEFAULT_KEY, "open_clip-ViT-B-32-random"]
     for key in keys:
         shard = store.read_parquet(f"embeddings/{key}/b00001.parquet")
-        assert len(shard) == 102 and latest_index_build(store, key)["count"] == 102
+        assert len(shard) == 153 and latest_index_build(store, key)["count"] == 153
     with duckdb.connect(str(home / "vsearch.duckdb"), read_only=True) as con:
         rows = con.execute(
-            "SELECT model, max(value) FROM retrieval_metrics WHERE grounding_set = 'grounding' "
+            "SELECT model, max(value) FROM retrieval_metrics WHERE grounding_set = 'demo' "
             "AND metric = 'precision@1' GROUP BY model ORDER BY model").fetchall()
     assert [m for m, _ in rows] == keys
     assert rows[0][1] > rows[1][1]  # trained weights beat random ones

@@ -173,3 +173,25 @@ def test_ratings_become_one_group_per_query():
                     ("text:boats", "d"), ("text:boats", "e"), ("text:boats", "f")]
     assert grounding_from_tags([("x", "1"), ("y", "2"), ("y", "3"), ("x", "4"), ("x", "5")]) == [
         ("x", "1"), ("x", "4"), ("x", "5"), ("y", "2"), ("y", "3")]
+
+
+def test_cases_name_slices_that_are_measured_on_their_own() -> None:
+    """A `case` column (written and read back) slices the set: each case's images are the
+    queries of `<set>/<case>`, and its near-duplicate pairs are those that hold one of them."""
+    from vsearch_pipeline.core.evaluation import pair_recall
+    from vsearch_pipeline.core.grounding import case_slices
+
+    rows = [("cat", "cat/original.png", "original"), ("cat", "cat/crop.jpg", "crop"),
+            ("cat", "cat/quarter.jpg", "quarter"), ("cup", "cup/original.png", "original"),
+            ("cup", "cup/quarter.jpg", "quarter")]
+    parsed = parse_grounding("demo", format_grounding(rows))
+    assert parsed.rows == [(g, i) for g, i, _ in rows] and parsed.cases["cup/quarter.jpg"] == "quarter"
+    resolved = resolve_grounding(parsed, {i: i for _, i, _ in rows})
+    slices = dict(case_slices(resolved))
+    assert list(slices) == ["demo/crop", "demo/original", "demo/quarter"]
+    assert slices["demo/quarter"] == {"cat/quarter.jpg", "cup/quarter.jpg"}
+    joined = {"cat/original.png": 0, "cat/crop.jpg": 0, "cup/original.png": 1}  # quarters: none
+    assert pair_recall(resolved, joined) == 1 / 4  # 4 same-group pairs, 1 joined
+    assert pair_recall(resolved, joined, slices["demo/quarter"]) == 0.0
+    assert pair_recall(resolved, joined, slices["demo/crop"]) == 1 / 2
+    assert "case" not in format_grounding([("cat", "a.jpg")]).splitlines()[0]

@@ -53,7 +53,7 @@ def test_pipeline_reads_and_writes_s3(s3_endpoint, tmp_path):
 
     with duckdb.connect(str(home / "vsearch.duckdb"), read_only=True) as con:
         figures = dict(con.execute(
-            "SELECT metric, value FROM retrieval_metrics WHERE grounding_set = 'grounding'"
+            "SELECT metric, value FROM retrieval_metrics WHERE grounding_set = 'demo'"
         ).fetchall())
     assert figures["precision@1"] >= 0.95
 

@@ -21,6 +21,7 @@ from vsearch_pipeline.assets.common import (
     collection_embeddings,
     markdown_table,
     run_keys,
+    setting,
 )
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.core.artifacts import image_locations, load_grounding_sets, load_manifests
@@ -42,7 +43,7 @@ DRIFT_CHECK = AssetCheckSpec(
                 "clusters.drift_tolerance since the previous run (a warning, not a failure).")
 
 
-@asset(deps=[embeddings], code_version="1", group_name="cluster", check_specs=[DRIFT_CHECK],
+@asset(deps=[embeddings], code_version="1", check_specs=[DRIFT_CHECK],
        retry_policy=STORAGE_RETRY)
 def clusters(
     context: AssetExecutionContext,
@@ -97,7 +98,7 @@ def _drift_check(drift: list[dict], compared: bool, tolerance: float) -> AssetCh
         severity=AssetCheckSeverity.WARN,
         metadata={"compared_with_previous": compared,
                   "drifted": MetadataValue.json([r["metric"] for r in drift if r["drifted"]]),
-                  "tolerance": tolerance, "figures": markdown_table(drift)})
+                  "tolerance": setting(tolerance), "figures": markdown_table(drift)})
 
 
 def _plain(value: float) -> float | int:

@@ -78,6 +78,12 @@ def run_keys(context: AssetExecutionContext) -> dict[str, str | None]:
             "partition": partition}
 
 
+def setting(value: object) -> MetadataValue:
+    """A value that is the same run after run (a batch size, a dimension, a bound): text, so
+    that the asset page lists it instead of plotting a flat line as if it were a measurement."""
+    return MetadataValue.text(str(value))
+
+
 def markdown_table(rows: Sequence[dict], limit: int = 20) -> MetadataValue:
     """A Markdown table of the first `limit` rows, for the Dagster UI."""
     if not rows:

@@ -15,7 +15,7 @@ from vsearch_pipeline.core.layout import curation_set_path
 from vsearch_pipeline.resources import ArtifactStorage, CurationDatabase
 
 
-@asset(code_version="1", group_name="evaluate", retry_policy=STORAGE_RETRY)
+@asset(code_version="1", retry_policy=STORAGE_RETRY)
 def curation_grounding(
     context: AssetExecutionContext,
     storage: ArtifactStorage,

@@ -20,6 +20,7 @@ from vsearch_pipeline.assets.common import (
     markdown_table,
     progress_logger,
     run_keys,
+    setting,
 )
 from vsearch_pipeline.assets.subset import sampled_subset
 from vsearch_pipeline.core.embed import vector_problems
@@ -47,7 +48,7 @@ CHECKS = [
 
 
 @asset(partitions_def=ingest_batches, deps=[sampled_subset], check_specs=CHECKS,
-       code_version="3", group_name="embed", retry_policy=STORAGE_RETRY)
+       code_version="3", retry_policy=STORAGE_RETRY)
 def embeddings(
     context: AssetExecutionContext,
     source: ImageSource,
@@ -92,8 +93,8 @@ def embeddings(
             **figures,
             "model": model.name, "model_key": model.spec.key, "model_version": version,
             "pretrained": model.pretrained or "", "view": model.spec.view, "device": model.device,
-            "precision": model.precision, "batch_size": model.batch_size,
-            "dimension": int(vectors.shape[1]) if len(vectors) else 0,
+            "precision": model.precision, "batch_size": setting(model.batch_size),
+            "dimension": setting(int(vectors.shape[1]) if len(vectors) else 0),
             "failed_images": markdown_table(
                 [{"id": k, "reason": v} for k, v in sorted(failed.items())]),
             "path": store.uri(embeddings_path(model.spec.key, key)),

@@ -9,13 +9,14 @@ from vsearch_pipeline.assets.common import (
     collection_embeddings,
     markdown_table,
     run_keys,
+    setting,
 )
 from vsearch_pipeline.assets.curation import curation_grounding
 from vsearch_pipeline.assets.hashes import near_duplicate_groups
 from vsearch_pipeline.assets.index import faiss_index
 from vsearch_pipeline.core.artifacts import load_grounding_sets, load_manifests
 from vsearch_pipeline.core.catalog import latest_index, load_index
-from vsearch_pipeline.core.evaluation import curation_sets, measure_grounding, retrieval_label
+from vsearch_pipeline.core.evaluation import curation_sets, measure_with_slices, retrieval_label
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     EmbeddingModelResource,
@@ -25,7 +26,7 @@ from vsearch_pipeline.resources import (
 
 
 @asset(deps=[faiss_index, near_duplicate_groups, curation_grounding], code_version="2",
-       group_name="evaluate", retry_policy=STORAGE_RETRY)
+       retry_policy=STORAGE_RETRY)
 def evaluation(
     context: AssetExecutionContext,
     storage: ArtifactStorage,
@@ -55,15 +56,17 @@ def evaluation(
     rows = []
     configured = load_grounding_sets(settings.evaluation.grounding_sets, manifest)
     for grounding in configured + curation_sets(store, manifest):
-        figures = measure_grounding(loaded, grounding, vectors, vector_of, ks, duplicate_group)
-        metrics_db.db.record_metrics("retrieval", run_keys(context),
-                                     {**keys, "grounding_set": grounding.name}, figures)
-        rows.append({"grounding_set": grounding.name, **figures})
+        for name, figures in measure_with_slices(loaded, grounding, vectors, vector_of, ks,
+                                                 duplicate_group):
+            metrics_db.db.record_metrics("retrieval", run_keys(context),
+                                         {**keys, "grounding_set": name}, figures)
+            rows.append({"grounding_set": name, **figures})
     return MaterializeResult(metadata={
-        "grounding_sets": len(rows), "index_version": build["version"],
+        "grounding_sets": setting(len(rows)), "index_version": build["version"],
         "index_type": build["params"]["index_type"], "model_key": build["model_key"],
         "retrieval": keys["retrieval"], "summary": _summary(rows, ks),
         **{f"{r['grounding_set']}/{m}": round(float(r[m]), 4) for r in rows
+           if "/" not in r["grounding_set"]  # sets are plotted over runs; slices are in the table
            for m in (f"map@{ks[-1]}", f"recall@{ks[-1]}", f"ndcg@{ks[-1]}", "precision@1")
            if m in r},
         "code_version": code_version(),
@@ -71,8 +74,16 @@ def evaluation(
 
 
 def _summary(rows: list[dict], ks: list[int]) -> MetadataValue:
-    """The main figures of each grounding set, as a Markdown table."""
-    summary_keys = ["grounding_set", "queries"] + [
-        f"{m}@{k}" for k in ks for m in ("precision", "recall", "map", "ndcg")
-    ] + ["duplicate_pair_recall"]
-    return markdown_table([{k: r[k] for k in summary_keys} for r in rows])
+    """The main figures of each grounding set and slice, as a Markdown table narrow enough for
+    the asset page (every k of every measure is in DuckDB and `vsearch metrics`)."""
+    k = ks[-1]
+    columns = {"queries": "queries", "precision@1": "P@1", f"recall@{k}": f"R@{k}",
+               f"map@{k}": f"mAP@{k}", f"ndcg@{k}": f"nDCG@{k}",
+               "duplicate_pair_recall": "dup. pairs"}
+    return markdown_table([{"set": r["grounding_set"],
+                            **{short: _rounded(r.get(key)) for key, short in columns.items()}}
+                           for r in rows])
+
+
+def _rounded(value: object) -> object:
+    return round(value, 3) if isinstance(value, float) else value

@@ -46,7 +46,7 @@ from vsearch_pipeline.resources import (
 
 
 @asset(partitions_def=ingest_batches, deps=[raw_image_manifest], code_version="2",
-       group_name="dedup", retry_policy=STORAGE_RETRY)
+       retry_policy=STORAGE_RETRY)
 def perceptual_hashes(
     context: AssetExecutionContext,
     source: ImageSource,
@@ -76,7 +76,7 @@ def perceptual_hashes(
                                        "code_version": code_version()})
 
 
-@asset(deps=[perceptual_hashes, embeddings], code_version="3", group_name="dedup",
+@asset(deps=[perceptual_hashes, embeddings], code_version="3",
        retry_policy=STORAGE_RETRY)
 def near_duplicate_groups(
     context: AssetExecutionContext,

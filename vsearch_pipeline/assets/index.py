@@ -20,6 +20,7 @@ from vsearch_pipeline.assets.common import (
     code_version,
     fail_without_embeddings,
     run_keys,
+    setting,
 )
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.assets.retrieval import retrieval_transform
@@ -55,7 +56,7 @@ class IndexBuildConfig(Config):
 
 
 @asset(
-    deps=[embeddings, retrieval_transform], code_version="4", group_name="index", retry_policy=STORAGE_RETRY,
+    deps=[embeddings, retrieval_transform], code_version="4", retry_policy=STORAGE_RETRY,
     check_specs=[AssetCheckSpec("recall_above_bound", asset="faiss_index",
                                 description="Recall@10 against exact search >= index.min_recall.")],
 )
@@ -129,7 +130,7 @@ def _build_metadata(built: BuiltIndex, build: dict, plan: BuildPlan) -> dict:
             "retrieval": MetadataValue.json(build["retrieval"]),
             "index_type": built.params.index_type, "factory": build["factory"],
             "params": MetadataValue.json(built.params.as_dict()),
-            "dimension": build["dimension"], "model_key": build["model_key"],
+            "dimension": setting(build["dimension"]), "model_key": build["model_key"],
             "model_version": built.model_version, "version": build["version"]}
 
 
@@ -137,7 +138,7 @@ def _recall_check(built: BuiltIndex, min_recall: float) -> AssetCheckResult:
     return AssetCheckResult(
         check_name="recall_above_bound", passed=built.recall >= min_recall,
         severity=AssetCheckSeverity.ERROR,
-        metadata={"recall_at_10": built.recall, "min_recall": min_recall,
+        metadata={"recall_at_10": built.recall, "min_recall": setting(min_recall),
                   "measured_on": built.recall_version})
 
 

@@ -24,7 +24,7 @@ from vsearch_pipeline.resources import (
 )
 
 
-@asset(partitions_def=ingest_batches, code_version="1", group_name="ingest",
+@asset(partitions_def=ingest_batches, code_version="1",
        retry_policy=STORAGE_RETRY)
 def raw_image_manifest(
     context: AssetExecutionContext,

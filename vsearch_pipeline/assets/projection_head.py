@@ -31,7 +31,7 @@ EPOCHS = 10  # twenty measured no better, at twice the cost
 MIN_IMAGES = 64  # fewer than this cannot fill one training batch of pairs worth learning from
 
 
-@asset(deps=[embeddings], code_version="1", group_name="index", retry_policy=STORAGE_RETRY)
+@asset(deps=[embeddings], code_version="1", retry_policy=STORAGE_RETRY)
 def projection_head(
     context: AssetExecutionContext,
     source: ImageSource,

@@ -31,7 +31,7 @@ from vsearch_pipeline.resources import (
 )
 
 
-@asset(deps=[embeddings, projection_head], code_version="2", group_name="index", retry_policy=STORAGE_RETRY)
+@asset(deps=[embeddings, projection_head], code_version="2", retry_policy=STORAGE_RETRY)
 def retrieval_transform(
     context: AssetExecutionContext,
     storage: ArtifactStorage,

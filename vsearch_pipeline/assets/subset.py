@@ -17,7 +17,7 @@ from vsearch_pipeline.resources import ArtifactStorage, PipelineSettings
 
 
 @asset(partitions_def=ingest_batches, deps=[raw_image_manifest], code_version="1",
-       group_name="ingest", retry_policy=STORAGE_RETRY)
+       retry_policy=STORAGE_RETRY)
 def sampled_subset(
     context: AssetExecutionContext,
     storage: ArtifactStorage,

@@ -11,7 +11,12 @@ import numpy as np
 import pyarrow as pa
 
 from vsearch_pipeline.core.artifacts import reference_lookup
-from vsearch_pipeline.core.grounding import ResolvedGrounding, parse_grounding, resolve_grounding
+from vsearch_pipeline.core.grounding import (
+    ResolvedGrounding,
+    case_slices,
+    parse_grounding,
+    resolve_grounding,
+)
 from vsearch_pipeline.core.layout import CURATION_SETS, curation_set_path
 from vsearch_pipeline.core.metrics import retrieval_metrics
 from vsearch_pipeline.core.retrieval import VectorTransform
@@ -66,23 +71,40 @@ def curation_sets(store: ArtifactStore, manifest: pa.Table) -> list[ResolvedGrou
 
 def measure_grounding(loaded: SearchableIndex, grounding: ResolvedGrounding,
                       vectors: np.ndarray, vector_of: dict[str, int], ks: list[int],
-                      duplicate_group: dict[str, int]) -> dict[str, float]:
+                      duplicate_group: dict[str, int],
+                      only: set[str] | None = None) -> dict[str, float]:
     """Every figure of one grounding set: retrieval quality, the seconds it took, the
-    near-duplicate pair recall and the references that name no image."""
+    near-duplicate pair recall and the references that name no image. With `only` (a slice:
+    the images of one case), those images alone are the queries and the pairs counted."""
     start = time.perf_counter()
-    figures = evaluate(loaded, grounding, vectors, vector_of, ks)
+    figures = evaluate(loaded, grounding, vectors, vector_of, ks, only)
     figures["seconds"] = time.perf_counter() - start
-    figures["duplicate_pair_recall"] = pair_recall(grounding, duplicate_group)
+    figures["duplicate_pair_recall"] = pair_recall(grounding, duplicate_group, only)
     figures["unresolved_references"] = len(grounding.unresolved)
     return figures
 
 
+def measure_with_slices(loaded: SearchableIndex, grounding: ResolvedGrounding,
+                        vectors: np.ndarray, vector_of: dict[str, int], ks: list[int],
+                        duplicate_group: dict[str, int]) -> list[tuple[str, dict[str, float]]]:
+    """(name, figures) of the set, then of each case it names (`<set>/<case>`)."""
+    measured = [(grounding.name, measure_grounding(loaded, grounding, vectors, vector_of, ks,
+                                                   duplicate_group))]
+    for name, ids in case_slices(grounding):
+        measured.append((name, measure_grounding(loaded, grounding, vectors, vector_of, ks,
+                                                 duplicate_group, ids)))
+    return measured
+
+
 def evaluate(loaded: SearchableIndex, grounding: ResolvedGrounding, vectors: np.ndarray,
-             vector_of: dict[str, int], ks: list[int]) -> dict[str, float]:
-    """Precision, recall, mAP, nDCG and hit rate at each k of the set's queries."""
+             vector_of: dict[str, int], ks: list[int], only: set[str] | None = None
+             ) -> dict[str, float]:
+    """Precision, recall, mAP, nDCG and hit rate at each k of the set's queries (with `only`,
+    of those queries alone; the relevant answers are still the whole group)."""
     positions = loaded.position_of
     item_groups = grounding.labels_for(loaded.ids)
-    queries = [i for i in grounding.group_of if i in positions and i in vector_of]
+    queries = [i for i in grounding.group_of if i in positions and i in vector_of
+               and (only is None or i in only)]
     k = max(ks)
     if not queries:
         return {"queries": 0, "skipped_queries": 0}
@@ -96,15 +118,27 @@ def evaluate(loaded: SearchableIndex, grounding: ResolvedGrounding, vectors: np.
     return retrieval_metrics(ranked, query_groups, item_groups, ks=[x for x in ks if x <= k])
 
 
-def pair_recall(grounding: ResolvedGrounding, duplicate_group: dict[str, int]) -> float:
-    """Share of same-group pairs that fall in one near-duplicate group (NaN if no pairs)."""
+def _pairs(n: int) -> int:
+    return n * (n - 1) // 2
+
+
+def _joined_pairs(ids: list[str], duplicate_group: dict[str, int]) -> int:
+    """How many pairs of `ids` share a near-duplicate group."""
+    labels = np.array([duplicate_group.get(i, -1) for i in ids], dtype=np.int64)
+    counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0, np.int64)
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def pair_recall(grounding: ResolvedGrounding, duplicate_group: dict[str, int],
+                only: set[str] | None = None) -> float:
+    """Share of same-group pairs that fall in one near-duplicate group (NaN if no pairs); with
+    `only`, of the pairs that hold at least one of those images."""
     members: dict[int, list[str]] = {}
     for image_id, group in grounding.group_of.items():
         members.setdefault(group, []).append(image_id)
     together = total = 0
     for ids in members.values():
-        labels = np.array([duplicate_group.get(i, -1) for i in ids])
-        counts = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(0)
-        together += int((counts * (counts - 1) // 2).sum())
-        total += len(ids) * (len(ids) - 1) // 2
+        rest = [i for i in ids if i not in only] if only is not None else []
+        together += _joined_pairs(ids, duplicate_group) - _joined_pairs(rest, duplicate_group)
+        total += _pairs(len(ids)) - _pairs(len(rest))
     return together / total if total else float("nan")

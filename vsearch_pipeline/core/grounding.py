@@ -8,7 +8,10 @@ File format (CSV, UTF-8 with or without a BOM, with a header row)::
     coffee,3f9a0c1d2e4b5a69
 
 ``group`` is any name; ``image`` is an image id, a full URI, or a path relative to the source root.
-Lines starting with ``#`` are comments. An image belongs to at most one group per file (the first
+An optional ``case`` column names the kind of each member (``original``, ``crop``, ``screenshot``):
+the evaluation then also measures each case as a slice of the set (``<set>/<case>``), whose
+queries are that case's images, answered against the whole group. Lines starting with ``#`` are
+comments. An image belongs to at most one group per file (the first
 line that names it wins). A set's name is its file name without the extension.
 """
 
@@ -18,7 +21,7 @@ import csv
 import io
 import posixpath
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +32,7 @@ from vsearch_pipeline.core.text_files import numbered_lines
 class GroundingSet:
     name: str
     rows: list[tuple[str, str]]  # (group, image reference)
+    cases: dict[str, str] = field(default_factory=dict)  # image reference -> its case, if named
 
 
 @dataclass
@@ -39,6 +43,7 @@ class ResolvedGrounding:
     group_of: dict[str, int]
     group_names: list[str]
     unresolved: list[str]
+    case_of: dict[str, str] = field(default_factory=dict)  # image id -> its case, if named
 
     def labels_for(self, ids: Iterable[str]) -> np.ndarray:
         return np.array([self.group_of.get(i, -1) for i in ids], dtype=np.int64)
@@ -54,7 +59,8 @@ def parse_grounding(name: str, text: str | bytes, source: str | None = None) -> 
     if {"group", "image"} - set(header):
         raise ValueError(f"{where}: the header must be 'group,image'")
     group_at, image_at = header.index("group"), header.index("image")
-    rows = []
+    case_at = header.index("case") if "case" in header else None
+    rows, cases = [], {}
     for number, line in numbered[1:]:
         fields = [f.strip() for f in next(csv.reader([line]))]
         group = fields[group_at] if group_at < len(fields) else ""
@@ -62,17 +68,21 @@ def parse_grounding(name: str, text: str | bytes, source: str | None = None) -> 
         if not group or not image:
             raise ValueError(f"{where}, line {number}: group and image are required")
         rows.append((group, image))
-    return GroundingSet(name, rows)
+        if case_at is not None and case_at < len(fields) and fields[case_at]:
+            cases.setdefault(image, fields[case_at])
+    return GroundingSet(name, rows, cases)
 
 
-def format_grounding(rows: Iterable[tuple[str, str]]) -> str:
+def format_grounding(rows: Iterable[tuple[str, ...]]) -> str:
+    """A grounding file of (group, image) rows, or (group, image, case) rows."""
+    rows = list(rows)
     out = io.StringIO()
     plain = csv.writer(out, lineterminator="\n")
     quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    plain.writerow(["group", "image"])
-    for group, image in rows:
+    plain.writerow(["group", "image", "case"] if rows and len(rows[0]) == 3 else ["group", "image"])
+    for row in rows:
         # A line starting with '#' would read back as a comment: quote it.
-        (quoted if group.startswith("#") else plain).writerow([group, image])
+        (quoted if row[0].startswith("#") else plain).writerow(row)
     return out.getvalue()
 
 
@@ -80,6 +90,7 @@ def resolve_grounding(grounding: GroundingSet, lookup: Mapping[str, str]) -> Res
     """Map references to image ids through `lookup` (id, URI or relative path -> id)."""
     names: dict[str, int] = {}
     group_of: dict[str, int] = {}
+    case_of: dict[str, str] = {}
     unresolved = []
     for group, ref in grounding.rows:
         image_id = lookup.get(ref)
@@ -88,7 +99,17 @@ def resolve_grounding(grounding: GroundingSet, lookup: Mapping[str, str]) -> Res
             continue
         if image_id not in group_of:
             group_of[image_id] = names.setdefault(group, len(names))
-    return ResolvedGrounding(grounding.name, group_of, list(names), unresolved)
+            if ref in grounding.cases:
+                case_of[image_id] = grounding.cases[ref]
+    return ResolvedGrounding(grounding.name, group_of, list(names), unresolved, case_of)
+
+
+def case_slices(grounding: ResolvedGrounding) -> list[tuple[str, set[str]]]:
+    """(`<set>/<case>`, the ids of that case) for each case the set names, in name order."""
+    by_case: dict[str, set[str]] = {}
+    for image_id, case in grounding.case_of.items():
+        by_case.setdefault(case, set()).add(image_id)
+    return [(f"{grounding.name}/{case}", ids) for case, ids in sorted(by_case.items())]
 
 
 def grounding_from_folders(paths: Iterable[str], depth: int = 1) -> list[tuple[str, str]]:

@@ -24,8 +24,10 @@ PIN_FILE = "serving_pin"  # the index version the service is pinned to
 API_KEYS_FILE = "api-keys"
 DEMO_DIR = "demo"  # the demo corpus of `vsearch demo`
 DEMO_IMAGES_DIR = "images"  # in the demo corpus: its image files
-DEMO_GROUNDING_FILE = "grounding.csv"  # in the demo corpus: its grounding set
+DEMO_GROUNDING_FILE = "demo.csv"  # in the demo corpus: its grounding set (named `demo`)
 DOWNLOADS_DIR = "downloads"  # the journals of `vsearch download`
+LOGS_DIR = "logs"
+DAGSTER_LOG_FILE = "dagster.log"  # in logs/: the Dagster event log of the runs `vsearch` starts
 
 # the folders under the storage root
 BATCHES = "batches"
@@ -96,6 +98,10 @@ class HomeLayout:
     @property
     def downloads(self) -> Path:
         return self.home / DOWNLOADS_DIR
+
+    @property
+    def dagster_log(self) -> Path:
+        return self.home / LOGS_DIR / DAGSTER_LOG_FILE
 
 
 def batch_path(key: str) -> str:

@@ -1,0 +1,175 @@
+"""The Dagster UI pages a person opens after `make demo`, driven in headless Chromium: the global
+lineage shows the whole asset graph (not collapsed group boxes), the evaluation table fits the
+asset page with every case of the demo's grounding set, and run constants are listed, not
+plotted. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+VSEARCH = str(Path(sys.executable).parent / "vsearch")
+CHROMIUM = os.environ.get("VSEARCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "test-artifacts"
+ASSETS = ("raw_image_manifest", "sampled_subset", "embeddings", "perceptual_hashes",
+          "near_duplicate_groups", "projection_head", "retrieval_transform", "faiss_index",
+          "clusters", "curation_grounding", "evaluation")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("dagster-pages") / "home"
+    done = subprocess.run([VSEARCH, "demo", "--home", str(home)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return home
+
+
+@pytest.fixture(scope="module")
+def dagster_ui(demo_home: Path):
+    """`vsearch ui` on the demo home, as the README says; stopped with its whole process group."""
+    port = _free_port()
+    log = demo_home.parent / "ui.log"
+    with open(log, "w") as out:
+        ui = subprocess.Popen([VSEARCH, "ui", "--home", str(demo_home), "--port", str(port)],
+                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert ui.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{base}/server_info", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the Dagster UI did not answer"
+            time.sleep(1)
+        yield base
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set VSEARCH_CHROMIUM)")
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=60_000)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, dagster_ui: str):
+    context = browser.new_context(viewport={"width": 1600, "height": 1000}, base_url=dagster_ui)
+    context.set_default_timeout(60_000)
+    yield context.new_page()
+    context.close()
+
+
+# The text of every leaf element right of the asset list (the graph), as the browser lays it out.
+GRAPH_NODE_TEXTS = """() => [...document.querySelectorAll('body *')]
+  .filter(e => e.children.length === 0 && e.textContent.trim())
+  .filter(e => { const r = e.getBoundingClientRect();
+                 return r.width > 0 && r.left > window.innerWidth * 0.35; })
+  .map(e => e.textContent.trim())"""
+
+
+def _shown_as(name: str, text: str) -> bool:
+    """A node label, which the graph shortens in the middle ('retriev…_transform')."""
+    head, _, tail = text.partition("\u2026")
+    return text == name or (bool(tail) and name.startswith(head) and name.endswith(tail))
+
+
+def _skip_the_welcome(page) -> None:
+    """Dagster asks a first visitor to join its community; a person clicks Skip."""
+    skip = page.get_by_text("Skip", exact=True)
+    with contextlib.suppress(Exception):  # not asked this time
+        skip.wait_for(state="visible", timeout=10_000)
+        skip.click()
+        skip.wait_for(state="hidden", timeout=10_000)
+
+
+def test_global_lineage_opens_on_the_whole_graph(page):
+    """One asset group: Dagster draws every asset and its edges at once, instead of six group
+    boxes a person has to expand one by one."""
+    from playwright.sync_api import expect
+
+    page.goto("/asset-groups")
+    expect(page.get_by_text("evaluation", exact=True).first).to_be_visible()
+    _skip_the_welcome(page)
+    page.wait_for_timeout(2000)  # the layout settles
+    drawn = page.evaluate(GRAPH_NODE_TEXTS)
+    missing = [name for name in ASSETS if not any(_shown_as(name, text) for text in drawn)]
+    assert not missing, (missing, drawn)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dagster-global-lineage.png"))
+
+
+def test_the_evaluation_table_fits_and_names_every_case(page):
+    """The evaluation's summary has one row per grounding set and per case of its images
+    (demo/quarter, demo/small_grey, ...) and few enough columns that the last one is on screen."""
+    from playwright.sync_api import expect
+
+    page.goto("/assets/evaluation")
+    _skip_the_welcome(page)
+    last_column = page.get_by_text("dup. pairs", exact=True).first
+    expect(last_column).to_be_visible()
+    for case in ("demo/original", "demo/quarter", "demo/small_grey", "demo/mirror_turned15"):
+        expect(page.get_by_text(case, exact=True).first).to_be_visible()
+    box = last_column.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 1600, box
+    page.screenshot(path=str(ARTIFACTS / "dagster-evaluation.png"), full_page=True)
+
+
+def test_constants_are_listed_not_plotted(demo_home: Path, dagster_ui: str):
+    """Dagster plots every numeric metadata entry over runs: the batch size, the dimension and
+    the bounds are text; what a run measured stays a number."""
+    from dagster import AssetKey, DagsterInstance
+    from dagster._core.definitions.metadata import FloatMetadataValue, IntMetadataValue
+
+    from vsearch_pipeline.runner import dagster_home
+
+    os.environ["DAGSTER_HOME"] = str(dagster_home(demo_home))
+    with DagsterInstance.get() as instance:
+        def metadata(asset: str) -> dict:
+            event = instance.get_latest_materialization_event(AssetKey(asset))
+            return event.asset_materialization.metadata
+
+        embedded, index = metadata("embeddings"), metadata("faiss_index")
+        evaluated = metadata("evaluation")
+    numbers = (IntMetadataValue, FloatMetadataValue)
+    for entries, constant in ((embedded, "batch_size"), (embedded, "dimension"),
+                              (index, "dimension"), (evaluated, "grounding_sets")):
+        assert not isinstance(entries[constant], numbers), constant
+    assert embedded["dimension"].value == "2560"
+    assert isinstance(embedded["images_per_second"], numbers)
+    assert isinstance(evaluated["demo/map@10"], numbers)
+    assert not any(key.startswith("demo/quarter/") for key in evaluated)  # slices: in the table
