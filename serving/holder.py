@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -64,6 +65,15 @@ class IndexHolder:
         self._pin_file = pin_file
         self.pinned: str | None = read_pin(pin_file) if pin_file else None
         self.last_error: str | None = None
+        self._warming: list[threading.Thread] = []
+
+    def wait_for_warm_up(self, timeout_s: float) -> None:
+        """Let the models that are loading finish before the process exits: a thread still
+        inside a native library's set-up when the interpreter shuts down aborts the process
+        ('terminate called without an active exception')."""
+        deadline = time.monotonic() + timeout_s
+        for thread in self._warming:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def refresh(self) -> bool:
         """Load the wanted version if it is not live yet; True when a swap happened."""
@@ -91,7 +101,8 @@ class IndexHolder:
                 self.live = replace(served, views=self._views(self.live))
                 self.last_error = None
                 log.info("index %s is live (was %s)", version, old)
-                warm_in_background(served.searcher)
+                self._warming = [t for t in self._warming if t.is_alive()]
+                self._warming.append(warm_in_background(served.searcher))
                 return True
             views = self._views(self.live)
             if views is self.live.views:

@@ -35,9 +35,86 @@ def test_demo_runs_end_to_end(demo_home):
     assert "search --home" in result.stdout and "Example: " in result.stdout
     assert "1. 1.000  chelsea/crop.jpg" in result.stdout
     assert "ui --home" in result.stdout and "serve --home" in result.stdout
-    assert "precision@1" in result.stdout
-    assert "embeddings: " in result.stderr  # progress of the long step
+    assert "P@1" in result.stdout and "demo/quarter" in result.stdout  # a slice per case
+    assert "==> embeddings b00001: " in result.stderr  # progress of the long step
     assert (home / "vsearch.duckdb").exists() and (home / "vsearch.yaml").exists()
+
+
+@pytest.mark.slow
+def test_demo_output_is_quiet_and_the_dagster_log_is_in_the_home(demo_home):
+    """Not a terminal: one plain line per long step, no Dagster console lines (a 90-character
+    prefix each), no library chatter; Dagster's event log is whole in <home>/logs/dagster.log."""
+    home, result = demo_home
+    output = result.stdout + result.stderr
+    assert " - dagster - " not in output and "process_batch - " not in output
+    assert "Loaded pretrained weights" not in output and "Loading weights" not in output
+    assert "Traceback" not in output
+    steps = [line for line in result.stderr.splitlines() if " ... " in line]
+    assert [line.split(" b00001:")[0] for line in steps if line.endswith(" s")] == [
+        "==> manifest", "==> pHash", "==> embeddings"], steps
+    assert all(line.endswith((" ...", " s")) for line in steps)
+    assert len(result.stderr.splitlines()) < 15, result.stderr  # was 24 Dagster lines and more
+    log = (home / "logs" / "dagster.log").read_text()
+    for event in ("RUN_START", "STEP_START", "STEP_SUCCESS", "ASSET_MATERIALIZATION", "RUN_SUCCESS"):
+        assert event in log
+    assert "embeddings: " in log and "refresh_collection" in log
+
+
+@pytest.mark.slow
+def test_a_truncated_jpeg_as_query_is_one_line_with_the_reason(demo_home):
+    home, _ = demo_home
+    broken = home / "demo" / "images" / "broken" / "truncated.jpg"
+    result = _run("search", str(broken), home=home)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a usable image (corrupt)" in lines[0], lines
+    assert "truncated" in lines[0]
+
+
+HEAVY = ("torch", "faiss", "dagster", "onnxruntime", "pyarrow")
+
+
+def _search_in_a_fresh_process(cwd: Path, *args: str) -> tuple[int, str, list[str]]:
+    """`vsearch search ARGS` with no --home and no VSEARCH_HOME: its exit status, what it
+    said, and which heavy libraries it had loaded by then."""
+    code = ("import sys; from vsearch_pipeline.cli import main\n"
+            f"try:\n    main([*sys.argv[1:]], prog_name='vsearch')\n"
+            "except SystemExit as stop:\n    status = stop.code\n"
+            f"print(status, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k != "VSEARCH_HOME"}
+    done = subprocess.run([sys.executable, "-c", code, "search", *args], capture_output=True,
+                          text=True, env={**env, "PYTHONPATH": str(REPO)}, cwd=cwd, timeout=120)
+    status, loaded = done.stdout.strip().splitlines()[-1].split(" ", 1)
+    return int(status), done.stderr.strip(), json.loads(loaded.replace("'", '"'))
+
+
+@pytest.mark.parametrize(("query", "said"), [
+    ("nope.jpg", "no such file: nope.jpg"),
+    ("photos/nope", "no such file: photos/nope"),
+    ("PHOTO.JPEG", "no such file: PHOTO.JPEG"),
+    ("photos", "photos is a folder, not an image file"),
+])
+def test_a_query_that_names_no_file_is_said_at_once(tmp_path, query, said):
+    """Once looked up as an image id, after the index and the model had loaded (34 s)."""
+    (tmp_path / "photos").mkdir()
+    status, stderr, loaded = _search_in_a_fresh_process(tmp_path, query)
+    assert status == 1 and stderr == f"Error: {said}" if "folder" not in said \
+        else stderr.startswith(f"Error: {said}"), stderr
+    assert loaded == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # no .vsearch/dagster
+
+
+@pytest.mark.parametrize("words", ["", "   ", "\t"])
+def test_an_empty_text_query_is_refused(tmp_path, words):
+    status, stderr, loaded = _search_in_a_fresh_process(tmp_path, "--text", words)
+    assert status == 1 and stderr.startswith("Error: the text query is empty"), stderr
+    assert loaded == [] and list(tmp_path.iterdir()) == []
+
+
+def test_an_id_without_a_home_names_the_folder_looked_in(tmp_path):
+    status, stderr, loaded = _search_in_a_fresh_process(tmp_path, "0123456789abcdef")
+    assert status == 1 and f"no vsearch home at {tmp_path.resolve() / '.vsearch'}" in stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made: no .vsearch, no dagster/ in it
 
 
 @pytest.mark.slow
@@ -74,7 +151,7 @@ def test_metrics_prints_the_latest_figures(demo_home):
     assert partitions[0]["usable"] == partitions[0]["embedded"] == files - 1  # one truncated JPEG
     retrieval = {r[0]: dict(zip(report["retrieval"]["columns"], r, strict=True))
                  for r in report["retrieval"]["rows"]}
-    assert retrieval["grounding"]["precision@1"] >= 0.95
+    assert retrieval["demo"]["precision@1"] >= 0.95
     groups, in_groups, largest = report["near_duplicates"]["rows"][0]
     assert groups >= 5 and in_groups >= 2 * groups and largest >= 2
     text = _run("metrics", home=home).stdout
@@ -82,6 +159,7 @@ def test_metrics_prints_the_latest_figures(demo_home):
 
 
 def test_metrics_without_a_run_is_a_clear_error(tmp_path):
+    (tmp_path / "home").mkdir()  # a home, but no run yet (a missing home: the test further down)
     result = _run("metrics", home=tmp_path / "home")
     assert result.returncode == 1 and "run `vsearch materialize` first" in result.stderr
 
@@ -96,6 +174,21 @@ def test_a_timeout_that_is_not_a_positive_finite_number_is_refused(tmp_path, tim
     assert result.returncode == 2
     assert f"'{timeout}' is not a positive, finite number of seconds" in result.stderr
     assert not (tmp_path / "to").exists()
+
+
+@pytest.mark.slow
+def test_search_says_where_the_matches_end(demo_home):
+    """The nine versions of the cat photo match 'cat', then a line, then the rest; a query about
+    nothing in the demo says that nothing matched well."""
+    home, _ = demo_home
+    lines = _run("search", "--text", "cat", "-k", "12", home=home).stdout.splitlines()
+    cut = next(n for n, line in enumerate(lines) if "below this collection's match floor" in line)
+    assert cut == 9 and all("chelsea/" in line for line in lines[:cut])
+    assert not any("chelsea/" in line for line in lines[cut + 1:])
+    nothing = _run("search", "--text", "zebra crossing in the rain", "-k", "3", home=home).stdout
+    assert nothing.splitlines()[0].startswith("  nothing matched well")
+    found = json.loads(_run("search", "--text", "cat", "--json", home=home).stdout)["results"]
+    assert [r["match"] for r in found[:10]] == [True] * 9 + [False]
 
 
 @pytest.mark.slow
@@ -254,7 +347,7 @@ def test_serve_answers_on_the_demo_index(demo_home):
     finally:
         os.killpg(server.pid, signal.SIGINT)
         server.wait(timeout=30)
-    assert health is not None and health["status"] == "ok" and health["vectors"] == 102
+    assert health is not None and health["status"] == "ok" and health["vectors"] == 153
 
 
 # ------------------------------------------------------------------- stopping the servers
@@ -335,7 +428,8 @@ def test_serve_stops_cleanly_on_a_signal(demo_home, signum, to_group):
                                               home.parent, signum, to_group)
     assert status == 0, output[-3000:]
     assert seconds < 30 and not _listening(port)
-    assert "Traceback" not in output and "Application shutdown complete" in output
+    assert "Traceback" not in output and "vsearch: stopped" in output
+    assert "Loaded pretrained weights" not in output and "Loading weights" not in output
     print(f"serve: {signal.Signals(signum).name} -> exit 0 in {seconds:.1f} s, port closed")
 
 

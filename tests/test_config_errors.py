@@ -316,6 +316,43 @@ def test_several_problems_give_one_line_each_and_the_home_is_left_as_it_was(phot
     assert sorted(p.name for p in home.iterdir()) == ["vsearch.yaml"]
 
 
+def test_every_problem_is_said_in_one_pass_choices_and_the_source_included(tmp_path):
+    """A wrong choice (model.device: gpu, index.index_type: annoy) used to be checked only once
+    the rest of its section was right, and a missing source only once the settings were: each
+    fix uncovered the next mistake. Now one run names them all, one line each."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"device": "gpu", "batch_size": 0, "colour": "red"},
+        "subset": {"fraction": 1.5, "fracton": 0.5},
+        "index": {"index_type": "annoy", "storage": "PQ4", "nprobe": 0},
+        "clusters": {"method": "dbscan"}}))
+    home = tmp_path / "home"
+    result = _materialize_in_process(home, config, str(tmp_path / "no-such-folder"))
+    expected = ["model.device must be one of ('cpu', 'cuda'), got 'gpu'", "model.batch_size",
+                "model.colour: unknown setting", "subset.fraction must be in (0.0, 1.0], got 1.5",
+                "subset.fracton: unknown setting (did you mean 'fraction'?)",
+                "index.index_type must be one of", "index.storage must be one of", "index.nprobe",
+                "clusters.method must be one of", "source.uri", "does not exist"]
+    _assert_refused_before_work(result, home, expected, "eleven problems at once")
+    lines = result.stderr.split("Error: ", 1)[1].strip().splitlines()
+    assert len(lines) == 10, lines
+    assert len([line for line in lines if "model.device" in line]) == 1
+    assert not home.exists()
+
+
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"model": {"name": "resnet9000", "precision": "fp8", "engine": "trt", "view": "side"}},
+     ["model.name", "model.precision", "model.engine", "model.view"]),
+    ({"clusters": {"method": "dbscan", "reduce": "tsne", "min_cluster_size": 1}},
+     ["clusters.method", "clusters.reduce", "clusters.min_cluster_size"]),
+])
+def test_each_wrong_choice_of_a_section_is_named(tmp_path, settings, named):
+    with pytest.raises(SettingsError) as raised:
+        load_settings(tmp_path, settings)
+    lines = str(raised.value).splitlines()
+    assert sorted(line.split(" ")[0].rstrip(":") for line in lines) == sorted(named), lines
+
+
 def test_a_missing_folder_fails_before_any_work(tmp_path):
     config = tmp_path / "empty.yaml"
     config.write_text("")

@@ -543,7 +543,7 @@ def test_sigint_and_sigterm_stop_the_run_cleanly_and_a_rerun_resumes(
     config = {**SETTINGS, "source": {"uri": str(collection)}, "model": {"batch_size": 4}}
     args = materialize_args(home, config, tmp_path)
 
-    status, output, seconds = signalled_run(args, "embeddings: ", signal.SIGINT, to_group=True)
+    status, output, seconds = signalled_run(args, "==> embeddings b00001: ", signal.SIGINT, to_group=True)
     assert_stopped_by(signal.SIGINT, status, output, seconds)
     assert run_statuses(home) == [("process_batch", "CANCELED")]
     assert store.exists(manifest_path("b00001"))  # the steps before it finished and are kept
@@ -551,7 +551,7 @@ def test_sigint_and_sigterm_stop_the_run_cleanly_and_a_rerun_resumes(
     assert temporary_files(home / "artifacts") == []
     first = seconds
 
-    status, output, seconds = signalled_run(args, " - refresh_collection - ", signal.SIGTERM,
+    status, output, seconds = signalled_run(args, "==> collection: ", signal.SIGTERM,
                                             to_group=False)
     assert_stopped_by(signal.SIGTERM, status, output, seconds)
     assert run_statuses(home)[1:] == [("process_batch", "SUCCESS"), ("refresh_collection", "CANCELED")]

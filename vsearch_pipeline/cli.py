@@ -83,7 +83,7 @@ def demo(home: Path | None) -> None:
     _report(home, summary)
     query = images / "chelsea" / "crop.jpg"
     click.echo(f"\nExample: {_command()} search --home {home} {query}")
-    for row in _search(home, str(query), 5):
+    for row in _search(home, str(query), 5, image=query.read_bytes()):
         click.echo(f"  {row['rank']}. {row['score']:.3f}  {row['path']}")
     click.echo(f"\nOpen the Dagster UI: {_command()} ui --home {home}   (then http://127.0.0.1:3000)")
     click.echo(f"Search in a browser: {_command()} serve --home {home}   (then http://127.0.0.1:8000)")
@@ -111,8 +111,11 @@ def materialize(home: Path | None, source: str | None, endpoint_url: str | None,
         if given and isinstance(overrides.get("source", {}), dict):  # else: refused below
             overrides["source"] = {**overrides.get("source", {}), **given}
         settings = load_settings(home, overrides).check()
-    except ValueError as err:
-        raise click.UsageError(str(err)) from err
+    except ValueError as err:  # with the source's problem too: everything wrong in one report
+        from vsearch_pipeline.preflight import source_problems
+
+        problems = [str(err), *source_problems(getattr(err, "given", {}))]
+        raise click.UsageError("\n".join(problems)) from err
     from vsearch_pipeline.preflight import check_before_work
 
     try:
@@ -143,18 +146,57 @@ def search(home: Path | None, query: str, k: int, as_text: bool, as_json: bool) 
     --text) words."""
     from vsearch_pipeline.core.decode import ImageError
 
+    image = _query_image(query, as_text)  # before the home and the index: a typo says so at once
     try:
-        results = _search(_existing_home(home), query, k, as_text)
+        results = _search(_existing_home(home), query, k, as_text, image)
     except ImageError as err:
         raise click.ClickException(f"{query} is not a usable image ({err.status}): {err}") from err
+    except KeyError as err:  # str() of a KeyError is its repr: the message in quotes
+        raise click.ClickException(str(err.args[0] if err.args else err)) from err
     except (LookupError, FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     if as_json:
         click.echo(json.dumps({"query": query, "results": results}, indent=2))
         return
+    floor = results[0]["floor"] if results else None
+    if floor is not None and not any(row["match"] for row in results):
+        click.echo(f"  nothing matched well (no score reaches this collection's match floor "
+                   f"{floor:.2f}); the closest:")
     for row in results:
+        if floor is not None and row["rank"] > 1 and not row["match"] and results[
+                row["rank"] - 2]["match"]:
+            click.echo(f"  --- below this collection's match floor {floor:.2f}: weaker results ---")
         matched = f"  ({row['matched']})" if row.get("matched") else ""
         click.echo(f"{row['rank']:>3}. {row['score']:.4f}  {row['id']}  {row['path']}{matched}")
+
+
+# What a QUERY that names a file ends with; an image id is hex digits, never with a dot.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".tif", ".tiff",
+                            ".webp", ".heic", ".heif", ".avif", ".jxl", ".ppm", ".pgm", ".ico"})
+
+
+def _query_image(query: str, as_text: bool) -> bytes | None:
+    """The bytes of the image file QUERY names, or None for an image id or words. Decided from
+    the name alone, before anything heavy loads: a QUERY that looks like a path (a path
+    separator, an image file's extension, or an existing folder) but is not a file is refused
+    with what it is, rather than looked up as an id."""
+    if as_text:
+        if not query.strip():
+            raise click.ClickException("the text query is empty: give some words to search for")
+        return None
+    path = Path(query)
+    if path.is_dir():
+        raise click.ClickException(f"{query} is a folder, not an image file: give one image, "
+                                   "or the id of an image in the collection")
+    if path.is_file():
+        try:
+            return path.read_bytes()
+        except OSError as err:
+            raise click.ClickException(f"cannot read {query}: {err.strerror or err}") from err
+    looks_like_a_path = any(sep and sep in query for sep in (os.sep, os.altsep, "/"))
+    if looks_like_a_path or path.suffix.lower() in IMAGE_SUFFIXES:
+        raise click.ClickException(f"no such file: {query}")
+    return None
 
 
 @main.command()
@@ -177,8 +219,9 @@ def serve(home: Path | None, host: str, port: int) -> None:
     app = app_for_home(home, load_settings(home), local_writes=local)
     click.echo(f"vsearch: {_writes_line(app.state.service.writes.mode(), host)}", err=True)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
-    serve_until_stopped(app, host, port, lambda: click.echo(
-        f"vsearch: serving {_served(app)} at {url}  (API docs {url}docs; Ctrl-C stops)", err=True))
+    serve_until_stopped(app, host, port, lambda line: click.echo(f"vsearch: {line}", err=True),
+                        lambda: f"serving {_served(app)} at {url}  (API docs {url}docs; Ctrl-C "
+                                "stops)")
 
 
 def _writes_line(mode: str, host: str) -> str:
@@ -206,7 +249,7 @@ def metrics(home: Path | None, as_json: bool) -> None:
     index, retrieval quality per grounding set, clusters and near-duplicate groups."""
     from vsearch_pipeline.core.report import format_table, latest_figures
 
-    db = HomeLayout(home_dir(home)).metrics_db
+    db = HomeLayout(_existing_home(home)).metrics_db
     if not db.exists():
         raise click.ClickException(f"no metrics yet at {db}: run `vsearch materialize` first")
     report = latest_figures(str(db))
@@ -275,23 +318,33 @@ def _run_stoppably(work):
         sys.exit(stop.exit_status)
 
 
-def _search(home: Path, query: str, k: int, as_text: bool = False) -> list[dict]:
-    """The k nearest to QUERY in the home's newest index. Only a query by image or text loads a
-    model; a query by id reads the index alone."""
+def _search(home: Path, query: str, k: int, as_text: bool = False,
+            image: bytes | None = None) -> list[dict]:
+    """The k nearest to QUERY (or to `image`, its file's bytes) in the home's newest index, each
+    saying whether it reaches the collection's match floor (`match`, `floor`). Only a query by
+    image or text loads a model; a query by id reads the index alone. An image is
+    decoded before the index and the model load, so a broken file is said in a second."""
     from vsearch_pipeline.core.catalog import ArtifactRecords
+    from vsearch_pipeline.core.decode import decode_rgb
     from vsearch_pipeline.core.storage import ArtifactStore
     from vsearch_pipeline.search import Searcher
     from vsearch_pipeline.settings import load_settings
 
+    if image is not None:
+        decode_rgb(image)  # an ImageError names what is wrong with the file
     settings = load_settings(home)
     store = ArtifactStore(settings.artifacts_root(home), settings.storage.endpoint_url)
     build = ArtifactRecords(store, settings.model.spec.key).index_build()
     searcher = Searcher.from_build(store, build, settings.source.endpoint_url)
     if as_text:
-        return searcher.by_text(searcher.embed_text(query), k)
-    if Path(query).is_file():
-        return searcher.by_image(Path(query).read_bytes(), k)
-    return searcher.by_id(query, k)
+        results = searcher.by_text(searcher.embed_text(query), k)
+    elif image is not None:
+        results = searcher.by_image(image, k)
+    else:
+        results = searcher.by_id(query, k)
+    floor = searcher.match_floor("text" if as_text else "image")
+    return [{**row, "match": floor is None or row["score"] >= floor, "floor": floor}
+            for row in results]
 
 
 def _command() -> str:
@@ -308,22 +361,28 @@ def _report(home: Path, summary: dict) -> None:
     """Time per asset, where the results are, and the latest figures from the DuckDB file."""
     import duckdb
 
+    from vsearch_pipeline.core.report import format_table
     from vsearch_pipeline.settings import load_settings
-
 
     click.echo("\nWall time per asset:")
     for row in summary["timings"]:
         click.echo(f"  {row['asset']:<24} {row['partition']:<8} {row['seconds']:>9.2f} s")
     db = HomeLayout(home).metrics_db
     click.echo(f"\nArtifacts:  {load_settings(home).artifacts_root(home)}\nMetrics DB: {db}  (duckdb {db})")
+    shown = ("precision@1", "recall@10", "map@10", "ndcg@10", "duplicate_pair_recall")
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute(
-            "SELECT grounding_set, metric, round(value, 4) FROM retrieval_metrics "
+            "SELECT grounding_set, metric, round(value, 3) FROM retrieval_metrics "
             "WHERE run_id = (SELECT run_id FROM retrieval_metrics ORDER BY recorded_at DESC "
-            "LIMIT 1) AND metric IN ('precision@1', 'map@10', 'recall@10', 'ndcg@10', "
-            "'duplicate_pair_recall') ORDER BY grounding_set, metric").fetchall()
+            "LIMIT 1) AND metric IN ('precision@1', 'recall@10', 'map@10', 'ndcg@10', "
+            "'duplicate_pair_recall') ORDER BY grounding_set").fetchall()
+    figures: dict[str, dict[str, float]] = {}
     for grounding_set, metric, value in rows:
-        click.echo(f"  {grounding_set:<20} {metric:<24} {value}")
+        figures.setdefault(grounding_set, {})[metric] = value
+    click.echo("\nSearch quality per grounding set (and per case of its images):")
+    click.echo(format_table(["set", "P@1", "R@10", "mAP@10", "nDCG@10", "dup. pairs"],
+                            [[name, *(values.get(m) for m in shown)]
+                             for name, values in figures.items()]))
 
 
 @main.command()

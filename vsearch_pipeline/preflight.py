@@ -11,7 +11,12 @@ from pathlib import Path
 
 from vsearch_pipeline.core.manifest import content_hash, image_id
 from vsearch_pipeline.core.sampling import unmatched_force_include
-from vsearch_pipeline.core.sources import SourceObject, list_source, read_object
+from vsearch_pipeline.core.sources import (
+    SourceObject,
+    SourceUnreachableError,
+    list_source,
+    read_object,
+)
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.settings import Settings, SettingsError
 
@@ -22,16 +27,7 @@ def check_before_work(home: Path, settings: Settings) -> list[SourceObject]:
     entry names a file in it. Raises SettingsError naming the setting."""
     settings.check()
     uri = settings.source.uri
-    if not uri:
-        raise SettingsError("source.uri is not set: pass --source, or set it to a folder or an "
-                            "s3://bucket/prefix in the settings")
-    try:
-        objects = list_source(uri, settings.source.endpoint_url)
-    except FileNotFoundError:
-        raise SettingsError(f"source.uri {uri!r} does not exist: no such folder, or no such "
-                            "bucket or prefix on the S3 endpoint") from None
-    except PermissionError as err:
-        raise SettingsError(f"source.uri {uri!r} cannot be listed: {err}") from None
+    objects = list_checked_source(uri, settings.source.endpoint_url)
     store = ArtifactStore(settings.artifacts_root(home), settings.storage.endpoint_url)
     missing = missing_force_include(settings.subset.force_include, objects, store,
                                     settings.source.endpoint_url)
@@ -42,6 +38,42 @@ def check_before_work(home: Path, settings: Settings) -> list[SourceObject]:
             f"{', '.join(repr(m) for m in missing[:20])} (give image ids, URIs, or paths relative "
             "to the source, e.g. 'cats/01.jpg')")
     return objects
+
+
+def list_checked_source(uri: str | None, endpoint_url: str | None) -> list[SourceObject]:
+    """The source's listing, or a SettingsError naming source.uri: not set, no such folder or
+    bucket, not allowed to list."""
+    if not uri:
+        raise SettingsError("source.uri is not set: pass --source, or set it to a folder or an "
+                            "s3://bucket/prefix in the settings")
+    try:
+        return list_source(uri, endpoint_url)
+    except FileNotFoundError:
+        raise SettingsError(f"source.uri {uri!r} does not exist: no such folder, or no such "
+                            "bucket or prefix on the S3 endpoint") from None
+    except PermissionError as err:
+        raise SettingsError(f"source.uri {uri!r} cannot be listed: {err}") from None
+
+
+def source_problems(given: dict) -> list[str]:
+    """What is wrong with the source named by settings that did not validate (the merged,
+    unchecked sections), so that one report says everything: settings errors and a missing
+    source together. Nothing when the source section is not even strings (its own errors say
+    so) or when nothing was read (a file that is not settings), and nothing for force_include,
+    which needs valid settings to be checked."""
+    if not given:
+        return []
+    source = given.get("source", {})
+    uri = source.get("uri") if isinstance(source, dict) else None
+    endpoint = source.get("endpoint_url") if isinstance(source, dict) else None
+    if not isinstance(source, dict) or not isinstance(uri, str | None) \
+            or not isinstance(endpoint, str | None):
+        return []
+    try:
+        list_checked_source(uri, endpoint)
+    except (SettingsError, SourceUnreachableError, OSError) as err:
+        return [str(err)]
+    return []
 
 
 def missing_force_include(entries: list[str], objects: list[SourceObject], store: ArtifactStore,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +21,9 @@ from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.definitions import make_definitions
 from vsearch_pipeline.interrupts import STOP_HOOKS, raise_if_stop_requested
 from vsearch_pipeline.preflight import check_before_work
+from vsearch_pipeline.run_log import LOGGER_KEY, RUN_CONFIG, Progress, log_file_handler, run_logger
 from vsearch_pipeline.settings import Settings
 
-CONSOLE_INFO = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 REPO_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
 
@@ -66,13 +67,30 @@ def sync_partitions(instance: DagsterInstance, batches: dict[str, dict]) -> None
 
 
 def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = print,
-                 objects: list[SourceObject] | None = None) -> dict:
+                 objects: list[SourceObject] | None = None, bars: bool | None = None) -> dict:
     """Register new files as a batch, process every batch, then refresh the collection assets.
 
-    `objects` is the source's listing when check_before_work already made it."""
+    `objects` is the source's listing when check_before_work already made it. Dagster's event
+    log goes to the instance and to the home's log file (logs/dagster.log); the terminal gets
+    `say` lines (each run's when it has started) and one progress bar per long step (`bars`;
+    default: when stderr is a terminal, else a `say` line when the step is under way and one
+    when it is done)."""
     if objects is None:
         objects = check_before_work(home, settings)
     instance = open_instance(home)
+    log_file = log_file_handler(home)
+    progress = Progress(say, sys.stderr.isatty() if bars is None else bars,
+                        HomeLayout(home).dagster_log)
+    try:
+        return _run_jobs(home, settings, say, objects, instance, [log_file, progress], progress)
+    finally:
+        progress.close()
+        log_file.close()
+
+
+def _run_jobs(home: Path, settings: Settings, say: Callable[[str], None],
+              objects: list[SourceObject], instance: DagsterInstance, handlers: list,
+              progress: Progress) -> dict:
     defs = make_definitions(home, settings)
     store = defs.resources["storage"].store
     say(f"source {settings.source.uri}: {len(objects)} files")
@@ -84,21 +102,28 @@ def run_pipeline(home: Path, settings: Settings, say: Callable[[str], None] = pr
     results, timings = {}, []
     for key in keys:
         fresh = not store.exists(manifest_path(key))
-        say(f"batch {key}: {'manifest, ' if fresh else ''}subset, embeddings, hashes")
+        progress.partition = key
+        progress.announce = f"batch {key}: {'manifest, ' if fresh else ''}subset, embeddings, hashes"
         raise_if_stop_requested()
-        result = stoppable_job(defs, "process_batch").execute_in_process(
-            partition_key=key, instance=instance, run_config=CONSOLE_INFO, raise_on_error=True)
+        result = logged_job(defs, "process_batch", handlers).execute_in_process(
+            partition_key=key, instance=instance, run_config=RUN_CONFIG, raise_on_error=True)
         results[key] = result.success
         timings += step_seconds(instance, result.run_id, key)
     check_something_to_index(store, defs.resources["model"].spec.key)
-    say("collection: near-duplicate groups, FAISS index, clusters, evaluation")
+    progress.partition = ""
+    progress.announce = "collection: near-duplicate groups, FAISS index, clusters, evaluation"
     raise_if_stop_requested()
-    result = stoppable_job(defs, "refresh_collection").execute_in_process(
-        instance=instance, run_config=CONSOLE_INFO, raise_on_error=True)
+    result = logged_job(defs, "refresh_collection", handlers).execute_in_process(
+        instance=instance, run_config=RUN_CONFIG, raise_on_error=True)
     results["collection"] = result.success
     timings += step_seconds(instance, result.run_id, None)
     return {"batches": keys, "new_batch": new_key, "success": all(results.values()),
             "run_id": result.run_id, "timings": timings}
+
+
+def logged_job(defs: Definitions, name: str, handlers: list) -> JobDefinition:
+    """The stoppable job, logging to `handlers` instead of Dagster's console logger."""
+    return stoppable_job(defs, name).with_logger_defs({LOGGER_KEY: run_logger(handlers)})
 
 
 def stoppable_job(defs: Definitions, name: str) -> JobDefinition:

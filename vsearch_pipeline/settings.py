@@ -24,10 +24,22 @@ from pydantic import (
 )
 
 from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
-from vsearch_pipeline.core.engines import validate_engine
+from vsearch_pipeline.core.engines import ENGINES, validate_engine
 from vsearch_pipeline.core.layout import HomeLayout
-from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec, validate_settings
+from vsearch_pipeline.core.model_spec import (
+    DEFAULT_MODEL,
+    DEVICES,
+    LEGACY_VIEW,
+    PRECISIONS,
+    VIEWS,
+    ModelSpec,
+    validate_settings,
+)
 from vsearch_pipeline.core.params import (
+    CLUSTER_METHODS,
+    HNSW_STORAGES,
+    INDEX_TYPES,
+    REDUCTIONS,
     ClusterParams,
     IndexParams,
     bounds_in_words,
@@ -43,7 +55,12 @@ _INT64_RANGE = f"at most {INT64_MAX} (a 64-bit integer)"
 
 class SettingsError(ValueError):
     """Settings that cannot be used: one line per problem, each naming the setting (e.g.
-    `index.index_type`) and what it may be, so that a run fails before any work starts."""
+    `index.index_type`) and what it may be, so that a run fails before any work starts.
+    `given` is what was read (the file with the overrides merged in), when it was a mapping."""
+
+    def __init__(self, message: str, given: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.given = given or {}
 
 
 class Section(BaseModel):
@@ -85,6 +102,16 @@ def _wants_number(annotation: Any) -> bool:
     return annotation in (int, float) or any(map(_wants_number, typing.get_args(annotation)))
 
 
+def _one_of(setting: str, value: Any, allowed: tuple[str, ...]) -> Any:
+    """A choice checked on its own, as a field validator: pydantic runs a section's model
+    validator only when every field of it is valid, so a wrong choice checked there alone was
+    heard of only once the section's other mistakes were mended. The model validators still
+    check the combinations."""
+    if value not in allowed:
+        raise ValueError(f"{setting} must be one of {allowed}, got {value!r}")
+    return value
+
+
 def _fields_of(section: BaseModel, params: type) -> dict[str, Any]:
     """The section's values of the fields it inherits from the core's dataclass `params`."""
     return {name: getattr(section, name) for name in params.__dataclass_fields__}
@@ -108,6 +135,22 @@ class ModelSettings(Section):
     device: str = "cpu"
     precision: str = "fp32"
     engine: str = "auto"  # auto | torch | onnx | openvino: see vsearch_pipeline.core.engines
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        """The name alone: checked beside values that pass every other check of the model."""
+        if name != DEFAULT_MODEL:
+            validate_settings(ModelSpec(name, "random", LEGACY_VIEW), "cpu", "fp32")
+        return name
+
+    @field_validator("view", "device", "precision", "engine")
+    @classmethod
+    def _known_choice(cls, value: str | None, info: ValidationInfo) -> str | None:
+        allowed = {"view": VIEWS, "device": DEVICES, "precision": PRECISIONS, "engine": ENGINES}
+        if value is None:  # view: the model's own
+            return value
+        return _one_of(f"model.{info.field_name}", value, allowed[info.field_name or ""])
 
     @model_validator(mode="after")
     def _runnable(self) -> ModelSettings:
@@ -160,6 +203,12 @@ class IndexSettings(Section, IndexParams):
     recall_queries: int = Field(1000, ge=1)
     rebuild_growth_ratio: float = Field(0.25, gt=0.0)
 
+    @field_validator("index_type", "storage")
+    @classmethod
+    def _known_choice(cls, value: str, info: ValidationInfo) -> str:
+        allowed = {"index_type": INDEX_TYPES, "storage": HNSW_STORAGES}
+        return _one_of(f"index.{info.field_name}", value, allowed[info.field_name or ""])
+
     @model_validator(mode="after")
     def _consistent(self) -> IndexSettings:
         """Combinations FAISS would refuse (or silently ignore) fail when the file is read."""
@@ -210,6 +259,12 @@ class ClusterSettings(Section, ClusterParams):
     clusters may drift before the collection is clustered again."""
 
     drift_tolerance: float = Field(0.1, gt=0.0)
+
+    @field_validator("method", "reduce")
+    @classmethod
+    def _known_choice(cls, value: str, info: ValidationInfo) -> str:
+        allowed = {"method": CLUSTER_METHODS, "reduce": REDUCTIONS}
+        return _one_of(f"clusters.{info.field_name}", value, allowed[info.field_name or ""])
 
     @model_validator(mode="after")
     def _known_choices(self) -> ClusterSettings:
@@ -317,10 +372,11 @@ def load_settings(home: Path, overrides: dict[str, Any] | None = None) -> Settin
     """The home's vsearch.yaml (if any) with `overrides` merged in, section by section."""
     path = HomeLayout(home).settings_file
     data = read_settings_file(path) if path.exists() else {}
+    given = _merge(data, overrides or {})
     try:
-        return Settings.model_validate(_merge(data, overrides or {}))
+        return Settings.model_validate(given)
     except ValidationError as err:
-        raise SettingsError("\n".join(describe_error(e) for e in err.errors())) from None
+        raise SettingsError("\n".join(describe_error(e) for e in err.errors()), given) from None
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ features and ImageNet logits) and vectors that agree with eager fp32 at cosine >
 from __future__ import annotations
 
 import contextlib
-import sys
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -231,7 +231,9 @@ def _load_efficientnet_lite0(spec: ModelSpec, device: str, precision: str,
     from efficientnet_lite_pytorch import EfficientNet
 
     weights = default_weights_file()
-    with contextlib.redirect_stdout(sys.stderr):  # the package prints; keep stdout for results
+    # The package prints "Loaded pretrained weights for efficientnet-lite0" at every load (three
+    # times in a demo): chatter that is neither a result nor a problem, so it goes nowhere.
+    with contextlib.redirect_stdout(io.StringIO()):
         net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
     net = net.eval().to(device)
 

