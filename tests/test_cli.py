@@ -214,7 +214,7 @@ def test_bad_settings_fail_before_any_work(tmp_path):
 
 def test_help_lists_every_command(tmp_path):
     result = _run("--help", home=tmp_path / "home")
-    for command in ("demo", "materialize", "search", "grounding-from-folders", "ui"):
+    for command in ("demo", "materialize", "search", "grounding-from-folders", "ui", "daemon"):
         assert command in result.stdout
 
 
@@ -240,36 +240,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_dagster_webserver_serves_the_asset_graph(tmp_path):
-    """The UI a person opens: `vsearch ui` starts dagster-webserver, which lists every asset."""
-    import time
-    import urllib.request
-
-    port = _free_port()
-    env = {**os.environ, "PATH": "/usr/bin:/bin"}  # the venv need not be activated
-    server = subprocess.Popen([VSEARCH, "ui", "--home", str(tmp_path / "home"), "--port", str(port)],
-                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    query = json.dumps({"query": "{ assetNodes { assetKey { path } groupName } }"}).encode()
-    try:
-        deadline, nodes = time.monotonic() + 180, None
-        while time.monotonic() < deadline and nodes is None:
-            try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query,
-                                                 headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    nodes = json.load(response)["data"]["assetNodes"]
-            except (OSError, KeyError, TypeError):
-                time.sleep(1)
-    finally:
-        os.killpg(server.pid, signal.SIGINT)  # as Ctrl-C: the webserver stops its code server
-        server.wait(timeout=30)
-    assert nodes is not None, "dagster-webserver did not answer"
-    assert {n["assetKey"]["path"][0] for n in nodes} >= {
-        "raw_image_manifest", "embeddings", "faiss_index", "clusters", "evaluation"}
 
 
 def test_missing_or_empty_source_is_a_clear_error(tmp_path):
@@ -385,26 +355,30 @@ def _alive(pid: int) -> bool:
 
 
 def _stop_server(args: list[str], cwd: Path, signum: int, to_group: bool,
-                 start_s: float = 240) -> tuple[int, float, str, set[int]]:
-    """Start a `vsearch` server command in its own process group, wait until its port answers,
-    send `signum` (to the group, as Ctrl-C does, or to the process alone), and wait for it.
+                 start_s: float = 240,
+                 ready: str = "") -> tuple[int, float, str, dict[int, list[str]]]:
+    """Start a `vsearch` server command in its own process group, wait until its port answers
+    (and its output says `ready`), send `signum` (to the group, as Ctrl-C does, or to the
+    process alone), and wait for it.
     Returns its exit status, the seconds it took to exit, its output and the processes it had
-    started. Everything it started is killed afterwards, whatever happened."""
+    started, with their command lines. Everything it started is killed afterwards, whatever
+    happened."""
     import time
 
     port = int(args[args.index("--port") + 1])
     log = cwd / f"server-{port}.log"
     with open(log, "w") as out:
         server = subprocess.Popen([VSEARCH, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}, start_new_session=True)
-    started: set[int] = set()
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+                                  start_new_session=True)  # the venv need not be activated
+    started: dict[int, list[str]] = {}
     try:
         deadline = time.monotonic() + start_s
-        while not _listening(port):
+        while not _listening(port) or ready not in log.read_text():
             assert server.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, f"not listening after {start_s} s"
             time.sleep(0.5)
-        started = _descendants(server.pid)
+        started = {pid: _command_line(pid) for pid in _descendants(server.pid)}
         (os.killpg if to_group else os.kill)(server.pid, signum)
         sent = time.monotonic()
         status = server.wait(timeout=60)
@@ -434,24 +408,38 @@ def test_serve_stops_cleanly_on_a_signal(demo_home, signum, to_group):
 
 
 @pytest.mark.slow
-def test_ui_stops_the_webserver_and_its_code_server_on_sigterm(tmp_path):
-    """SIGTERM to `vsearch ui` alone used to end only it, leaving dagster-webserver listening
-    and its code server running; now both are stopped and nothing listens on the port."""
+def test_ui_runs_the_webserver_and_the_daemon_and_stops_both_on_sigterm(demo_home):
+    """`vsearch ui` used to start the webserver alone (no sensor ever ticked) and SIGTERM to it
+    left the webserver and its code server listening. Now the webserver and the daemon run
+    under it, each with its code server, and SIGTERM to `vsearch ui` alone stops all of them."""
+    home, _ = demo_home
     port = _free_port()
     status, seconds, output, started = _stop_server(
-        ["ui", "--home", str(tmp_path / "home"), "--port", str(port)], tmp_path,
-        signal.SIGTERM, to_group=False)
+        ["ui", "--home", str(home), "--port", str(port)], home.parent, signal.SIGTERM,
+        to_group=False, ready="with the daemon")
     assert status == 0, output[-3000:]
-    assert len(started) >= 2, "expected the webserver and its code server"
+    commands = {" ".join(command) for command in started.values()}
+    assert any("dagster-webserver" in c for c in commands), commands
+    assert any("dagster-daemon run" in c for c in commands), commands
+    assert f"Dagster UI at http://127.0.0.1:{port}/ with the daemon" in output
+    assert "folder_new_files looks for new files in" in output and "vsearch: stopped" in output
     assert seconds < 30 and not _listening(port)
     assert not [pid for pid in started if _alive(pid)]
-    assert "Traceback" not in output
+    assert "Traceback" not in output and "INFO" not in output  # Dagster's output: in logs/
+    assert "dagster.daemon" in (home / "logs" / "daemon.log").read_text()
     print(f"ui: SIGTERM -> exit 0 in {seconds:.1f} s; {len(started)} processes it had started "
-          "all gone, port closed")
+          "(webserver, daemon, their code servers) all gone, port closed")
+
+
+def _command_line(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
 
 
 @pytest.mark.parametrize("command", [["search", "image_0001"], ["serve", "--port", "1"],
-                                     ["metrics"]])
+                                     ["metrics"], ["ui", "--port", "1"], ["daemon"]])
 def test_reading_commands_on_a_missing_home_say_so_in_one_line(tmp_path, command):
     home = tmp_path / "nowhere"
     result = subprocess.run([VSEARCH, *command, "--home", str(home)], capture_output=True,

@@ -6,6 +6,7 @@ plotted. Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -173,3 +174,89 @@ def test_constants_are_listed_not_plotted(demo_home: Path, dagster_ui: str):
     assert isinstance(embedded["images_per_second"], numbers)
     assert isinstance(evaluated["demo/map@10"], numbers)
     assert not any(key.startswith("demo/quarter/") for key in evaluated)  # slices: in the table
+
+
+def _graphql(base: str, query: str) -> dict:
+    answer = httpx.post(f"{base}/graphql", json={"query": query}, timeout=30)
+    answer.raise_for_status()
+    return answer.json()["data"]
+
+
+AUTOMATION_STATE = """{ workspaceOrError { ... on Workspace { locationEntries { locationOrLoadError {
+  ... on RepositoryLocation { repositories {
+    sensors { name sensorState { status ticks(limit: 20) { status runIds } } }
+    schedules { name scheduleState { status } } } } } } } } }"""
+
+
+def _automation(base: str) -> tuple[dict, dict]:
+    """({sensor: (status, [its ticks' run ids])}, {schedule: status}) as the UI shows them."""
+    sensors, schedules = {}, {}
+    for entry in _graphql(base, AUTOMATION_STATE)["workspaceOrError"]["locationEntries"]:
+        for repository in entry["locationOrLoadError"]["repositories"]:
+            for s in repository["sensors"]:
+                runs = [r for tick in s["sensorState"]["ticks"] for r in tick["runIds"]]
+                sensors[s["name"]] = (s["sensorState"]["status"], runs)
+            schedules |= {s["name"]: s["scheduleState"]["status"] for s in repository["schedules"]}
+    return sensors, schedules
+
+
+def test_the_daemon_runs_beside_the_ui(page, dagster_ui: str):
+    """`vsearch ui` used to start the webserver alone: every daemon 'Not running', the sensors
+    never ticked. Now each daemon reports a heartbeat and the automation is on by default."""
+    from playwright.sync_api import expect
+
+    deadline = time.monotonic() + 120
+    while True:  # a daemon's first heartbeat comes once it has loaded the code
+        health = _graphql(dagster_ui, "{ instance { daemonHealth { allDaemonStatuses { "
+                                      "daemonType required healthy } } } }")
+        statuses = health["instance"]["daemonHealth"]["allDaemonStatuses"]
+        unhealthy = [s["daemonType"] for s in statuses if s["required"] and not s["healthy"]]
+        if not unhealthy or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert not unhealthy, statuses
+    assert {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR"} <= {s["daemonType"] for s in statuses}
+    sensors, schedules = _automation(dagster_ui)
+    assert {name: status for name, (status, _) in sensors.items()} == {
+        "folder_new_files": "RUNNING", "index_after_batch": "RUNNING"}
+    assert schedules == {"recluster_nightly": "RUNNING", "index_rebuild": "RUNNING"}
+    page.goto("/deployment/daemons")
+    _skip_the_welcome(page)
+    expect(page.get_by_text("Sensors", exact=True).first).to_be_visible()
+    expect(page.get_by_text("Running", exact=True).first).to_be_visible()
+    expect(page.get_by_text("Not running", exact=True)).to_have_count(0)
+    page.screenshot(path=str(ARTIFACTS / "dagster-daemons.png"), full_page=True)
+
+
+def test_a_file_dropped_into_the_source_becomes_searchable(page, demo_home: Path,
+                                                           dagster_ui: str, shared_data: Path):
+    """Nothing but the running `vsearch ui`: the sensor sees a new photo in the demo's source
+    folder, a batch run embeds it, the index follows, and `vsearch search` knows its id (and
+    answers with its nearest neighbours; before, it said no image has that id).
+    Last in this module: it adds an image to the demo home."""
+    import hashlib
+
+    photo = shared_data / "caltech101" / "accordion" / "image_0001.jpg"
+    if not photo.exists():
+        pytest.skip(f"no {photo}")
+    image_id = hashlib.sha256(photo.read_bytes()).hexdigest()[:16]
+    search = [VSEARCH, "search", image_id, "--home", str(demo_home), "-k", "1", "--json"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    assert subprocess.run(search, capture_output=True, env=env, timeout=120).returncode == 1
+    shutil.copyfile(photo, demo_home / "demo" / "images" / "dropped_accordion.jpg")
+    dropped, found = time.monotonic(), None
+    while found is None and time.monotonic() - dropped < 360:
+        time.sleep(5)
+        done = subprocess.run(search, capture_output=True, text=True, env=env, timeout=120)
+        if done.returncode == 0:
+            found = json.loads(done.stdout)["results"]
+    seconds = time.monotonic() - dropped
+    sensors, _ = _automation(dagster_ui)
+    assert found is not None, (f"not searchable {seconds:.0f} s after it was dropped", sensors)
+    assert found and image_id not in {row["id"] for row in found}, found  # its neighbours
+    assert sensors["folder_new_files"][1] and sensors["index_after_batch"][1], sensors
+    print(f"dropped photo searchable after {seconds:.0f} s, with no command run")
+    page.goto("/automation")
+    _skip_the_welcome(page)
+    page.get_by_text("folder_new_files", exact=True).first.wait_for(state="visible")
+    page.screenshot(path=str(ARTIFACTS / "dagster-sensor-ticked.png"), full_page=True)

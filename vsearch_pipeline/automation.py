@@ -7,7 +7,7 @@
 - `index_rebuild` (weekly by default) runs `update_index` with a full rebuild; `recluster_nightly`
   runs the clusters and the evaluation.
 
-The Dagster daemon (`dagster dev`, which `vsearch ui` starts, or `dagster-daemon run`) ticks them.
+The Dagster daemon ticks them: `vsearch ui` runs it beside the webserver, `vsearch daemon` alone.
 """
 
 from dagster import (
@@ -63,6 +63,9 @@ recluster_job = define_asset_job(
 # The collection jobs write the DuckDB file beside the instance, so they run on this machine
 # whatever `execution.executor` says; only the per-batch work goes to a cluster.
 JOBS = [process_batch_job, refresh_collection_job, update_index_job, recluster_job]
+# A tick of the run-status sensor reads only the instance's event log, so it may come often:
+# a new image is searchable this much sooner after its batch is processed (Dagster's default: 30 s).
+INDEX_AFTER_BATCH_INTERVAL_S = 5
 FULL_REBUILD = RunConfig(ops={"faiss_index": IndexBuildConfig(full_rebuild=True)})
 
 
@@ -121,6 +124,7 @@ def make_index_after_batch_sensor(settings: Settings) -> SensorDefinition:
     @run_status_sensor(
         name="index_after_batch", run_status=DagsterRunStatus.SUCCESS,
         monitored_jobs=[process_batch_job], request_job=update_index_job,
+        minimum_interval_seconds=INDEX_AFTER_BATCH_INTERVAL_S,
         default_status=DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED,
         description="When a batch is processed, add its vectors and pHashes to the collection.")
     def index_after_batch(context: RunStatusSensorContext) -> RunRequest:

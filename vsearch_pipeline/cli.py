@@ -282,17 +282,65 @@ def grounding_from_folders_command(source: str, depth: int, endpoint_url: str | 
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=3000, show_default=True)
 def ui(home: Path | None, host: str, port: int) -> None:
-    """Start the Dagster UI (dagster-webserver) on the home's instance."""
-    from vsearch_pipeline.interrupts import run_until_stopped
-    from vsearch_pipeline.runner import dagster_home, open_instance
+    """Start the Dagster UI and the Dagster daemon on the home's instance, until Ctrl-C.
 
-    home = home_dir(home)
-    open_instance(home)
-    env = {**os.environ, HOME_ENV: str(home), "DAGSTER_HOME": str(dagster_home(home))}
-    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
-    webserver = Path(sys.executable).parent / "dagster-webserver"  # the one beside this Python
-    cmd = [str(webserver), "-w", str(workspace), "-h", host, "-p", str(port)]
-    sys.exit(run_until_stopped(cmd, env))
+    The daemon runs the sensors (new files in the source become a batch and a run, and the
+    index follows), the nightly recluster, the weekly index rebuild, and the runs launched from
+    the UI. Prints one line when the UI answers, with its URL; their output goes to
+    <home>/logs/webserver.log and daemon.log. Ctrl-C or SIGTERM stops both."""
+    home = _existing_home(home)
+    from vsearch_pipeline import dagster_servers as ds
+
+    if ds.answers(host, port):
+        raise click.ClickException(f"something already listens on {host}:{port} (another "
+                                   "`vsearch ui`?): stop it or give another --port")
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    ready = (f"Dagster UI at {url} with the daemon: {_daemon_does(home)}; logs in "
+             f"{HomeLayout(home).logs}; Ctrl-C stops")
+    _run_dagster(home, [ds.webserver(home, host, port), ds.daemon(home)],
+                 lambda: ds.answers(host, port) and _said(ready))
+
+
+@main.command()
+@home_option
+def daemon(home: Path | None) -> None:
+    """Run the Dagster daemon alone on the home's instance (a server without the UI), until
+    Ctrl-C or SIGTERM: the sensors, the schedules and the run queue. The same as
+    `dagster-daemon run -w workspace.yaml` with DAGSTER_HOME=<home>/dagster and VSEARCH_HOME
+    set. Its output goes to <home>/logs/daemon.log."""
+    home = _existing_home(home)
+    from vsearch_pipeline import dagster_servers as ds
+
+    server = ds.daemon(home)
+    ready = f"Dagster daemon on {home}: {_daemon_does(home)}; log {server.log}; Ctrl-C stops"
+    _run_dagster(home, [server], lambda: _said(ready))
+
+
+def _daemon_does(home: Path) -> str:
+    from vsearch_pipeline.dagster_servers import what_the_daemon_does
+    from vsearch_pipeline.settings import load_settings
+
+    return what_the_daemon_does(load_settings(home))
+
+
+def _said(line: str) -> bool:
+    click.echo(f"vsearch: {line}", err=True)
+    return True
+
+
+def _run_dagster(home: Path, servers, announce) -> None:
+    """Run Dagster's servers until a signal (exit 0, one line) or until one of them fails (its
+    status, its name and the end of its log)."""
+    from vsearch_pipeline.dagster_servers import dagster_env, log_tail
+    from vsearch_pipeline.interrupts import run_until_stopped
+
+    ended = run_until_stopped(servers, dagster_env(home), announce=announce)
+    if ended.stopped:
+        _said("stopped")
+        return
+    _said(f"{ended.first.name} exited with status {ended.status}, so the rest was stopped; the end "
+         f"of {ended.first.log}:\n{log_tail(ended.first.log)}")
+    sys.exit(ended.status or 1)
 
 
 def _existing_home(home: Path | None) -> Path:

@@ -28,6 +28,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from dagster import (
@@ -159,43 +161,97 @@ def run_stoppably(work: Callable[[], T], say: Callable[[str], None]) -> T:
     return outcome["value"]
 
 
-def run_until_stopped(cmd: list[str], env: dict[str, str], grace_s: float = 30) -> int:
-    """Run a server command (the Dagster webserver) until it exits or this process gets SIGINT
-    or SIGTERM; then stop it and every process it started (its code servers), so that nothing
-    is left listening. Returns its exit status, or 0 when it was stopped on request.
+@dataclass(frozen=True)
+class Server:
+    """A long-running command (a Dagster webserver, a daemon) and the file its output goes to."""
 
-    The server runs in its own process group, so a signal reaches it only through here: it is
-    sent SIGINT (Dagster's graceful shutdown, for the webserver and its code servers alike),
-    and whatever of the group is still there `grace_s` seconds later is killed."""
-    server = subprocess.Popen(cmd, env=env, start_new_session=True)
+    name: str
+    cmd: list[str]
+    log: Path
+
+
+@dataclass(frozen=True)
+class ServersEnded:
+    """How `run_until_stopped` ended: on request (`stopped`), or because `first` exited."""
+
+    stopped: bool
+    first: Server | None = None
+    status: int = 0
+
+
+def run_until_stopped(servers: list[Server], env: dict[str, str], grace_s: float = 30,
+                      announce: Callable[[], bool] | None = None) -> ServersEnded:
+    """Run server commands side by side until one of them exits or this process gets SIGINT or
+    SIGTERM; then stop them all and every process they started (code servers, runs), so that
+    nothing is left listening. `announce` is called every half second until it returns True
+    (it says the servers are ready once they answer).
+
+    Each server runs in its own process group, so a signal reaches it only through here: it is
+    sent SIGINT (Dagster's graceful shutdown, for its webserver, daemon and code servers alike),
+    and whatever of the groups is still there `grace_s` seconds later is killed. One server
+    ending on its own ends the others too: a webserver without its daemon (or the reverse) is
+    the half-working state this is here to prevent."""
+    processes = [_start(server, env) for server in servers]
     stop: dict[str, float] = {}
 
     def forward(_signum: int, _frame: object) -> None:
         stop.setdefault("deadline", time.monotonic() + grace_s)
-        _signal_group(server.pid, signal.SIGINT)
+        for process in processes:
+            _signal_group(process.pid, signal.SIGINT)
 
     previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
     try:
-        status = _wait_until(server, stop)
+        first, status = _wait_for_first(processes, stop, announce)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _stop_group(server.pid, grace_s)
-    return 0 if stop else status
+        _stop_all(processes, grace_s)
+    if stop:
+        return ServersEnded(stopped=True)
+    return ServersEnded(stopped=False, first=servers[first], status=status)
 
 
-def _wait_until(server: subprocess.Popen, stop: dict[str, float]) -> int:
+def _start(server: Server, env: dict[str, str]) -> subprocess.Popen:
+    server.log.parent.mkdir(parents=True, exist_ok=True)
+    with open(server.log, "ab") as out:
+        return subprocess.Popen(server.cmd, env=env, start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_for_first(processes: list[subprocess.Popen], stop: dict[str, float],
+                    announce: Callable[[], bool] | None) -> tuple[int, int]:
+    """(index, exit status) of the first process to exit; after a stop request, of the last,
+    and every group is killed once the stop's deadline has passed."""
+    announced = announce is None
     while True:
+        ended = [(i, p.returncode) for i, p in enumerate(processes) if p.poll() is not None]
+        if ended and (not stop or len(ended) == len(processes)):
+            return ended[0]
+        if stop and time.monotonic() > stop["deadline"]:
+            for process in processes:
+                _signal_group(process.pid, signal.SIGKILL)
+        if not announced and not stop:
+            announced = announce()
+        time.sleep(0.5)
+
+
+def _stop_all(processes: list[subprocess.Popen], grace_s: float) -> None:
+    """SIGINT to every group and `grace_s` seconds for the servers to exit, then what is left of
+    each group (children that outlived their parent): SIGTERM, then SIGKILL."""
+    for process in processes:
+        _signal_group(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
         try:
-            return server.wait(timeout=0.5)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            if stop and time.monotonic() > stop["deadline"]:
-                _signal_group(server.pid, signal.SIGKILL)
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+    for process in processes:
+        _stop_group(process.pid, grace_s)
 
 
 def _stop_group(group: int, grace_s: float) -> None:
-    """What is left of a process group (children that outlived their parent): SIGTERM, then
-    SIGKILL after `grace_s` seconds."""
     _signal_group(group, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while _group_alive(group) and time.monotonic() < deadline:

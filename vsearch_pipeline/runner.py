@@ -31,13 +31,19 @@ def dagster_home(home: Path) -> Path:
     return HomeLayout(home).dagster
 
 
-def open_instance(home: Path) -> DagsterInstance:
-    """The home's Dagster instance (SQLite storage inside it), set up from dagster.yaml."""
+def instance_folder(home: Path) -> Path:
+    """The home's DAGSTER_HOME, made and given dagster.yaml the first time."""
     folder = dagster_home(home)
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "dagster.yaml"
     if REPO_INSTANCE_CONFIG.exists() and not config.exists():
         shutil.copyfile(REPO_INSTANCE_CONFIG, config)
+    return folder
+
+
+def open_instance(home: Path) -> DagsterInstance:
+    """The home's Dagster instance (SQLite storage inside it), set up from dagster.yaml."""
+    folder = instance_folder(home)
     os.environ["DAGSTER_HOME"] = str(folder)
     return DagsterInstance.from_config(str(folder))
 

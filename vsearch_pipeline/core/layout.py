@@ -28,6 +28,8 @@ DEMO_GROUNDING_FILE = "demo.csv"  # in the demo corpus: its grounding set (named
 DOWNLOADS_DIR = "downloads"  # the journals of `vsearch download`
 LOGS_DIR = "logs"
 DAGSTER_LOG_FILE = "dagster.log"  # in logs/: the Dagster event log of the runs `vsearch` starts
+WEBSERVER_LOG_FILE = "webserver.log"  # in logs/: the output of `vsearch ui`'s dagster-webserver
+DAEMON_LOG_FILE = "daemon.log"  # in logs/: the output of the Dagster daemon (`vsearch ui`, `daemon`)
 
 # the folders under the storage root
 BATCHES = "batches"
@@ -100,8 +102,20 @@ class HomeLayout:
         return self.home / DOWNLOADS_DIR
 
     @property
+    def logs(self) -> Path:
+        return self.home / LOGS_DIR
+
+    @property
     def dagster_log(self) -> Path:
-        return self.home / LOGS_DIR / DAGSTER_LOG_FILE
+        return self.logs / DAGSTER_LOG_FILE
+
+    @property
+    def webserver_log(self) -> Path:
+        return self.logs / WEBSERVER_LOG_FILE
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.logs / DAEMON_LOG_FILE
 
 
 def batch_path(key: str) -> str:
