@@ -218,10 +218,14 @@ def serve(home: Path | None, host: str, port: int) -> None:
     local = is_loopback(host)
     app = app_for_home(home, load_settings(home), local_writes=local)
     click.echo(f"vsearch: {_writes_line(app.state.service.writes.mode(), host)}", err=True)
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    url = _url(host, port)
     serve_until_stopped(app, host, port, lambda line: click.echo(f"vsearch: {line}", err=True),
                         lambda: f"serving {_served(app)} at {url}  (API docs {url}docs; Ctrl-C "
                                 "stops)")
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
 def _writes_line(mode: str, host: str) -> str:
@@ -294,7 +298,7 @@ def ui(home: Path | None, host: str, port: int) -> None:
     if ds.answers(host, port):
         raise click.ClickException(f"something already listens on {host}:{port} (another "
                                    "`vsearch ui`?): stop it or give another --port")
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    url = _url(host, port)
     ready = (f"Dagster UI at {url} with the daemon: {_daemon_does(home)}; logs in "
              f"{HomeLayout(home).logs}; Ctrl-C stops")
     _run_dagster(home, [ds.webserver(home, host, port), ds.daemon(home)],
@@ -335,12 +339,13 @@ def _run_dagster(home: Path, servers, announce) -> None:
     from vsearch_pipeline.interrupts import run_until_stopped
 
     ended = run_until_stopped(servers, dagster_env(home), announce=announce)
-    if ended.stopped:
+    if ended is None:
         _said("stopped")
         return
-    _said(f"{ended.first.name} exited with status {ended.status}, so the rest was stopped; the end "
-         f"of {ended.first.log}:\n{log_tail(ended.first.log)}")
-    sys.exit(ended.status or 1)
+    server, status = ended
+    _said(f"{server.name} exited with status {status}, so the rest was stopped; the end of "
+          f"{server.log}:\n{log_tail(server.log)}")
+    sys.exit(status or 1)
 
 
 def _existing_home(home: Path | None) -> Path:

@@ -170,45 +170,36 @@ class Server:
     log: Path
 
 
-@dataclass(frozen=True)
-class ServersEnded:
-    """How `run_until_stopped` ended: on request (`stopped`), or because `first` exited."""
-
-    stopped: bool
-    first: Server | None = None
-    status: int = 0
-
-
 def run_until_stopped(servers: list[Server], env: dict[str, str], grace_s: float = 30,
-                      announce: Callable[[], bool] | None = None) -> ServersEnded:
+                      announce: Callable[[], bool] | None = None) -> tuple[Server, int] | None:
     """Run server commands side by side until one of them exits or this process gets SIGINT or
     SIGTERM; then stop them all and every process they started (code servers, runs), so that
-    nothing is left listening. `announce` is called every half second until it returns True
+    nothing is left listening. Returns None when stopped on request, else the server that
+    exited first and its status. `announce` is called every half second until it returns True
     (it says the servers are ready once they answer).
 
     Each server runs in its own process group, so a signal reaches it only through here: it is
     sent SIGINT (Dagster's graceful shutdown, for its webserver, daemon and code servers alike),
-    and whatever of the groups is still there `grace_s` seconds later is killed. One server
-    ending on its own ends the others too: a webserver without its daemon (or the reverse) is
-    the half-working state this is here to prevent."""
+    and whatever of the groups is still there `grace_s` seconds later, or at a second signal,
+    is killed. One server ending on its own ends the others too: a webserver without its
+    daemon (or the reverse) is the half-working state this is here to prevent."""
     processes = [_start(server, env) for server in servers]
-    stop: dict[str, float] = {}
+    stop: list[int] = []
 
-    def forward(_signum: int, _frame: object) -> None:
-        stop.setdefault("deadline", time.monotonic() + grace_s)
-        for process in processes:
-            _signal_group(process.pid, signal.SIGINT)
+    def forward(signum: int, _frame: object) -> None:
+        if stop:  # the second signal: at once
+            for process in processes:
+                _signal_group(process.pid, signal.SIGKILL)
+        stop.append(signum)
 
     previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
     try:
-        first, status = _wait_for_first(processes, stop, announce)
+        first = _wait_for_first(processes, stop, announce)
     finally:
+        _stop_all(processes, grace_s)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        _stop_all(processes, grace_s)
-    if stop:
-        return ServersEnded(stopped=True)
-    return ServersEnded(stopped=False, first=servers[first], status=status)
+    return None if first is None else (servers[first], processes[first].returncode)
 
 
 def _start(server: Server, env: dict[str, str]) -> subprocess.Popen:
@@ -218,21 +209,18 @@ def _start(server: Server, env: dict[str, str]) -> subprocess.Popen:
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _wait_for_first(processes: list[subprocess.Popen], stop: dict[str, float],
-                    announce: Callable[[], bool] | None) -> tuple[int, int]:
-    """(index, exit status) of the first process to exit; after a stop request, of the last,
-    and every group is killed once the stop's deadline has passed."""
+def _wait_for_first(processes: list[subprocess.Popen], stop: list[int],
+                    announce: Callable[[], bool] | None) -> int | None:
+    """The index of the first process to exit, or None once a stop is requested."""
     announced = announce is None
-    while True:
-        ended = [(i, p.returncode) for i, p in enumerate(processes) if p.poll() is not None]
-        if ended and (not stop or len(ended) == len(processes)):
+    while not stop:
+        ended = [i for i, process in enumerate(processes) if process.poll() is not None]
+        if ended:
             return ended[0]
-        if stop and time.monotonic() > stop["deadline"]:
-            for process in processes:
-                _signal_group(process.pid, signal.SIGKILL)
-        if not announced and not stop:
+        if not announced:
             announced = announce()
         time.sleep(0.5)
+    return None
 
 
 def _stop_all(processes: list[subprocess.Popen], grace_s: float) -> None:

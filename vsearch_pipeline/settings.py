@@ -102,14 +102,19 @@ def _wants_number(annotation: Any) -> bool:
     return annotation in (int, float) or any(map(_wants_number, typing.get_args(annotation)))
 
 
-def _one_of(setting: str, value: Any, allowed: tuple[str, ...]) -> Any:
-    """A choice checked on its own, as a field validator: pydantic runs a section's model
-    validator only when every field of it is valid, so a wrong choice checked there alone was
-    heard of only once the section's other mistakes were mended. The model validators still
-    check the combinations."""
-    if value not in allowed:
-        raise ValueError(f"{setting} must be one of {allowed}, got {value!r}")
-    return value
+def _choices(section: str, allowed: dict[str, tuple[str, ...]]) -> Any:
+    """A field validator for the section's choices, each checked on its own: pydantic runs a
+    section's model validator only when every field of it is valid, so a wrong choice checked
+    there alone was heard of only once the section's other mistakes were mended. The model
+    validators still check the combinations. None (a model's own view) is always allowed."""
+
+    def known(cls: type, value: Any, info: ValidationInfo) -> Any:
+        choices = allowed[info.field_name or ""]
+        if value is not None and value not in choices:
+            raise ValueError(f"{section}.{info.field_name} must be one of {choices}, got {value!r}")
+        return value
+
+    return field_validator(*allowed)(classmethod(known))
 
 
 def _fields_of(section: BaseModel, params: type) -> dict[str, Any]:
@@ -144,13 +149,8 @@ class ModelSettings(Section):
             validate_settings(ModelSpec(name, "random", LEGACY_VIEW), "cpu", "fp32")
         return name
 
-    @field_validator("view", "device", "precision", "engine")
-    @classmethod
-    def _known_choice(cls, value: str | None, info: ValidationInfo) -> str | None:
-        allowed = {"view": VIEWS, "device": DEVICES, "precision": PRECISIONS, "engine": ENGINES}
-        if value is None:  # view: the model's own
-            return value
-        return _one_of(f"model.{info.field_name}", value, allowed[info.field_name or ""])
+    _known_choice = _choices("model", {"view": VIEWS, "device": DEVICES, "precision": PRECISIONS,
+                                       "engine": ENGINES})
 
     @model_validator(mode="after")
     def _runnable(self) -> ModelSettings:
@@ -203,11 +203,7 @@ class IndexSettings(Section, IndexParams):
     recall_queries: int = Field(1000, ge=1)
     rebuild_growth_ratio: float = Field(0.25, gt=0.0)
 
-    @field_validator("index_type", "storage")
-    @classmethod
-    def _known_choice(cls, value: str, info: ValidationInfo) -> str:
-        allowed = {"index_type": INDEX_TYPES, "storage": HNSW_STORAGES}
-        return _one_of(f"index.{info.field_name}", value, allowed[info.field_name or ""])
+    _known_choice = _choices("index", {"index_type": INDEX_TYPES, "storage": HNSW_STORAGES})
 
     @model_validator(mode="after")
     def _consistent(self) -> IndexSettings:
@@ -260,11 +256,7 @@ class ClusterSettings(Section, ClusterParams):
 
     drift_tolerance: float = Field(0.1, gt=0.0)
 
-    @field_validator("method", "reduce")
-    @classmethod
-    def _known_choice(cls, value: str, info: ValidationInfo) -> str:
-        allowed = {"method": CLUSTER_METHODS, "reduce": REDUCTIONS}
-        return _one_of(f"clusters.{info.field_name}", value, allowed[info.field_name or ""])
+    _known_choice = _choices("clusters", {"method": CLUSTER_METHODS, "reduce": REDUCTIONS})
 
     @model_validator(mode="after")
     def _known_choices(self) -> ClusterSettings:
