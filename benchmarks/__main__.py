@@ -17,7 +17,7 @@ import platform
 import sys
 from pathlib import Path
 
-NAMES = ("embed", "dedup", "ann", "cluster", "pipeline", "serve", "quality", "startup")
+NAMES = ("embed", "dedup", "ann", "cluster", "pipeline", "small", "serve", "quality", "startup")
 
 
 def machine() -> dict:

@@ -27,8 +27,9 @@ def test_the_checker_sees_a_lazy_import_of_a_framework(tmp_path: Path):
     ("vsearch_pipeline.cli", ("dagster", "torch", "fastapi", "faiss", "pydantic", "numpy")),
     ("vsearch_pipeline.settings", ("dagster", "torch", "faiss", "open_clip")),
     ("serving.app", ("dagster", "torch", "open_clip", "sentence_transformers")),
-    ("vsearch_pipeline.search", ("dagster", "torch", "sentence_transformers")),
-    ("vsearch_pipeline.core.query_encoder", ("torch", "torchvision")),
+    ("vsearch_pipeline.search", ("dagster", "torch", "sentence_transformers", "onnxruntime")),
+    ("vsearch_pipeline.core.models", ("torch", "torchvision", "open_clip")),
+    ("vsearch_pipeline.core.lite0", ("torch", "torchvision", "onnx")),
 ])
 def test_entry_points_load_only_what_their_command_needs(module: str, heavy: tuple[str, ...]):
     code = f"import sys, {module}; print(sorted(m for m in {heavy!r} if m in sys.modules))"

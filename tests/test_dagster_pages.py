@@ -170,7 +170,7 @@ def test_constants_are_listed_not_plotted(demo_home: Path, dagster_ui: str):
     for entries, constant in ((embedded, "batch_size"), (embedded, "dimension"),
                               (index, "dimension"), (evaluated, "grounding_sets")):
         assert not isinstance(entries[constant], numbers), constant
-    assert embedded["dimension"].value == "2560"
+    assert embedded["dimension"].value == "1280"
     assert isinstance(embedded["images_per_second"], numbers)
     assert isinstance(evaluated["demo/map@10"], numbers)
     assert not any(key.startswith("demo/quarter/") for key in evaluated)  # slices: in the table

@@ -41,15 +41,18 @@ def test_bounded_map_handles_fewer_items_than_ahead():
 
 
 def test_each_view_embeds_only_the_images_it_lacks(tmp_path: Path, cases: Path) -> None:
-    """The embeddings step with the whole view for search and the centre crop for copies, when
-    the centre crop already holds some images (as after switching `model.view`): those are
-    embedded in the whole view alone, the rest in both views from one decode, nothing twice."""
+    """The embeddings step with the whole view for search and the centre region for copies, when
+    the centre region already holds some images (as after switching `model.view`): those are
+    embedded in the whole view alone, the rest in both views from one decode and one network
+    pass, nothing twice."""
     store = ArtifactStore(str(tmp_path))
     spec = ModelSpec(DEFAULT_MODEL, view="whole")
     files = sorted((cases / "mixed_images").iterdir())
     ids, uris = [f.name for f in files], [str(f) for f in files]
     models = {key: load_model(s) for key, s in ((spec.key, spec), (spec.copy_spec.key,
                                                                      spec.copy_spec))}
+    assert spec.copy_spec.view == "centre_region"
+    assert models[spec.key].shares_pass(models[spec.copy_spec.key])
     crop = models[spec.copy_spec.key]
     earlier = embed_files(crop, ids[:2], uris[:2], read_object)
     store.write_parquet(embeddings_path(spec.copy_spec.key, "b00000"), embeddings_table(
@@ -69,8 +72,8 @@ def test_each_view_embeds_only_the_images_it_lacks(tmp_path: Path, cases: Path) 
     for key, shard in shards.items():
         table = shard.table()
         assert sorted(table.column("id").to_pylist()) == usable  # each image once per view
-        assert {v.split("; view")[1] if "; view" in v else "centre"
+        assert {v.split("; view ")[1].split(";")[0]
                 for v in table.column("model_version").to_pylist()} == (
-            {" whole"} if key == spec.key else {"centre"})
+            {"whole"} if key == spec.key else {"centre_region"})
     cached = shards[spec.copy_spec.key].table()
     np.testing.assert_array_equal(table_vectors(cached)[:2], earlier.vectors)

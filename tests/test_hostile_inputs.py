@@ -512,9 +512,12 @@ def test_every_usable_file_finds_itself_first(hostile):
     searcher = Searcher.from_build(store, latest_index(store, DEFAULT_KEY))
     misses = {}
     for path, image_id in _usable(hostile).items():
-        top = searcher.by_image((hostile["corpus"] / path).read_bytes(), 1)[0]
-        if top["id"] != image_id and top["score"] < 0.999:
-            misses[path] = top
+        results = searcher.by_image((hostile["corpus"] / path).read_bytes(), 5)
+        # found: first, or tied with the first (the 1-pixel image and the 1 x 100 strip of the
+        # same colour are the same picture once squashed to the network's square)
+        tied = [r["id"] for r in results if r["score"] >= results[0]["score"] - 1e-4]
+        if image_id not in tied and results[0]["score"] < 0.999:
+            misses[path] = results[0]
     assert not misses
     print(f"\nsearch by upload: {len(_usable(hostile))} usable files, each found itself first")
 

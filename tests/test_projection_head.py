@@ -20,7 +20,7 @@ UNSEEN, PER_UNSEEN = 10, 12  # other classes, not fitted on, to evaluate on
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(ModelSpec(DEFAULT_MODEL, view="centre_crop"), engine="torch")
+    return load_model(ModelSpec(DEFAULT_MODEL, view="centre_crop"))
 
 
 @pytest.fixture(scope="module")

@@ -264,10 +264,10 @@ def test_embed_returns_the_model_vectors_per_file(client, collection):
                                           ("files", ("bad.jpg", b"not an image"))])
     assert answer.status_code == 200
     body = answer.json()
-    assert body["model"] == "efficientnet-lite0" and body["dimension"] == 2560  # view multi: 2 x 1280
+    assert body["model"] == "efficientnet-lite0" and body["dimension"] == 1280  # view regions
     first, second, bad = body["embeddings"]
     vector = np.array(first["vector"])
-    assert vector.shape == (2560,) and abs(np.linalg.norm(vector) - 1) < 1e-4
+    assert vector.shape == (1280,) and abs(np.linalg.norm(vector) - 1) < 1e-4
     assert first["vector"] == second["vector"]
     assert bad["filename"] == "bad.jpg" and "not a usable image" in bad["error"]
     # The vector is the one the collection was indexed with: searching by it finds the photo

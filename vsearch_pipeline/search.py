@@ -90,13 +90,8 @@ def one_openmp_thread() -> Iterator[None]:
 
 
 def query_encoder(spec: ModelSpec) -> EmbeddingModel:
-    """The fastest measured encoder of `spec` on this CPU: the exported graphs without torch when
-    the pipeline cached them, else the full model (which exports and caches them)."""
-    from vsearch_pipeline.core.query_encoder import cached_query_encoder
-
-    light = cached_query_encoder(spec)
-    if light is not None:
-        return light
+    """The fastest measured encoder of `spec` on this CPU (for the default model, its cached graph
+    without torch)."""
     from vsearch_pipeline.core.models import load_model
 
     return load_model(spec, "cpu", engine="auto")
@@ -121,7 +116,8 @@ class Searcher:
                    sentence_encoder: SentenceEncoder | None = None) -> Searcher:
         """Load the index version `build` records; `model` is reused when it is the one the
         index was built with. ValueError when the installed model has another version."""
-        spec = ModelSpec(build["model"], build.get("pretrained"), build.get("view", LEGACY_VIEW))
+        spec = ModelSpec(build["model"], build.get("pretrained"), build.get("view", LEGACY_VIEW),
+                         build.get("int8", False))
         installed = model_version(spec)
         if installed != build["model_version"]:
             raise ValueError(f"index {build['version']} was built with model version "

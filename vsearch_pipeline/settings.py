@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
-from vsearch_pipeline.core.engines import ENGINES, validate_engine
+from vsearch_pipeline.core.engines import ENGINES, validate_engine, validate_int8
 from vsearch_pipeline.core.layout import HomeLayout
 from vsearch_pipeline.core.model_spec import (
     DEFAULT_MODEL,
@@ -33,6 +33,7 @@ from vsearch_pipeline.core.model_spec import (
     PRECISIONS,
     VIEWS,
     ModelSpec,
+    default_int8,
     validate_settings,
 )
 from vsearch_pipeline.core.params import (
@@ -135,7 +136,9 @@ class StorageSettings(Section):
 class ModelSettings(Section):
     name: str = DEFAULT_MODEL
     pretrained: str | None = None
-    view: str | None = None  # centre_crop | whole | multi; None: multi, or centre_crop for open_clip
+    view: str | None = None  # centre_crop | whole | regions | centre_region; None: regions, or
+    # centre_crop for open_clip
+    int8: bool | None = None  # None: int8 for efficientnet-lite0, float for open_clip models
     batch_size: int = Field(32, ge=1, le=4096)
     device: str = "cpu"
     precision: str = "fp32"
@@ -157,12 +160,18 @@ class ModelSettings(Section):
         """A model, view, device, precision or engine that cannot run fails at load, not mid-run.
         Cheap for the default model; `device: cuda` imports torch to ask for a device."""
         validate_engine(self.engine, self.name, self.device, self.precision)
+        validate_int8(self.engine, self.spec.int8)
         validate_settings(self.spec, self.device, self.precision)
         return self
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec(self.name, self.pretrained, self.view)
+        """The model's identity; int8 unset means int8 where it can run (the default model on
+        the CPU in fp32 with engine auto or onnx), float otherwise."""
+        int8 = self.int8 if self.int8 is not None else (
+            default_int8(self.name) and self.device == "cpu" and self.precision == "fp32"
+            and self.engine in ("auto", "onnx"))
+        return ModelSpec(self.name, self.pretrained, self.view, int8)
 
 
 class ManifestSettings(Section):

@@ -58,9 +58,10 @@ def embeddings(
     """L2-normalised float32 vectors of the batch's subset, one Parquet shard per batch and model
     view, with each image's top predicted ImageNet classes where the model has a classifier head.
 
-    Two views are embedded when the search view (`model.view`) is not the centre crop: the search
-    vectors, and the centre-crop vectors that near-duplicate detection reads (the centre crop
-    finds more cropped and rotated copies). Each file is decoded once for both.
+    Two views are kept when the search view (`model.view`) is not the copy view: the search
+    vectors, and the vectors that near-duplicate detection reads (the centre of the same feature
+    map for the default model, the centre crop otherwise). Each file is decoded once for both,
+    and run through the network once where the two views share the pass.
 
     Vectors are cached by content id and model view: an image that any shard of this view already
     holds is copied, not embedded again. A model is loaded only when something is new.
@@ -92,7 +93,8 @@ def embeddings(
         metadata={
             **figures,
             "model": model.name, "model_key": model.spec.key, "model_version": version,
-            "pretrained": model.pretrained or "", "view": model.spec.view, "device": model.device,
+            "pretrained": model.pretrained or "", "view": model.spec.view, "int8": model.spec.int8,
+            "device": model.device,
             "precision": model.precision, "batch_size": setting(model.batch_size),
             "dimension": setting(int(vectors.shape[1]) if len(vectors) else 0),
             "failed_images": markdown_table(

@@ -104,7 +104,7 @@ def faiss_index(
     folder = index_dir(model_key, version)
     build = build_record(
         built, version=version, model=ModelIdentity(model.name, model_key, model.pretrained,
-                                                    model.spec.view),
+                                                    model.spec.view, model.spec.int8),
         plan=plan, previous=previous, requested=requested, shards=shards, retrieval=retrieval,
         seconds=seconds, code_version=code_version())
     write_index_version(store, folder, built, build)

@@ -28,7 +28,7 @@ PHOTOS = (
 )
 
 
-def _photo(name: str) -> Image.Image:
+def demo_photo(name: str) -> Image.Image:
     from skimage import data
 
     pixels = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
@@ -109,13 +109,13 @@ def build_demo_corpus(folder: Path) -> tuple[Path, Path]:
     images = folder / DEMO_IMAGES_DIR
     rows = []
     for name in PHOTOS:
-        photo = _photo(name)
+        photo = demo_photo(name)
         _write(images / name / "original.png", _png(photo))
         rows.append((name, f"{name}/original.png", "original"))
         for edit, (apply, quality) in EDITS.items():
             _write(images / name / f"{edit}.jpg", _jpeg(apply(photo), quality))
             rows.append((name, f"{name}/{edit}.jpg", edit))
-    broken = _jpeg(_photo("coffee"), 90)
+    broken = _jpeg(demo_photo("coffee"), 90)
     _write(images / "broken" / "truncated.jpg", broken[: len(broken) // 3])
     grounding = folder / DEMO_GROUNDING_FILE
     grounding.write_text(format_grounding(rows))

@@ -26,18 +26,30 @@ class EmbeddingResult:
     copy_labels: list[list[tuple[str, float]]] | None = None
 
 
-def _prepare(models: Sequence[EmbeddingModel], read: Callable[[str], bytes], uri: str
+def passes(models: Sequence[EmbeddingModel]) -> list[list[int]]:
+    """The models grouped by network pass: positions of the models that one run serves."""
+    groups: list[list[int]] = []
+    for n, model in enumerate(models):
+        group = next((g for g in groups if models[g[0]].shares_pass(model)), None)
+        if group is None:
+            groups.append([n])
+        else:
+            group.append(n)
+    return groups
+
+
+def _prepare(runs: Sequence[EmbeddingModel], read: Callable[[str], bytes], uri: str
              ) -> list[Prepared] | str:
-    """Read and decode one file once, and preprocess it for each model (on a worker thread);
-    the reason when it fails.
+    """Read and decode one file once, and preprocess it for each pass (on a worker thread); the
+    reason when it fails.
 
     Large JPEGs decode at reduced scale (DCT scaling), down to the models' `decode_size` only:
     the speed of a reduced decode without moving the vectors away from a full-size decode."""
     try:
-        image = decode_rgb(read(uri), min_size=max(m.decode_min_size for m in models))
+        image = decode_rgb(read(uri), min_size=max(m.decode_min_size for m in runs))
     except (ImageError, OSError) as err:
         return str(err)
-    return [model.prepare(image) for model in models]
+    return [model.prepare(image) for model in runs]
 
 
 def bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Sequence, ahead: int) -> Iterator:
@@ -65,8 +77,11 @@ def embed_files(
     """Embed the files at `uris` (one per id). Decoding of the next images overlaps inference.
 
     With a `copy_model` (the same network seeing another view) each file is decoded once and
-    embedded by both; its vectors are `copy_vectors`, row for row with `vectors`."""
+    embedded by both, in one network pass when the two share it (`EmbeddingModel.shares_pass`);
+    its vectors are `copy_vectors`, row for row with `vectors`."""
     models = [model] if copy_model is None else [model, copy_model]
+    groups = passes(models)
+    runs = [models[g[0]] for g in groups]
     done_ids: list[str] = []
     chunks: list[list[np.ndarray]] = [[] for _ in models]
     labels: list[list[list[tuple[str, float]]]] = [[] for _ in models]
@@ -76,10 +91,11 @@ def embed_files(
 
     def flush() -> None:
         if tensors:
-            for view, each in enumerate(models):
-                vectors, predicted = each.embed_prepared([t[view] for t in tensors])
-                chunks[view].append(vectors)
-                labels[view].extend(predicted)
+            for run, (group, each) in enumerate(zip(groups, runs, strict=True)):
+                outputs = each.embed_views([t[run] for t in tensors], [models[n] for n in group])
+                for n, (vectors, predicted) in zip(group, outputs, strict=True):
+                    chunks[n].append(vectors)
+                    labels[n].extend(predicted)
             done_ids.extend(kept)
             tensors.clear()
             kept.clear()
@@ -87,7 +103,7 @@ def embed_files(
             progress(len(done_ids) + len(failed), len(ids))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        prepared = bounded_map(pool, lambda u: _prepare(models, read, u), uris, 2 * batch_size)
+        prepared = bounded_map(pool, lambda u: _prepare(runs, read, u), uris, 2 * batch_size)
         for image_id, item in zip(ids, prepared, strict=True):
             if isinstance(item, str):
                 failed[image_id] = item

@@ -1,24 +1,21 @@
 """Inference engines for the image encoder: eager PyTorch, or the same network exported to ONNX.
 
-Eager PyTorch runs the default model (EfficientNet-Lite0) at about 50 images/s on two CPU cores
-and gains little from batching or bf16; the same graph in ONNX Runtime gives identical vectors
-several times faster (see ``python -m benchmarks embed``). The exported file is cached under
-``$VSEARCH_CACHE`` (default ``~/.cache/vsearch``) keyed by the model version and the exporter,
-so a process pays for the export once per model, not once per run.
+Eager PyTorch runs the default model (EfficientNet-Lite0) one image at a time at about 30-45
+images/s on two CPU cores and gains little from batching or bf16; the same graph in ONNX Runtime
+gives identical vectors about twice as fast, and its int8 graph (`ModelSpec.int8`, the default)
+twice as fast again (see ``python -m benchmarks embed``). The graphs are cached under
+``$VSEARCH_CACHE`` (default ``~/.cache/vsearch``, `vsearch_pipeline.core.lite0.graph_path`), so a
+machine pays for the export and the quantization once, not once per run.
 
-Names: ``torch`` (eager, any model, fp32 or bf16 autocast), ``onnx`` (ONNX Runtime, fp32),
-``openvino`` (OpenVINO, fp32 or bf16 where the CPU has it), and ``auto``: the fastest measured
-engine that keeps the vectors at cosine >= 0.999 against fp32 eager, which is ``onnx`` for the
-default model on the CPU in fp32 and ``torch`` otherwise.
+Names: ``torch`` (eager, any model, fp32 or bf16 autocast), ``onnx`` (ONNX Runtime, fp32 or the
+int8 graph), ``openvino`` (OpenVINO, fp32 or bf16 where the CPU has it), and ``auto``: ``onnx``
+for the default model on the CPU in fp32, ``torch`` otherwise.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from collections.abc import Callable
-from importlib.metadata import version as package_version
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +46,12 @@ def validate_engine(engine: str, model_name: str, device: str, precision: str) -
         raise ValueError("model.engine 'onnx' runs in fp32 only; use 'openvino' or 'torch' for bf16")
 
 
+def validate_int8(engine: str, int8: bool) -> None:
+    if int8 and engine not in ("auto", "onnx"):
+        raise ValueError(f"model.int8 runs with engine 'onnx' (or 'auto'), not {engine!r}; set "
+                         "model.int8 to false to run the model in float")
+
+
 def resolve_engine(engine: str, model_name: str, device: str, precision: str) -> str:
     """The engine that `auto` stands for with these settings (others stand for themselves)."""
     from vsearch_pipeline.core.model_spec import DEFAULT_MODEL
@@ -64,48 +67,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vsearch")
 
 
-def exported_onnx(module: object, example: object, model_version: str,
-                  size_varies: bool = False) -> Path:
-    """The ONNX file of `module` (a torch module returning features and logits), exported once
-    and cached by model version, torch version and opset: a stale graph is never reused. With
-    `size_varies` the graph takes pixels of any height and width, else only the example's."""
-    path = onnx_cache_path(model_version)
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        _export(module, example, tmp, size_varies)
-        os.replace(tmp, path)  # atomic: a concurrent process sees no half-written file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def onnx_cache_path(model_version: str) -> Path:
-    """Where the graph of a model version is cached: named by the model version, the installed
-    torch (its distribution version, read without importing it) and the opset."""
-    identity = f"{model_version}|torch {package_version('torch')}|opset {ONNX_OPSET}"
-    return cache_dir() / "onnx" / f"{hashlib.sha256(identity.encode()).hexdigest()[:16]}.onnx"
-
-
-def _export(module: object, example: object, target: str, size_varies: bool) -> None:
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(module, (example,), target, input_names=["pixels"],
-                          output_names=["features", "logits"], opset_version=ONNX_OPSET,
-                          dynamic_axes={"pixels": {0: "n", 2: "h", 3: "w"} if size_varies else {0: "n"},
-                                        "features": {0: "n"}, "logits": {0: "n"}},
-                          dynamo=False)
-
-
 def onnx_runner(path: Path, threads: int | None = None) -> Runner:
+    """The graph at `path` run by ONNX Runtime on the CPU (`onnx_session`)."""
+    return session_runner(onnx_session(path, threads))
+
+
+def onnx_session(path: Path, threads: int | None = None):
     """An ONNX Runtime session on the CPU, all graph optimisations on, no spinning threads."""
     import onnxruntime as ort
 
@@ -115,11 +82,15 @@ def onnx_runner(path: Path, threads: int | None = None) -> Runner:
     # Threads that spin between runs fight PyTorch's (preprocessing) threads for the cores:
     # measured on 2 cores, one image went from 79 ms to 17 ms, a batch of 32 from 542 to 261 ms.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def session_runner(session) -> Runner:
+    """A runner over an ONNX Runtime session whose graph takes `pixels` and gives two outputs."""
 
     def run(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        features, logits = session.run(None, {"pixels": np.ascontiguousarray(pixels, np.float32)})
-        return features, logits
+        first, second = session.run(None, {"pixels": np.ascontiguousarray(pixels, np.float32)})
+        return first, second
 
     return run
 

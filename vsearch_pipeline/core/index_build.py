@@ -102,6 +102,7 @@ class ModelIdentity:
     key: str
     pretrained: str | None
     view: str
+    int8: bool
 
 
 def embedding_shards(store: ArtifactStore, model_key: str) -> list[str]:
@@ -299,7 +300,7 @@ def build_record(built: BuiltIndex, *, version: str, model: ModelIdentity, plan:
     """The build record (build.json): resolved parameters, mode, figures, what it came from."""
     return {"format": BUILD_FORMAT, "version": version, "model": model.name, "model_key": model.key,
             "model_version": built.model_version, "pretrained": model.pretrained,
-            "view": model.view,
+            "view": model.view, "int8": model.int8,
             "dimension": int(built.index.d), "count": int(built.index.ntotal),
             "factory": factory_string(built.params, built.index.d),
             "params": built.params.as_dict(), "requested_params": requested,

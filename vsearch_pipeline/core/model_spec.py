@@ -15,17 +15,16 @@ DEFAULT_MODEL = "efficientnet-lite0"
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("cpu", "cuda")
 OPEN_CLIP_PREFIX = "open_clip:"
-# What of the image the network sees: `centre_crop` resizes the shorter side and cuts the centre
-# square, throwing the sides away; `whole` squashes the whole image to the network's input square;
-# `multi` sees the whole image twice, squashed (average pooling) and at its own aspect ratio
-# (shorter side 224, GeM pooling), the two unit vectors side by side. Both find more of a class
-# than the centre crop (mAP@10 on Caltech-101: +0.018 whole, +0.020 multi, which also gains on
-# small collections and finds more crops of a query), but the centre crop finds more copies that
-# are cropped or rotated into black corners, so near-duplicate detection reads centre-crop vectors,
-# embedded beside the search view's. `multi` needs a network that takes any input size
-# (docs/search-quality.md has the figures).
-VIEWS = ("centre_crop", "whole", "multi")
-COPY_VIEW = "centre_crop"  # the view near-duplicate detection reads
+# What of the image the network sees, and how its feature map becomes one vector. `centre_crop`
+# resizes the shorter side to 256 and keeps the centre 224 x 224 square, throwing the sides away
+# (average pooling); the other views squash the whole image to 224 x 224 and differ only in the
+# pooling of the one feature map that pass gives: `whole` averages it, `regions` (the default model's
+# default) GeM-pools it over nine regions at three scales (R-MAC), `centre_region` averages its
+# centre. The default model's near-duplicate vectors are `centre_region`, pooled from the same pass
+# as the search vectors: one network pass per image gives both (docs/search-quality.md has the
+# figures). Views other than `centre_crop` need the default model (its feature map is pooled here).
+VIEWS = ("centre_crop", "whole", "regions", "centre_region")
+SQUASHED_VIEWS = ("whole", "regions", "centre_region")  # one squashing resize, pooled three ways
 LEGACY_VIEW = "centre_crop"  # what vectors without a recorded view were made with
 
 
@@ -36,10 +35,15 @@ class ModelSpec:
     name: str
     pretrained: str | None = None
     view: str | None = None  # None: the model's default view (`default_view`)
+    # The network run in int8 (static quantization, vsearch_pipeline.core.lite0); None: the
+    # model's default (`default_int8`). Int8 vectors are other vectors: they have their own key.
+    int8: bool | None = None
 
     def __post_init__(self) -> None:
         if self.view is None:
             object.__setattr__(self, "view", default_view(self.name))
+        if self.int8 is None:
+            object.__setattr__(self, "int8", default_int8(self.name))
 
     @property
     def key(self) -> str:
@@ -50,18 +54,32 @@ class ModelSpec:
             parts.append(pretrained_label(self.pretrained))
         if self.view != LEGACY_VIEW:
             parts.append(self.view)
+        if self.int8:
+            parts.append("int8")
         return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
 
     @property
     def copy_spec(self) -> ModelSpec:
         """The same model seeing the copy view: the vectors near-duplicate detection reads."""
-        return replace(self, view=COPY_VIEW)
+        return replace(self, view=copy_view(self.name, self.view))
 
 
 def default_view(name: str) -> str:
-    """`multi` for the default model; open_clip models keep the centre crop they were trained
-    with (`multi` needs a network that takes any input size)."""
-    return "multi" if name == DEFAULT_MODEL else LEGACY_VIEW
+    """`regions` for the default model; open_clip models keep the centre crop they were trained
+    with (the other views pool a convolutional feature map)."""
+    return "regions" if name == DEFAULT_MODEL else LEGACY_VIEW
+
+
+def copy_view(name: str, view: str) -> str:
+    """The view near-duplicate detection reads: for a squashed view of the default model the
+    centre of the same feature map (no second pass), else the centre crop."""
+    return "centre_region" if name == DEFAULT_MODEL and view in SQUASHED_VIEWS else LEGACY_VIEW
+
+
+def default_int8(name: str) -> bool:
+    """The default model runs in int8 by default: EfficientNet-Lite was designed for it (ReLU6,
+    no squeeze-excitation), and it keeps the retrieval figures of fp32 at twice the speed."""
+    return name == DEFAULT_MODEL
 
 
 def pretrained_label(pretrained: str) -> str:
@@ -103,15 +121,20 @@ def validate_settings(spec: ModelSpec, device: str, precision: str) -> None:
             )
     if spec.view not in VIEWS:
         raise ValueError(f"model.view must be one of {VIEWS}, got {spec.view!r}")
-    if spec.view == "multi" and spec.name != DEFAULT_MODEL:
-        raise ValueError(f"model.view 'multi' needs a convolutional network that takes any input "
-                         f"size: use it with {DEFAULT_MODEL!r}, or view 'whole' with {spec.name!r}")
+    if spec.view not in ("centre_crop", "whole") and spec.name != DEFAULT_MODEL:
+        raise ValueError(f"model.view {spec.view!r} pools a convolutional feature map: use it with "
+                         f"{DEFAULT_MODEL!r}, or view 'whole' or 'centre_crop' with {spec.name!r}")
+    if spec.int8 and spec.name != DEFAULT_MODEL:
+        raise ValueError(f"model.int8 runs only {DEFAULT_MODEL!r}; set it to false for {spec.name!r}")
     if device not in DEVICES:
         raise ValueError(f"model.device must be one of {DEVICES}, got {device!r}")
     if device == "cuda" and not _cuda_available():
         raise ValueError("model.device is 'cuda' but no CUDA device is available")
     if precision not in PRECISIONS:
         raise ValueError(f"model.precision must be one of {PRECISIONS}, got {precision!r}")
+    if spec.int8 and (device != "cpu" or precision != "fp32"):
+        raise ValueError("model.int8 runs on the CPU, with precision 'fp32' for the layers left in "
+                         "float; set model.int8 to false for another device or precision")
 
 
 def open_clip_architectures() -> list[str]:

@@ -26,7 +26,7 @@ mAP@10 by under 0.004 at twice the cost. Training: 35 s for 10,000 images on one
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -40,7 +40,6 @@ from vsearch_pipeline.core.retrieval import ProjectionHead
 CROP_SCALE = (0.3, 1.0)  # share of the image's area a random crop keeps
 CROP_RATIO = (3 / 4, 4 / 3)
 JITTER = 0.3  # brightness, contrast and saturation each scaled by a factor in [1 - J, 1 + J]
-GEOMETRIC_STEPS = (transforms.Resize, transforms.CenterCrop, transforms.RandomResizedCrop)
 
 
 # --------------------------------------------------------------------------- views
@@ -74,29 +73,16 @@ def _crop_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, i
     return (height - side) // 2, (width - side) // 2, side, side
 
 
-def tensor_steps(model: EmbeddingModel) -> Callable[[Image.Image], torch.Tensor]:
-    """The model's own preprocessing after its resize and crop (to tensor, normalisation): applied
-    to a view that already has the model's input size."""
-    steps = getattr(model.transform, "transforms", None)
-    if steps is None:
-        raise ValueError(f"model {model.name}: transform is not a torchvision Compose")
-    return transforms.Compose([s for s in steps if not isinstance(s, GEOMETRIC_STEPS)])
-
-
 def view_vectors(model: EmbeddingModel, images: Iterable[Image.Image], views: int, seed: int,
                  batch_size: int = 64) -> np.ndarray:
     """(n, views, dim) float32: the frozen backbone's unit vectors of `views` random augmentations
     of each image. Image i's views depend only on (seed, i), not on the batching. `images` may be
     a generator: each image is let go once its views are made."""
-    finish = tensor_steps(model)
-
     def prepared() -> Iterator[Prepared]:
         for index, image in enumerate(images):
             rng = np.random.default_rng([seed, index])
             for _ in range(views):
-                pixels = finish(augment(image, model.image_size, rng))
-                # view 'multi': a square view is its own aspect-kept view
-                yield pixels if model.aspect_transform is None else (pixels, pixels)
+                yield model.finish(augment(image, model.image_size, rng))
 
     chunks = [model.embed_prepared(batch, top=0)[0] for batch in _batches(prepared(), batch_size)]
     out = np.concatenate(chunks) if chunks else np.zeros((0, model.dim), np.float32)
