@@ -101,7 +101,7 @@ def add_through_sensor(home: Path, settings, held: list[Path], figures: dict) ->
         timed(figures, "process_batch (new 1%)", lambda key=key: run("process_batch", "add", key))
     timed(figures, "update_index (incremental)", lambda: run("update_index", "add"))
     store = ArtifactStore(str(HomeLayout(home).artifacts))
-    build = latest_index_build(store, "efficientnet-lite0")
+    build = latest_index_build(store, settings.model.spec.key)
     figures.update(index_mode=build["mode"], indexed_vectors=build["count"], added_images=len(held))
     figures["add_total"] = round(figures["sensor tick"] + figures["process_batch (new 1%)"]
                                  + figures["update_index (incremental)"], 2)

@@ -33,7 +33,8 @@ from vsearch_pipeline.settings import load_settings
 OFF = {"whitening": False, "database_augmentation_k": 0, "query_expansion_k": 0,
        "query_expansion_rounds": 1, "rerank": "none", "near_duplicate_floor": 1.0}
 DBA_QE = {**OFF, "database_augmentation_k": 10, "query_expansion_k": 10}
-DEFAULT_RETRIEVAL = {**DBA_QE, "near_duplicate_floor": 0.7}
+NEAR_FIRST = {**DBA_QE, "near_duplicate_floor": 0.7}
+DEFAULT_RETRIEVAL = {**NEAR_FIRST, "whitening": True}
 SETTINGS = {
     "raw backbone": OFF,
     "whitening": {**OFF, "whitening": True},
@@ -41,13 +42,18 @@ SETTINGS = {
     "alpha-QE k=10": {**OFF, "query_expansion_k": 10},
     "k-reciprocal re-ranking": {**OFF, "rerank": "k_reciprocal"},
     "DBA + alpha-QE": DBA_QE,
-    "DBA + alpha-QE + near-duplicates first (default)": DEFAULT_RETRIEVAL,
-    "DBA + 2 rounds of alpha-QE + near-duplicates first": {**DEFAULT_RETRIEVAL,
-                                                           "query_expansion_rounds": 2},
-    "whitening + default": {**DEFAULT_RETRIEVAL, "whitening": True},
+    "DBA + alpha-QE + near-duplicates first": NEAR_FIRST,
+    "whitening + DBA + alpha-QE + near-duplicates first (default)": DEFAULT_RETRIEVAL,
+    "default + 2 rounds of alpha-QE": {**DEFAULT_RETRIEVAL, "query_expansion_rounds": 2},
     "default + re-ranking": {**DEFAULT_RETRIEVAL, "rerank": "k_reciprocal"},
     "projection head + default": {**DEFAULT_RETRIEVAL, "projection_head": True},
+    "default, served by HNSW32,SQ8 (the served default)": DEFAULT_RETRIEVAL,
+    "default, served by HNSW32 over float32": DEFAULT_RETRIEVAL,
 }
+# The index each setting is served by: exact search (flat) unless named here, so that the rows
+# above measure the descriptor and its stages, and these two what a served index keeps of it
+INDEXES = {"default, served by HNSW32,SQ8 (the served default)": {"index_type": "hnsw", "storage": "SQ8"},
+           "default, served by HNSW32 over float32": {"index_type": "hnsw", "storage": "Flat"}}
 REBUILT = [AssetKey(name) for name in
            ("projection_head", "retrieval_transform", "faiss_index", "evaluation")]
 LATENCY_QUERIES = 200
@@ -88,7 +94,17 @@ def query_figures(home: Path, settings) -> dict[str, float]:
     found = [twin in loaded.search(loaded.transform.apply(vectors[row_of[loaded.ids[easy]]]),
                                    6)[1][0][1:6] for easy, twin in twins]
     return {"query_ms": query_ms, "twin_in_top5": float(np.mean(found)) if found else None,
-            "twin_pairs": len(twins)}
+            "twin_pairs": len(twins), "served_bytes_per_image": served_bytes(loaded)}
+
+
+def served_bytes(loaded) -> float:
+    """What the service holds per image for this index: the FAISS index (vectors or codes and
+    graph) and the plain vectors kept beside it for searches by id (float16, with DBA)."""
+    import faiss
+
+    index_bytes = faiss.serialize_index(loaded.index).nbytes
+    plain = loaded.plain.nbytes if loaded.plain is not None else 0  # Int8Rows: codes and scales
+    return (index_bytes + plain) / loaded.index.ntotal
 
 
 def run(quick: bool = False) -> dict:
@@ -108,7 +124,8 @@ def run(quick: bool = False) -> dict:
         first_run = near_duplicate_figures(home) | embedding_figures(home)
         measured = {}
         for name, retrieval in SETTINGS.items():
-            settings = load_settings(home, {**base, "retrieval": retrieval})
+            index = {**base["index"], **INDEXES.get(name, {})}
+            settings = load_settings(home, {**base, "retrieval": retrieval, "index": index})
             defs = make_definitions(home, settings)
             defs.get_implicit_global_asset_job_def().execute_in_process(
                 asset_selection=REBUILT, instance=open_instance(home), raise_on_error=True)
@@ -167,13 +184,15 @@ def report(database: Path, measured: dict[str, dict]) -> dict:
     raw_build, raw_query = rows[0][4], measured["raw backbone"]["query_ms"]
     pairs = measured["raw backbone"]["twin_pairs"]
     print(f"| setting | retrieval column | mAP@10 | precision@1 | Faces twin in top 5 ({pairs} pairs) "
-          "| index build s (+ vs raw) | one query ms (+ vs raw) |\n|---|---|---|---|---|---|---|")
+          "| index build s (+ vs raw) | one query ms (+ vs raw) | served bytes/image |\n"
+          "|---|---|---|---|---|---|---|---|")
     figures = {}
     for (name, q), (label, map10, p1, queries, build_s) in zip(measured.items(), rows, strict=True):
         ms = q["query_ms"]
         twin = "n/a" if q["twin_in_top5"] is None else f"{q['twin_in_top5']:.3f}"
         print(f"| {name} | `{label}` | {map10:.4f} | {p1:.4f} | {twin} "
-              f"| {build_s:.1f} ({build_s - raw_build:+.1f}) | {ms:.2f} ({ms - raw_query:+.2f}) |")
+              f"| {build_s:.1f} ({build_s - raw_build:+.1f}) | {ms:.2f} ({ms - raw_query:+.2f}) "
+              f"| {q['served_bytes_per_image']:,.0f} |")
         figures[name] = {"retrieval": label, "map@10": map10, "precision@1": p1,
                          "queries": queries, "build_seconds": build_s, **q}
     return figures

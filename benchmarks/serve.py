@@ -129,7 +129,7 @@ def write_version(store: ArtifactStore, index: faiss.Index, params: IndexParams,
     faiss.write_index(index, store.path(f"{folder}/{INDEX_FILE}"))  # the format serialize() writes
     build = {"format": BUILD_FORMAT, "version": version, "model": model.name, "model_key": model.spec.key,
              "model_version": model.version, "pretrained": model.spec.pretrained,
-             "view": model.spec.view, "dimension": index.d,
+             "view": model.spec.view, "int8": model.spec.int8, "dimension": index.d,
              "count": int(index.ntotal), "factory": factory_string(params, index.d),
              "params": params.as_dict(), "mode": "full", "build_seconds": round(build_s, 1),
              "recall_at_10": recall}

@@ -333,4 +333,27 @@ def test_index_settings_validate_the_new_options() -> None:
         IndexSettings(index_type="ivf-pq", storage="SQ8")
     with pytest.raises(ValidationError, match="k_factor"):
         IndexSettings(refine=True, k_factor=0.5)
-    assert IndexSettings().params() == IndexParams()  # defaults unchanged
+    # the pipeline serves HNSW over 8-bit codes by default; the other types store what they store
+    assert IndexSettings().params() == IndexParams(storage="SQ8")
+    assert IndexSettings(index_type="ivf-pq").params() == IndexParams("ivf-pq")
+
+
+def test_plain_vectors_at_one_byte_a_dimension_decode_close_to_the_floats() -> None:
+    """What a DBA index keeps beside itself for searches by id: int8 rows, a quarter of float32,
+    whose decoded rows stay within cosine 0.9999 of the unit vectors they encode, and which
+    grow by appending and round-trip through bytes exactly."""
+    from vsearch_pipeline.core.vectors import Int8Rows
+
+    rng = np.random.default_rng(3)
+    for dim in (256, 1280):
+        vectors = rng.standard_normal((500, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        rows = Int8Rows.of(vectors[:300]).append(vectors[300:])
+        assert len(rows) == 500 and rows.nbytes == 500 * (dim + 4)
+        decoded = rows.rows(np.arange(500))
+        cosines = (decoded * vectors).sum(axis=1) / np.linalg.norm(decoded, axis=1)
+        assert cosines.min() > 0.9999, cosines.min()
+        again = Int8Rows.from_bytes(rows.to_bytes())
+        np.testing.assert_array_equal(again.rows([7, 499]), rows.rows([7, 499]))
+    assert len(Int8Rows.of(np.zeros((0, 8), np.float32))) == 0
+    np.testing.assert_array_equal(Int8Rows.of(np.zeros((1, 8), np.float32)).rows([0]), 0)

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from vsearch_pipeline.core.grounding import ResolvedGrounding, parse_grounding, resolve_grounding
 from vsearch_pipeline.core.layout import (
     BUILD_FILE,
+    FLOAT16_PLAIN_VECTORS_FILE,
     GRAPH_FILE,
     HEAD_FILE,
     HEAD_RECORD_FILE,
@@ -31,7 +32,7 @@ from vsearch_pipeline.core.layout import (
 from vsearch_pipeline.core.retrieval import NeighbourGraph, ProjectionHead, VectorTransform
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
-from vsearch_pipeline.core.vectors import table_vectors
+from vsearch_pipeline.core.vectors import Int8Rows, table_vectors
 
 
 def latest_transform(store: ArtifactStore, model_key: str) -> dict | None:
@@ -75,15 +76,14 @@ def load_folder_graph(store: ArtifactStore, folder: str) -> NeighbourGraph | Non
     return NeighbourGraph.from_bytes(store.read_bytes(path)) if store.exists(path) else None
 
 
-def load_folder_plain_vectors(store: ArtifactStore, folder: str) -> np.ndarray | None:
+def load_folder_plain_vectors(store: ArtifactStore, folder: str) -> Int8Rows | None:
+    """The indexed vectors before DBA of an index version, when it augmented them (an older
+    version's float16 file is read too)."""
     path = f"{folder}/{PLAIN_VECTORS_FILE}"
-    return np.load(io.BytesIO(store.read_bytes(path))) if store.exists(path) else None
-
-
-def plain_vectors_bytes(vectors: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, vectors.astype(np.float16))
-    return buffer.getvalue()
+    if store.exists(path):
+        return Int8Rows.from_bytes(store.read_bytes(path))
+    older = f"{folder}/{FLOAT16_PLAIN_VECTORS_FILE}"
+    return Int8Rows.of(np.load(io.BytesIO(store.read_bytes(older)))) if store.exists(older) else None
 
 
 def latest_index_build(store: ArtifactStore, model_key: str) -> dict | None:

@@ -24,6 +24,7 @@ from vsearch_pipeline.core.retrieval import (
     ranked_search,
 )
 from vsearch_pipeline.core.storage import ArtifactStore
+from vsearch_pipeline.core.vectors import Int8Rows
 
 HAMMING_THRESHOLD_KEY = b"vsearch.hamming_threshold"  # in the duplicate groups' Parquet metadata
 
@@ -39,7 +40,7 @@ class LoadedIndex:
     build: dict
     transform: VectorTransform = field(default_factory=VectorTransform)
     graph: NeighbourGraph | None = None
-    plain: np.ndarray | None = None  # (n, d) float16, the vectors before DBA; None: as stored
+    plain: Int8Rows | None = None  # the vectors before DBA (one byte a dimension); None: as stored
 
     @cached_property
     def query_plan(self) -> QueryPlan:
@@ -58,7 +59,7 @@ class LoadedIndex:
         """Indexed vectors before database-side augmentation (in the transform's space)."""
         if self.plain is None:
             return self.stored_vectors(positions)
-        return self.plain[np.asarray(positions, dtype=np.int64)].astype(np.float32)
+        return self.plain.rows(positions)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) of the k best for vectors already in the index's space (model

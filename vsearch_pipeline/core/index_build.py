@@ -25,7 +25,6 @@ from vsearch_pipeline.core.artifacts import (
     load_folder_transform,
     load_labels,
     load_manifests,
-    plain_vectors_bytes,
 )
 from vsearch_pipeline.core.index import (
     IndexParams,
@@ -67,7 +66,7 @@ from vsearch_pipeline.core.sharded_index import (
 )
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
-from vsearch_pipeline.core.vectors import table_vectors
+from vsearch_pipeline.core.vectors import Int8Rows, table_vectors
 
 RECALL_K = 10
 NO_NEW_ROWS = pa.table({"id": pa.array([], pa.string()), "model_version": pa.array([], pa.string()),
@@ -91,7 +90,7 @@ class BuiltIndex:
     model_version: str
     transform: VectorTransform = VectorTransform()
     graph: NeighbourGraph | None = None
-    plain: np.ndarray | None = None  # the vectors before DBA, kept when they were augmented
+    plain: Int8Rows | None = None  # the vectors before DBA, kept when they were augmented
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def full_build(store: ArtifactStore, model_key: str, params: IndexParams, recall
 
 
 def _augmented_index(vectors: np.ndarray, params: IndexParams, retrieval: dict
-                     ) -> tuple[faiss.Index, np.ndarray, np.ndarray | None]:
+                     ) -> tuple[faiss.Index, np.ndarray, Int8Rows | None]:
     """The index of `vectors`; with database-side augmentation, of the vectors augmented from
     their neighbours in a first index (built again on them). Returns (index, the vectors as
     indexed, the vectors before augmentation or None)."""
@@ -179,7 +178,7 @@ def _augmented_index(vectors: np.ndarray, params: IndexParams, retrieval: dict
     near = neighbour_graph(lambda q, k: search(index, q, k), vectors, dba_k)
     augmented = augment_database(vectors, near.positions, near.scores,
                                  retrieval["query_plan"]["expansion_alpha"])
-    return build_index(augmented, params), augmented, vectors
+    return build_index(augmented, params), augmented, Int8Rows.of(vectors)
 
 
 def full_build_by_shards(store: ArtifactStore, model_key: str, params: IndexParams,
@@ -217,7 +216,7 @@ def add_new(store: ArtifactStore, previous: dict, new: pa.Table, retrieval: dict
         vectors, graph = augment_new(index, new_plain, graph, retrieval)
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         if plain is not None:
-            plain = np.concatenate([plain, new_plain.astype(plain.dtype)])
+            plain = plain.append(new_plain)
     old_map = store.read_parquet(f"{folder}/{IDS_FILE}")
     added_map = _new_rows_id_map(store, new, first=len(old_map))
     return BuiltIndex(index, pa.concat_tables([old_map, added_map.cast(old_map.schema)]), params,
@@ -322,5 +321,5 @@ def write_index_version(store: ArtifactStore, folder: str, built: BuiltIndex, re
     if built.graph is not None:
         store.write_bytes(f"{folder}/{GRAPH_FILE}", built.graph.to_bytes())
     if built.plain is not None:
-        store.write_bytes(f"{folder}/{PLAIN_VECTORS_FILE}", plain_vectors_bytes(built.plain))
+        store.write_bytes(f"{folder}/{PLAIN_VECTORS_FILE}", built.plain.to_bytes())
     store.write_json(f"{folder}/{BUILD_FILE}", record)

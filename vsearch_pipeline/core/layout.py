@@ -53,7 +53,8 @@ BUILD_FILE = "build.json"  # the build record, written last: a folder with it is
 # pretrained, view, model_version, params, count, retrieval). A record without `format` is 1.
 BUILD_FORMAT = 1
 GRAPH_FILE = "graph.npz"  # an index version's neighbour graph (DBA, re-ranking)
-PLAIN_VECTORS_FILE = "plain_vectors.npy"  # the indexed vectors before DBA (float16), when augmented
+PLAIN_VECTORS_FILE = "plain_vectors.npz"  # the indexed vectors before DBA (int8 rows), when augmented
+FLOAT16_PLAIN_VECTORS_FILE = "plain_vectors.npy"  # the same, as index versions before int8 rows kept them
 TRANSFORM_RECORD_FILE = "transform.json"  # a transform folder's record, written last
 HEAD_FILE = "head.npz"  # a projection head's weights
 HEAD_RECORD_FILE = "head.json"  # a head folder's record, written last
