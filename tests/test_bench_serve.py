@@ -35,3 +35,6 @@ def test_serve_quick_answers_every_request(tmp_path: Path, shared_data: Path) ->
         assert 0 < load["p50_ms"] <= load["p95_ms"] <= load["p99_ms"]
     assert 0.0 < figures["record"]["hnsw_recall_at_10"] <= 1.0
     assert figures["similar_rps_vs_flat"] > 0
+    # served at the default's representation: 256 whitened axes over 8-bit codes
+    assert figures["record"]["dimension"] == 256 and figures["record"]["wanted"]["hnsw"]["storage"] == "SQ8"
+    assert figures["server_rss_mb_live"] > 0

@@ -54,8 +54,10 @@ def collection_embeddings(store: ArtifactStore, model_key: str) -> tuple[list[st
 
 
 def artifact_version(context: AssetExecutionContext) -> str:
-    """Sortable and unique: UTC time of the run plus the start of its id."""
-    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{context.run.run_id[:8]}"
+    """Sortable and unique: UTC time to the microsecond plus the start of the run's id. (To
+    the second, two versions made within one second sorted by their random run ids, and the
+    newer could read as the older: seen once runs got fast enough.)"""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%fZ}-{context.run.run_id[:8]}"
 
 
 @lru_cache(maxsize=1)
