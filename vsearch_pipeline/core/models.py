@@ -31,6 +31,7 @@ from vsearch_pipeline.core.model_spec import (
     validate_settings,
 )
 from vsearch_pipeline.core.model_version import model_version
+from vsearch_pipeline.core.retrieval import unit
 
 LABELS_PER_IMAGE = 3  # predicted classes kept per image
 
@@ -114,12 +115,6 @@ class EmbeddingModel:
         if self.text_encoder is None:
             raise ValueError(f"model {self.name} has no text tower")
         return self.text_encoder(texts)
-
-
-def unit(features: np.ndarray) -> np.ndarray:
-    features = features.astype(np.float32)
-    norms = np.maximum(np.linalg.norm(features, axis=1, keepdims=True), np.float32(1e-12))
-    return features / norms
 
 
 def load_model(spec: ModelSpec, device: str = "cpu", precision: str = "fp32",
