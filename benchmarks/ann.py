@@ -199,6 +199,8 @@ def configs(quick: bool) -> list[Config]:
     return [  # most telling first: on a busy machine the later builds are the ones cut off
         Config("ivf-flat", ivf, tuple({"nprobe": p} for p in probes)),
         Config("hnsw-sq8-refine", sq8, tuple({"efSearch": e, "k_factor": 2.0} for e in efs[1:])),
+        Config("hnsw-sq8-refine-efc100", replace(sq8, efConstruction=100),
+               tuple({"efSearch": e, "k_factor": 2.0} for e in (64, 128, 192, 256))),
         Config("ivf-pq4fs-refine", pq, tuple({"nprobe": p, "k_factor": f}
                                               for p in (16, 32, 64, 128) for f in (10.0, 40.0))),
         Config("opq-ivf-pq-refine", opq, tuple({"nprobe": p, "k_factor": f}

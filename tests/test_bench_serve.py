@@ -37,4 +37,5 @@ def test_serve_quick_answers_every_request(tmp_path: Path, shared_data: Path) ->
     assert figures["similar_rps_vs_flat"] > 0
     # served at the default's representation: 256 whitened axes over 8-bit codes
     assert figures["record"]["dimension"] == 256 and figures["record"]["wanted"]["hnsw"]["storage"] == "SQ8"
-    assert figures["server_rss_mb_live"] > 0
+    assert figures["server_rss_mb_live"] > 0 and figures["server_rss_mb_ready"] > 0
+    assert figures["warm_up_s"] >= 0  # measured once the query models had loaded
