@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey
 
+from vsearch_pipeline.core import near_duplicates
 from vsearch_pipeline.core.catalog import duplicates_threshold, latest_duplicates
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.embed import embed_files
@@ -208,6 +209,27 @@ def test_nearest_neighbours_never_return_the_image_itself():
     assert not (rows == np.arange(len(vectors))[:, None]).any()
     assert np.allclose(cosine[:, :2], 1.0) and np.allclose(cosine[:, 2], 0.0)
     assert nearest_neighbours(vectors[:1], 5)[1].shape == (1, 0)
+
+
+def test_large_collections_take_neighbours_from_an_inverted_file_with_measured_recall(monkeypatch):
+    """Above EXACT_NEIGHBOURS_MAX vectors the neighbours are approximate (IVF): the planted copies
+    are still the pairs found, and the recall against exact search is measured and reported."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 48)).astype(np.float32)
+    base = centres[rng.integers(0, 40, 4000)] + 0.6 * rng.standard_normal((4000, 48)).astype(np.float32)
+    noisy = base[:100] + 0.1 * rng.standard_normal((100, 48)).astype(np.float32)
+    vectors = np.concatenate([base, noisy])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    hashes = rng.integers(0, 2**63, len(vectors), dtype=np.uint64)
+    truth = {(i, 4000 + i) for i in range(100)}
+    exact = combined_near_duplicates(hashes, vectors)
+    monkeypatch.setattr(near_duplicates, "EXACT_NEIGHBOURS_MAX", 1000)
+    monkeypatch.setattr(near_duplicates, "NEIGHBOUR_PROBES", 4)  # so that some are missed
+    approximate = combined_near_duplicates(hashes, vectors, thresholds=exact.thresholds)
+    assert exact.neighbour_recall == 1.0
+    assert 0.6 <= approximate.neighbour_recall < 1.0
+    found = {tuple(p) for p in approximate.pairs.tolist()}
+    assert len(found & truth) >= 0.95 * len({tuple(p) for p in exact.pairs.tolist()} & truth) > 90
 
 
 def test_scores_judge_precision_only_on_pairs_touching_known_images():

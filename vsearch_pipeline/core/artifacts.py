@@ -142,26 +142,35 @@ class NoEmbeddingsError(ValueError):
 
 
 def load_embeddings(store: ArtifactStore, model_key: str) -> tuple[list[str], np.ndarray, str]:
-    """All shards of one model, each id once (first shard wins); and the model version."""
+    """All shards of one model, each id once (first shard wins); and the model version.
+
+    The vectors go into one array sized from the shards' footers, so that loading a million
+    of them needs their own memory plus one shard's, not twice theirs."""
+    shards = store.list(embeddings_dir(model_key), ".parquet")
+    total = sum(store.parquet_rows(shard) for shard in shards)
     ids: list[str] = []
-    chunks = []
     seen: set[str] = set()
+    vectors: np.ndarray | None = None
     model_version = ""
-    for shard in store.list(embeddings_dir(model_key), ".parquet"):
+    for shard in shards:
         table = store.read_parquet(shard)
         if not len(table):
             continue
         model_version = table.column("model_version")[0].as_py()
         keep = pa.array([i for i, image_id in enumerate(table.column("id").to_pylist())
                          if image_id not in seen and not seen.add(image_id)], pa.int64())
-        if len(keep):  # a shard can hold only images that an earlier shard already has
-            ids.extend(table.column("id").take(keep).to_pylist())
-            chunks.append(table_vectors(table.take(keep)))
-    if not ids:
+        if not len(keep):  # a shard can hold only images that an earlier shard already has
+            continue
+        rows = table_vectors(table.take(keep) if len(keep) < len(table) else table)
+        if vectors is None:
+            vectors = np.empty((total, rows.shape[1]), np.float32)
+        vectors[len(ids):len(ids) + len(rows)] = rows
+        ids.extend(table.column("id").take(keep).to_pylist())
+    if vectors is None:
         raise NoEmbeddingsError(f"no embeddings for model {model_key!r} yet: no file of any ingest "
                                 f"batch was embedded (the manifest gives each file's status and "
                                 f"reason)")
-    return ids, np.concatenate(chunks), model_version
+    return ids, vectors if len(ids) == total else vectors[:len(ids)].copy(), model_version
 
 
 def load_labels(store: ArtifactStore, model_key: str

@@ -70,7 +70,8 @@ def combined_grouping(store: ArtifactStore, model_key: str, ids: list[str], hash
                                       contrast_threshold, cosine_floor)
     figures = {"checked_now": len(ids), "new_pairs": len(result.pairs),
                "with_vectors": len(positions), "candidate_pairs": result.candidates,
-               "pairs_by_contrast": result.by_contrast, "pairs_by_phash": result.by_phash}
+               "pairs_by_contrast": result.by_contrast, "pairs_by_phash": result.by_phash,
+               "neighbour_recall": round(result.neighbour_recall, 4)}
     chosen = result.thresholds
     if chosen is None:
         notes = {"threshold_choice": f"pHash alone: fewer than {MIN_IMAGES_TO_CHOOSE} images "
@@ -93,7 +94,9 @@ def vectors_of(store: ArtifactStore, model_key: str, ids: list[str]
     position = {image_id: i for i, image_id in enumerate(ids)}
     rows = [(row, position[i]) for row, i in enumerate(vector_ids) if i in position]
     keep = np.array([r for r, _ in rows], dtype=np.int64)
-    return vectors[keep], np.array([p for _, p in rows], dtype=np.int64)
+    if len(keep) < len(vectors):  # a copy of a million vectors only where some are left out
+        vectors = vectors[keep]
+    return vectors, np.array([p for _, p in rows], dtype=np.int64)
 
 
 def previous_groups(store: ArtifactStore, threshold: int) -> dict[str, int] | None:

@@ -154,7 +154,7 @@ def full_build(store: ArtifactStore, model_key: str, params: IndexParams, recall
     ids = [i for i, k in zip(ids, keep, strict=True) if k]
     if not ids:
         raise ValueError("none of the embedded images is in the source any more")
-    vectors = transform.apply(vectors[keep])
+    vectors = transform.apply(vectors[keep] if removed else vectors)  # no copy of them all
     params = resolve_params(params, len(ids), vectors.shape[1])
     index, vectors, plain = _augmented_index(vectors, params, retrieval)
     graph = None  # for re-ranking: neighbours among the vectors as indexed, augmented or not

@@ -9,7 +9,9 @@ rule of ``method: combined``:
 
 1. **Candidates**: pairs whose pHashes are within ``hamming_threshold`` bits (multi-index
    hashing, :mod:`vsearch_pipeline.core.hashing`), and each image's ``neighbours`` nearest
-   images by cosine (exact inner-product search, ``faiss.IndexFlatIP`` over the unit vectors).
+   images by cosine (exact inner-product search up to ``EXACT_NEIGHBOURS_MAX`` vectors; above,
+   candidates from an inverted file over PCA-reduced vectors, re-scored by their exact cosine,
+   with the recall against exact search measured on a sample).
 2. **Contrast**: ``contrast(a, b) = cos(a, b) - (r_a + r_b) / 2``, where ``r_x`` is the mean
    cosine of ``x`` to its ``BASELINE_NEIGHBOURS`` (5) nearest images: how much closer the pair
    is than what is ordinary around each of them (CSLS, Conneau et al. 2018, halved).
@@ -33,7 +35,9 @@ threshold chosen the same way (0.74) gives precision 0.07. Most pairs counted as
 consecutive shots of one person, which many would call near-duplicates too.
 
 Exact search is quadratic in the number of images: 9,149 take about 5 s on 2 busy cores (pHash
-alone: 0.02 s); beyond about 100k images an approximate index would have to supply neighbours.
+alone: 0.02 s), 50,000 about a minute, a million would take hours. Above 50,000 vectors
+`approximate_neighbours` supplies them in near-linear time; benchmarks/collection.py gives the
+figures at 100k and 1M.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ from vsearch_pipeline.core.hashing import hamming_distance, near_duplicate_pairs
 NEAR_DUPLICATE_METHODS = ("combined", "phash")
 BASELINE_NEIGHBOURS = 5  # r_x: mean cosine to this many nearest images
 MIN_IMAGES_TO_CHOOSE = 20  # fewer images with vectors: no thresholds chosen, pHash alone decides
+EXACT_NEIGHBOURS_MAX = 50_000  # more vectors: approximate_neighbours supplies the neighbours
+NEIGHBOUR_DIMS = 128  # PCA axes the approximate search runs in
+NEIGHBOUR_PROBES = 16  # inverted lists searched per query
+CANDIDATES_PER_NEIGHBOUR = 3  # candidates re-scored exactly per neighbour kept
+RECALL_SAMPLE = 500  # queries whose approximate neighbours are checked against exact search
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class Neighbours:
     cosine: np.ndarray  # (m, k) float32
     items: np.ndarray  # (m, k) int64 item positions
     baseline: np.ndarray  # (n,) float32 r_x per item, NaN for items without a vector
+    recall: float = 1.0  # of the neighbours against exact search (1.0: they are exact)
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,7 @@ class CombinedResult:
     candidates: int
     by_contrast: int  # pairs accepted through the contrast threshold
     by_phash: int  # pairs accepted through pHash (near-identical, or without a vector)
+    neighbour_recall: float = 1.0  # of the kNN candidates against exact search
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,8 @@ def validate_method(method: str) -> str:
 
 
 def nearest_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact ``k`` nearest other rows by inner product: ``(cosine, row)``, each ``(m, k)``.
+    """The ``k`` nearest other rows by inner product: ``(cosine, row)``, each ``(m, k)``; exact
+    up to ``EXACT_NEIGHBOURS_MAX`` rows, `approximate_neighbours` above.
 
     ``k`` shrinks to ``m - 1`` for small inputs. A row's own entry is dropped even when identical
     vectors tie with it (the last column goes where it is not among the results).
@@ -124,12 +136,90 @@ def nearest_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
     k = min(k, m - 1)
     if k < 1:
         return np.empty((m, 0), np.float32), np.empty((m, 0), np.int64)
+    if m > EXACT_NEIGHBOURS_MAX:
+        return approximate_neighbours(vectors, k)
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
     cosine, rows = index.search(vectors, k + 1)
-    keep = rows != np.arange(m)[:, None]
+    return _without_self(cosine, rows, k)
+
+
+def _without_self(cosine: np.ndarray, rows: np.ndarray, k: int, own: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """k of the k + 1 results of each query row, its own row (`own`, default 0..m-1) left out."""
+    m = len(rows)
+    keep = rows != (np.arange(m) if own is None else own)[:, None]
     keep[keep.all(axis=1), -1] = False
     return cosine[keep].reshape(m, k), rows[keep].reshape(m, k).astype(np.int64)
+
+
+def approximate_neighbours(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``CANDIDATES_PER_NEIGHBOUR * k`` candidates per row from an inverted file over the rows
+    reduced by PCA to ``NEIGHBOUR_DIMS`` axes (``IVF{4 sqrt(m)},Flat``, ``NEIGHBOUR_PROBES``
+    lists probed), re-scored by their exact cosine in full and the best ``k`` kept. Over 1,280
+    dimensions the reduction makes the search about ten times cheaper; the re-scoring gives back
+    exact cosines, so only a neighbour the candidates miss is lost (`neighbour_recall`)."""
+    import faiss
+
+    reduced = _reduced(vectors)
+    m, d = reduced.shape
+    nlist = int(4 * np.sqrt(m))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(reduced[_sample(m, 64 * nlist)])
+    index.add(reduced)
+    index.nprobe = NEIGHBOUR_PROBES
+    candidates = index.search(reduced, CANDIDATES_PER_NEIGHBOUR * k + 1)[1]
+    del reduced, index
+    cosine = _row_cosines(vectors, candidates)
+    cosine[(candidates < 0) | (candidates == np.arange(m)[:, None])] = -np.inf
+    best = np.argsort(-cosine, axis=1, kind="stable")[:, :k]
+    cosine, rows = np.take_along_axis(cosine, best, 1), np.take_along_axis(candidates, best, 1)
+    missing = ~np.isfinite(cosine)  # fewer candidates than k: a harmless pair (cosine -1) to row 0
+    cosine[missing], rows[missing] = -1.0, 0
+    return cosine.astype(np.float32), rows.astype(np.int64)
+
+
+def _reduced(vectors: np.ndarray) -> np.ndarray:
+    """Unit rows of the top ``NEIGHBOUR_DIMS`` principal axes (PCA fitted on a seeded sample)."""
+    import faiss
+
+    m, d = vectors.shape
+    if d <= NEIGHBOUR_DIMS:
+        return vectors
+    pca = faiss.PCAMatrix(d, NEIGHBOUR_DIMS)
+    pca.train(vectors[_sample(m, 100_000)])
+    reduced = np.concatenate([pca.apply(vectors[i:i + 65_536]) for i in range(0, m, 65_536)])
+    faiss.normalize_L2(reduced)
+    return reduced
+
+
+def _sample(m: int, size: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(0).choice(m, min(m, size), replace=False))
+
+
+def _row_cosines(vectors: np.ndarray, rows: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """Inner product of each row with each of its ``rows`` (m, c), a chunk of rows at a time."""
+    out = np.empty(rows.shape, np.float32)
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        out[start:start + chunk] = np.einsum("id,icd->ic", vectors[start:start + chunk],
+                                             vectors[np.maximum(part, 0)])
+    return out
+
+
+def neighbour_recall(vectors: np.ndarray, rows: np.ndarray) -> float:
+    """Recall of the found neighbours ``rows`` (m, k) against exact search, on a seeded sample of
+    ``RECALL_SAMPLE`` rows (1.0 when the search was exact)."""
+    import faiss
+
+    m, k = rows.shape
+    if m <= EXACT_NEIGHBOURS_MAX or not k:
+        return 1.0
+    sample = np.sort(np.random.default_rng(1).choice(m, min(m, RECALL_SAMPLE), replace=False))
+    cosine, found = faiss.knn(vectors[sample], vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = _without_self(cosine, found, k, own=sample)[1]
+    hits = [len(set(a) & set(b)) for a, b in zip(rows[sample], truth, strict=True)]
+    return float(np.sum(hits) / truth.size)
 
 
 def find_neighbours(vectors: np.ndarray, positions: np.ndarray, n_items: int, k: int) -> Neighbours:
@@ -138,7 +228,7 @@ def find_neighbours(vectors: np.ndarray, positions: np.ndarray, n_items: int, k:
     baseline = np.full(n_items, np.nan, dtype=np.float32)
     if cosine.shape[1]:
         baseline[positions] = cosine[:, :BASELINE_NEIGHBOURS].mean(axis=1)
-    return Neighbours(cosine, positions[rows], baseline)
+    return Neighbours(cosine, positions[rows], baseline, neighbour_recall(vectors, rows))
 
 
 def candidate_pairs(hashes: np.ndarray, vectors: np.ndarray, positions: np.ndarray,
@@ -251,7 +341,7 @@ def combined_near_duplicates(
     candidates = candidate_pairs(hashes, vectors, positions, found, hamming_threshold)
     by_contrast, by_hash = decide(candidates, thresholds, hamming_threshold)
     return CombinedResult(candidates.pairs[by_contrast | by_hash], thresholds, len(candidates.pairs),
-                          int(by_contrast.sum()), int(by_hash.sum()))
+                          int(by_contrast.sum()), int(by_hash.sum()), found.recall)
 
 
 # --- evaluation against known copies ------------------------------------------------------------

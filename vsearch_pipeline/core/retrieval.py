@@ -65,11 +65,17 @@ class Whitening:
     def dims(self) -> int:
         return int(self.projection.shape[1])
 
-    def apply(self, vectors: np.ndarray) -> np.ndarray:
-        projected = (np.atleast_2d(vectors).astype(np.float32) - self.mean) @ self.projection
-        if self.power != 1.0:
-            projected = np.sign(projected) * np.abs(projected) ** self.power
-        return unit(projected)
+    def apply(self, vectors: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+        """Whitened unit rows; a chunk of rows at a time, so that a million vectors need no
+        centred float copy of them all."""
+        vectors = np.atleast_2d(vectors)
+        out = np.empty((len(vectors), self.dims), np.float32)
+        for start in range(0, len(vectors), chunk):
+            projected = (vectors[start:start + chunk].astype(np.float32) - self.mean) @ self.projection
+            if self.power != 1.0:
+                projected = np.sign(projected) * np.abs(projected) ** self.power
+            out[start:start + chunk] = unit(projected)
+        return out
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -93,17 +99,29 @@ def fit_whitening(vectors: np.ndarray, dims: int, shrinkage: float, power: float
 
     Each axis is divided by sqrt(eigenvalue + shrinkage * mean kept eigenvalue): shrinkage 0 is
     plain whitening, large values leave the PCA rotation nearly unscaled."""
-    vectors = np.asarray(vectors, dtype=np.float64)
-    if len(vectors) < 3:
-        raise ValueError(f"whitening needs at least 3 vectors, got {len(vectors)}")
-    mean = vectors.mean(axis=0)
-    centred = vectors - mean
-    covariance = centred.T @ centred / (len(vectors) - 1)
+    n = len(vectors)
+    if n < 3:
+        raise ValueError(f"whitening needs at least 3 vectors, got {n}")
+    mean, covariance = _mean_and_covariance(vectors)
     eigenvalues, axes = np.linalg.eigh(covariance)
-    keep = np.argsort(eigenvalues)[::-1][: min(dims, len(vectors) - 1, vectors.shape[1])]
+    keep = np.argsort(eigenvalues)[::-1][: min(dims, n - 1, vectors.shape[1])]
     eigenvalues = np.clip(eigenvalues[keep], 0, None)
     scale = 1 / np.sqrt(eigenvalues + shrinkage * eigenvalues.mean() + 1e-12)
     return Whitening(mean.astype(np.float32), (axes[:, keep] * scale).astype(np.float32), power)
+
+
+def _mean_and_covariance(vectors: np.ndarray, chunk: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
+    """In float64, a chunk of rows at a time: no float64 copy of all the vectors (200,000 of
+    1,280 dimensions would be 2 GB, twice over once centred)."""
+    mean = np.zeros(vectors.shape[1])
+    for start in range(0, len(vectors), chunk):
+        mean += vectors[start:start + chunk].sum(axis=0, dtype=np.float64)
+    mean /= len(vectors)
+    scatter = np.zeros((vectors.shape[1], vectors.shape[1]))
+    for start in range(0, len(vectors), chunk):
+        centred = vectors[start:start + chunk].astype(np.float64) - mean
+        scatter += centred.T @ centred
+    return mean, scatter / (len(vectors) - 1)
 
 
 @dataclass(frozen=True)
@@ -377,7 +395,7 @@ class VectorTransform:
         return "+".join(parts) or "none"
 
     def apply(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.atleast_2d(vectors).astype(np.float32)
+        vectors = np.atleast_2d(vectors).astype(np.float32, copy=False)
         if self.head:
             vectors = self.head.apply(vectors)
         return self.whitening.apply(vectors) if self.whitening else vectors

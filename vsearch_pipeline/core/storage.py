@@ -144,3 +144,8 @@ class ArtifactStore:
     def read_parquet_schema(self, relpath: str) -> pa.Schema:
         with self.fs.open(self.path(relpath), "rb") as f:
             return pq.read_schema(f)
+
+    def parquet_rows(self, relpath: str) -> int:
+        """Rows of a Parquet artifact, from its footer alone."""
+        with self.fs.open(self.path(relpath), "rb") as f:
+            return pq.read_metadata(f).num_rows

@@ -11,7 +11,8 @@ def table_vectors(table: pa.Table) -> np.ndarray:
     """The vector column of a shard as an (n, dim) float32 array, without a Python loop."""
     column = table.column("vector").combine_chunks()
     dim = column.type.list_size
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32,
+                                                                                 copy=False)
 
 
 class Int8Rows:
