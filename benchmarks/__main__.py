@@ -17,7 +17,8 @@ import platform
 import sys
 from pathlib import Path
 
-NAMES = ("embed", "dedup", "ann", "cluster", "pipeline", "small", "serve", "quality", "startup")
+NAMES = ("embed", "dedup", "ann", "cluster", "pipeline", "small", "serve", "collection", "quality",
+         "startup")
 
 
 def machine() -> dict:
