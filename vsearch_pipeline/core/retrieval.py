@@ -189,11 +189,18 @@ def augment(vectors: np.ndarray, neighbour_vectors: np.ndarray, scores: np.ndarr
 
 
 def augment_database(vectors: np.ndarray, neighbours: np.ndarray, scores: np.ndarray,
-                     alpha: float) -> np.ndarray:
-    """DBA from a neighbour graph (positions and cosines, (n, k), self excluded, -1 padding)."""
-    present = neighbours >= 0
-    gathered = vectors[np.where(present, neighbours, 0)]
-    return augment(vectors, gathered, np.where(present, scores, 0.0), alpha)
+                     alpha: float, chunk: int = 16_384) -> np.ndarray:
+    """DBA from a neighbour graph (positions and cosines, (n, k), self excluded, -1 padding).
+
+    A chunk of rows at a time: the gathered neighbours are (rows, k, d), which for a million
+    vectors at once would be 10 GB at k=10 and 256 dimensions, twice over once weighted."""
+    out = np.empty((len(vectors), vectors.shape[1]), np.float32)
+    for start in range(0, len(vectors), chunk):
+        rows = slice(start, start + chunk)
+        present = neighbours[rows] >= 0
+        gathered = vectors[np.where(present, neighbours[rows], 0)]
+        out[rows] = augment(vectors[rows], gathered, np.where(present, scores[rows], 0.0), alpha)
+    return out
 
 
 @dataclass(frozen=True)
