@@ -83,11 +83,7 @@ def _vectors(column: pa.FixedSizeListArray) -> np.ndarray:
 
 def shard_row_counts(store: ArtifactStore, shard_paths: Sequence[str]) -> list[int]:
     """Rows in each shard, from the Parquet footers only (duplicated ids counted in each shard)."""
-    counts = []
-    for path in shard_paths:
-        with _parquet(store, path) as parquet:
-            counts.append(parquet.metadata.num_rows)
-    return counts
+    return [store.parquet_rows(path) for path in shard_paths]
 
 
 def vector_dim(store: ArtifactStore, shard_paths: Sequence[str]) -> int:
