@@ -357,3 +357,27 @@ def test_plain_vectors_at_one_byte_a_dimension_decode_close_to_the_floats() -> N
         np.testing.assert_array_equal(again.rows([7, 499]), rows.rows([7, 499]))
     assert len(Int8Rows.of(np.zeros((0, 8), np.float32))) == 0
     np.testing.assert_array_equal(Int8Rows.of(np.zeros((1, 8), np.float32)).rows([0]), 0)
+
+
+@pytest.mark.parametrize("params", [IndexParams("hnsw", storage="SQ8", efConstruction=40),
+                                    IndexParams("hnsw", storage="Flat", refine=True, efConstruction=40),
+                                    IndexParams("ivf-flat"), IndexParams("flat")],
+                         ids=["hnsw-sq8", "hnsw-refine", "ivf-flat", "flat"])
+def test_refill_answers_for_the_new_vectors_at_the_same_positions(clustered, params) -> None:
+    """What DBA's index is: the first index holding vectors moved a little (augmented), its
+    graph or lists kept; searches find the moved vectors' own neighbours."""
+    from vsearch_pipeline.core.index import refill
+
+    vectors, _ = clustered
+    noise = np.random.default_rng(1).normal(0, 0.3 / np.sqrt(D), vectors.shape)
+    moved = (vectors + noise).astype(np.float32)
+    moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+    resolved = resolve_params(params, N, D)
+    index = refill(build_index(vectors, resolved), moved)
+    assert index.ntotal == N
+    exact = exact_neighbours(moved, moved[:100], 10)
+    found = search(index, moved[:100], 10)[1]
+    recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
+    assert recall >= 0.85
+    with pytest.raises(ValueError, match="refill needs"):
+        refill(index, moved[:10])

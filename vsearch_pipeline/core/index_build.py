@@ -32,6 +32,7 @@ from vsearch_pipeline.core.index import (
     deserialize,
     factory_string,
     recall_at_k,
+    refill,
     resolve_params,
     search,
     serialize,
@@ -169,8 +170,9 @@ def full_build(store: ArtifactStore, model_key: str, params: IndexParams, recall
 def _augmented_index(vectors: np.ndarray, params: IndexParams, retrieval: dict
                      ) -> tuple[faiss.Index, np.ndarray, Int8Rows | None]:
     """The index of `vectors`; with database-side augmentation, of the vectors augmented from
-    their neighbours in a first index (built again on them). Returns (index, the vectors as
-    indexed, the vectors before augmentation or None)."""
+    their neighbours in the first index, which is then refilled with them (`index.refill`), not
+    built a second time. Returns (index, the vectors as indexed, the vectors before augmentation
+    or None)."""
     index = build_index(vectors, params)
     dba_k = retrieval["database_augmentation_k"]
     if not dba_k:
@@ -178,7 +180,7 @@ def _augmented_index(vectors: np.ndarray, params: IndexParams, retrieval: dict
     near = neighbour_graph(lambda q, k: search(index, q, k), vectors, dba_k)
     augmented = augment_database(vectors, near.positions, near.scores,
                                  retrieval["query_plan"]["expansion_alpha"])
-    return build_index(augmented, params), augmented, Int8Rows.of(vectors)
+    return refill(index, augmented), augmented, Int8Rows.of(vectors)
 
 
 def full_build_by_shards(store: ArtifactStore, model_key: str, params: IndexParams,
