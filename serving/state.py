@@ -26,10 +26,11 @@ from serving.search_log import SearchLog
 from serving.tag_index import TagIndex
 from serving.views import CollectionViews
 from vsearch_pipeline.core.decode import ImageError
-from vsearch_pipeline.core.hashing import fold_near_duplicates
 from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.settings import ServingSettings
 
+Fetch = Callable[[int], list[dict]]  # the n best results of one query
+FETCH_MAX = 5_000  # results a folded answer asks the index for at most, however much folds
 RELEVANCE_METHOD = ("a result matches when its score reaches what unrelated pairs of this "
                     "collection seldom reach: median + 3 robust SD of random image pairs, or the "
                     "99th percentile of unrelated text queries")
@@ -94,11 +95,6 @@ class ServiceState:
     def fold_or_default(self, fold: bool | None) -> bool:
         return self.settings.fold_duplicates if fold is None else fold
 
-    @staticmethod
-    def wanted(k: int, fold: bool) -> int:
-        """Ask the index for more when folding, so that k groups usually remain."""
-        return min(2 * k, k + 200) if fold else k
-
     # ------------------------------------------------------------------------------- uploads
 
     async def read_upload(self, file: UploadFile) -> bytes:
@@ -133,12 +129,14 @@ class ServiceState:
 
     # ------------------------------------------------------------------------------- answers
 
-    def answer(self, served: ServedIndex, results: list[dict], k: int, started: float,
+    def answer(self, served: ServedIndex, fetch: Fetch, k: int, started: float,
                endpoint: str, query: str, tag: str | None, fold: bool, floor: float | None,
                **extra) -> dict:
-        """The one shape of every search answer, logged in the search log. Each result says
-        whether it `match`es (its score reaches the collection's floor, core.relevance)."""
-        shown = fold_results(results, served.views, fold, served.files)[:k]
+        """The one shape of every search answer, logged in the search log: `k` result cards
+        from `fetch` (the n best results of the query), near-duplicates folded under their
+        card when `fold` (`fold_results`). Each result says whether it `match`es (its score
+        reaches the collection's floor, core.relevance)."""
+        shown = self.cards(served, fetch, k, fold)
         for result in shown:
             result["match"] = floor is None or result["score"] >= floor
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -149,6 +147,22 @@ class ServiceState:
                 "folded": sum(len(r["duplicates"]) for r in shown),
                 "relevance": {"floor": floor, "matches": sum(r["match"] for r in shown),
                               "method": RELEVANCE_METHOD}, **extra}
+
+    def cards(self, served: ServedIndex, fetch: Fetch, k: int, fold: bool) -> list[dict]:
+        """k result cards. Folded duplicates do not count: while folding leaves fewer than k
+        cards and the index has more, it is asked again for twice as many."""
+        asked = k
+        while True:
+            results = fetch(asked)
+            cards = fold_results(results, served.views, fold, served.searcher.describe)
+            if len(cards) >= k or len(results) < asked or asked >= FETCH_MAX:
+                break
+            asked = min(2 * asked, FETCH_MAX)
+        for card in cards[:k]:
+            image_entry(card, served.files)
+            for duplicate in card["duplicates"]:
+                image_entry(duplicate, served.files)
+        return cards[:k]
 
     def images(self, served: ServedIndex, ids: list[str],
                tags: dict[str, list[str]] | None = None) -> list[dict]:
@@ -184,17 +198,26 @@ def image_entry(row: dict, files: dict[str, SourceFile]) -> dict:
 
 
 def fold_results(results: list[dict], views: CollectionViews, enabled: bool,
-                 files: dict[str, SourceFile]) -> list[dict]:
-    """Results that are near-duplicates of a better-ranked one go under it, in `duplicates`."""
-    if not enabled or views.fold_threshold is None:
-        return [{**image_entry(r, files), "duplicates": []} for r in results]
-    hashes = [views.phash.get(r["id"]) for r in results]
-    folded = []
-    for rank, members in enumerate(fold_near_duplicates(hashes, views.fold_threshold), start=1):
-        leader = {**image_entry(results[members[0]], files), "rank": rank}
-        leader["duplicates"] = [
-            {**image_entry({k: results[m][k] for k in ("id", "score", "uri", "path")}, files),
-             "distance": int(bin(hashes[m] ^ hashes[members[0]]).count("1"))}
-            for m in members[1:]]
-        folded.append(leader)
-    return folded
+                 describe: Callable[[list[str]], list[dict]]) -> list[dict]:
+    """One card per near-duplicate group, as the pipeline decided the groups: a result whose
+    group has a better-ranked card goes under that card, in `duplicates`, followed by the
+    group's members the results did not reach (`describe`d, score None), so that a card
+    carries its whole group and a tag given to it reaches every member."""
+    cards: list[dict] = []
+    card_of: dict[int, dict] = {}
+    for result in results:
+        group = views.group_of.get(result["id"]) if enabled else None
+        if group in card_of:
+            card_of[group]["duplicates"].append(result)
+            continue
+        card = {**result, "rank": len(cards) + 1, "duplicates": []}
+        cards.append(card)
+        if group is not None:
+            card_of[group], card["group"] = card, group
+    for group, card in card_of.items():
+        members = views.duplicate_groups[group]
+        reached = {card["id"], *(d["id"] for d in card["duplicates"])}
+        card["duplicates"] += [{**row, "score": None}
+                               for row in describe([i for i in members if i not in reached])]
+        card["group_size"] = len(members)
+    return cards

@@ -1,7 +1,9 @@
 """The clustering and the near-duplicate groups, as the service browses them and folds results by.
 
 Both are the newest files the pipeline wrote (vsearch_pipeline.core.catalog finds them); either
-may be missing, and then its endpoints say so and results are not folded.
+may be missing, and then its endpoints say so and results are not folded. The groups are the
+pipeline's decision (`duplicates/<version>.parquet`), read as they are: the duplicates tab, the
+folding of every result list and the tags given to a folded card all follow that one rule.
 """
 
 from __future__ import annotations
@@ -9,18 +11,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from vsearch_pipeline.core.catalog import duplicates_threshold
+from vsearch_pipeline.core.catalog import duplicates_rule
 from vsearch_pipeline.core.storage import ArtifactStore
 
 
 @dataclass(frozen=True)
 class CollectionViews:
     identity: tuple[str | None, str | None] = (None, None)  # (clusters, duplicates) artifacts
-    phash: Mapping[str, int] = field(default_factory=dict)
-    fold_threshold: int | None = None  # the pipeline's Hamming threshold; None: no duplicates yet
     duplicate_groups: list[list[str]] = field(default_factory=list)  # largest first
+    group_of: Mapping[str, int] = field(default_factory=dict)  # id -> its group's place above
+    duplicate_rule: dict | None = None  # what decided the groups; None: no groups file yet
     cluster_members: Mapping[int, list[str]] = field(default_factory=dict)  # largest first
     noise: list[str] = field(default_factory=list)  # clustered as noise (label -1)
+
+    def group_members(self, image_id: str) -> list[str]:
+        """The image's near-duplicate group (itself included), or just itself."""
+        group = self.group_of.get(image_id)
+        return [image_id] if group is None else self.duplicate_groups[group]
 
 
 def load_views(store: ArtifactStore, clusters: str | None, duplicates: str | None
@@ -33,19 +40,18 @@ def load_views(store: ArtifactStore, clusters: str | None, duplicates: str | Non
                                    strict=True):
             members.setdefault(int(label), []).append(image_id)
     noise = members.pop(-1, [])
-    phash: dict[str, int] = {}
     groups: dict[int, list[str]] = {}
-    threshold = None
+    rule = None
     if duplicates is not None:
         table = store.read_parquet(duplicates)
-        columns = (table.column(c).to_pylist() for c in ("id", "phash", "group"))
-        for image_id, value, group in zip(*columns, strict=True):
-            phash[image_id] = value
+        columns = (table.column(c).to_pylist() for c in ("id", "group"))
+        for image_id, group in zip(*columns, strict=True):
             if group >= 0:
                 groups.setdefault(group, []).append(image_id)
-        threshold = duplicates_threshold(table)
+        rule = duplicates_rule(table)
+    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0]))
     by_size = sorted(members.items(), key=lambda item: (-len(item[1]), item[0]))
     return CollectionViews(
-        identity=(clusters, duplicates), phash=phash, fold_threshold=threshold,
-        duplicate_groups=sorted(groups.values(), key=lambda g: (-len(g), g[0])),
-        cluster_members=dict(by_size), noise=noise)
+        identity=(clusters, duplicates), duplicate_groups=ordered,
+        group_of={i: number for number, group in enumerate(ordered) for i in group},
+        duplicate_rule=rule, cluster_members=dict(by_size), noise=noise)

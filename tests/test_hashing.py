@@ -285,16 +285,6 @@ def test_phash_array_empty() -> None:
     assert result.shape == (0,)
 
 
-def test_fold_near_duplicates_groups_under_the_best_ranked_copy():
-    from vsearch_pipeline.core.hashing import fold_near_duplicates
-
-    base = 0x0F0F_0F0F_0F0F_0F0F
-    hashes = [base, base ^ 0b111, 0xFFFF_0000_FFFF_0000, None, base ^ 0b1, 0xFFFF_0000_FFFF_0001]
-    assert fold_near_duplicates(hashes, 3) == [[0, 1, 4], [2, 5], [3]]
-    assert fold_near_duplicates(hashes, 0) == [[0], [1], [2], [3], [4], [5]]
-    assert fold_near_duplicates([], 8) == []
-
-
 def test_new_hashes_checked_against_old_give_the_full_grouping():
     """Incremental grouping: pairs touching the new hashes, merged with the old groups,
     equal the groups of all hashes at once."""

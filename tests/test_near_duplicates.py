@@ -17,7 +17,7 @@ import pytest
 from dagster import AssetKey
 
 from vsearch_pipeline.core import near_duplicates
-from vsearch_pipeline.core.catalog import duplicates_threshold, latest_duplicates
+from vsearch_pipeline.core.catalog import duplicates_rule, latest_duplicates
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.embed import embed_files
 from vsearch_pipeline.core.hashing import near_duplicate_pairs, phash64
@@ -284,7 +284,9 @@ def test_asset_groups_edited_copies_and_records_its_thresholds(shared_data, case
     assert "Otsu" in metadata_value(metadata, "threshold_choice")
     assert metadata_value(metadata, "hamming_threshold") == HAMMING
     store = ArtifactStore(str(home / "artifacts"))  # what the service folds by: the file's record
-    assert duplicates_threshold(store.read_parquet(latest_duplicates(store))) == HAMMING
+    rule = duplicates_rule(store.read_parquet(latest_duplicates(store)))
+    assert rule["method"] == "combined" and rule["hamming_threshold"] == HAMMING
+    assert round(rule["thresholds"]["contrast"], 4) == metadata_value(metadata, "contrast_threshold")
     # search embeds the whole image; copies are found in centre-region vectors, pooled beside
     spec = ModelSpec("efficientnet-lite0", view="whole")
     assert metadata_value(metadata, "model") == spec.copy_spec.key == "efficientnet-lite0-centre_region-int8"

@@ -117,19 +117,33 @@ def test_search_by_upload_finds_the_photo_and_its_class(client, collection):
     assert answer["latency_ms"] > 0 and answer["k"] == 6 and len(answer["query_id"]) == 32
 
 
-def test_near_duplicates_fold_under_the_best_ranked_copy(client, collection):
+def test_results_fold_by_the_pipelines_groups_and_k_counts_cards(client, collection, ids):
     folded = _upload(client, collection["images"], "ukbench/ukbench00120.jpg", k=10)
     top = folded["results"][0]
     assert top["path"] == "ukbench/ukbench00120.jpg"
+    group = client.get(f"/duplicates/{top['group']}").json()  # the card opens its group
+    members = {i["path"] for i in group["images"]}
+    assert "ukbench/ukbench00120_resize.jpg" in members and group["size"] == top["group_size"]
+    # the card carries its whole group: the members found score, the rest ride along
     under = {d["path"]: d for d in top["duplicates"]}
-    assert "ukbench/ukbench00120_resize.jpg" in under
-    assert all(d["distance"] <= 10 and d["image_url"] for d in under.values())
+    assert set(under) | {top["path"]} == members
+    assert all(d["image_url"] and (d["score"] is None or d["score"] <= top["score"])
+               for d in under.values())
+    # no group shows twice, and folding never shortens the list: k cards
     shown = [r["path"] for r in folded["results"]]
-    assert not set(under) & set(shown) and folded["folded"] >= len(under)
+    assert len(shown) == 10 and not set(under) & set(shown)
+    groups = [r["group"] for r in folded["results"] if "group" in r]
+    assert len(groups) == len(set(groups)) and folded["folded"] >= len(under)
     flat = _upload(client, collection["images"], "ukbench/ukbench00120.jpg", k=10, fold="false")
     flat_paths = [r["path"] for r in flat["results"]]
     assert "ukbench/ukbench00120_resize.jpg" in flat_paths[:3]
     assert flat["folded"] == 0 and all(r["duplicates"] == [] for r in flat["results"])
+    everything = client.get(f"/similar/{ids['camera/image_0001.jpg']}",
+                            params={"k": collection["usable"] - 1}).json()["results"]
+    cards = len(everything) + sum(len(r["duplicates"]) for r in everything)
+    assert cards == collection["usable"] - 1 + sum(  # each image once, the query's group aside
+        1 for r in everything for d in r["duplicates"] if d["id"] == ids["camera/image_0001.jpg"])
+    assert client.get("/duplicates/100000").status_code == 404
 
 
 def test_crop_search_finds_the_planted_crop(client, collection):
@@ -339,7 +353,8 @@ def test_clusters_carry_suggested_names_that_become_tags(client, collection):
 def test_duplicate_groups_hold_the_edited_copies(client, collection):
     groups = client.get("/duplicates").json()
     threshold = collection["settings"].near_duplicates.hamming_threshold
-    assert groups["total"] >= 1 and groups["hamming_threshold"] == threshold
+    assert groups["total"] >= 1 and groups["rule"]["hamming_threshold"] == threshold
+    assert groups["rule"]["method"] == "combined" and groups["rule"]["thresholds"]["cosine_floor"] > 0
     paths = [{i["path"] for i in g["images"]} for g in groups["groups"]]
     assert any({"ukbench/ukbench00120.jpg", "ukbench/ukbench00120_resize.jpg"} <= p for p in paths)
 

@@ -223,6 +223,17 @@ class Searcher:
                  "uri": table.column("uri")[pos].as_py(), "path": table.column("path")[pos].as_py()}
                 for rank, (pos, score) in enumerate(ranked, start=1)]
 
+    def describe(self, ids: Sequence[str]) -> list[dict]:
+        """Where each image is (`id`, `uri`, `path`; None for an id the index does not hold)."""
+        table, position_of = self.loaded.id_map, self.loaded.position_of
+        rows = []
+        for image_id in ids:
+            pos = position_of.get(image_id)
+            rows.append({"id": image_id,
+                         "uri": None if pos is None else table.column("uri")[pos].as_py(),
+                         "path": None if pos is None else table.column("path")[pos].as_py()})
+        return rows
+
     def best_label(self, image_id: str) -> str | None:
         labels = self.loaded.labels_of(image_id)
         return labels[0] if labels else None

@@ -4,10 +4,10 @@ images themselves (by id only, never by path)."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
+import pathlib
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 
@@ -21,7 +21,7 @@ from vsearch_pipeline.core.cluster import suggest_name
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.sources import SourceUnreachableError
 
-WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+WEB_DIR = pathlib.Path(__file__).resolve().parents[1] / "web"
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
@@ -85,14 +85,25 @@ def cluster(label: ClusterLabel, state: State, offset: Offset = 0,
 
 def duplicates(state: State, offset: Offset = 0,
                limit: Annotated[int, Query(ge=1, le=500)] = 20) -> dict:
-    """Near-duplicate groups (by pHash), largest first, a page at a time."""
+    """Near-duplicate groups as the pipeline decided them, largest first, a page at a time,
+    with the rule that decided them (method and thresholds, as recorded with the groups)."""
     served, tags = state.live(), state.tag_index.tags_by_id()
     groups = served.views.duplicate_groups
     return {"total": len(groups), "offset": offset, "limit": limit,
-            "hamming_threshold": served.views.fold_threshold,
+            "rule": served.views.duplicate_rule,
             "groups": [{"group": offset + n, "size": len(g),
                         "images": state.images(served, g, tags)}
                        for n, g in enumerate(groups[offset:offset + limit])]}
+
+
+def duplicate_group(group: Annotated[int, Path(ge=0, le=MAX_OFFSET)], state: State) -> dict:
+    """One near-duplicate group (the number a folded result card names)."""
+    served = state.live()
+    groups = served.views.duplicate_groups
+    if group >= len(groups):
+        raise HTTPException(404, f"no near-duplicate group {group} ({len(groups)} groups)")
+    return {"group": group, "size": len(groups[group]),
+            "images": state.images(served, groups[group])}
 
 
 def original(state: ServiceState, image_id: str) -> tuple[bytes, str]:
@@ -140,6 +151,8 @@ def router(access: Access) -> APIRouter:
     routes.add_api_route("/clusters", clusters, methods=["GET"], dependencies=access.reads)
     routes.add_api_route("/clusters/{label}", cluster, methods=["GET"], dependencies=access.reads)
     routes.add_api_route("/duplicates", duplicates, methods=["GET"], dependencies=access.reads)
+    routes.add_api_route("/duplicates/{group}", duplicate_group, methods=["GET"],
+                         dependencies=access.reads)
     routes.add_api_route("/images/{image_id}", image, methods=["GET"], dependencies=access.reads)
     routes.add_api_route("/images/{image_id}/thumbnail", thumbnail, methods=["GET"],
                          dependencies=access.reads)

@@ -20,11 +20,11 @@ def similar(image_id: str, state: State, k: int = 50, tag: OptionalTag = None,
     """The nearest images to one already in the collection (itself left out)."""
     started, served = time.perf_counter(), state.live()
     k, fold = state.bounded_k(k), state.fold_or_default(fold)
-    try:
-        results = served.searcher.by_id(image_id, state.wanted(k, fold), only=state.tagged(tag))
-    except KeyError as err:
-        raise HTTPException(404, err.args[0]) from None
-    return state.answer(served, results, k, started, "similar", f"image:{image_id}", tag, fold,
+    if image_id not in served.searcher.loaded.position_of:
+        raise HTTPException(404, f"no image with id {image_id!r} in index {served.version}")
+    only = state.tagged(tag)
+    return state.answer(served, lambda n: served.searcher.by_id(image_id, n, only=only), k,
+                        started, "similar", f"image:{image_id}", tag, fold,
                         served.searcher.match_floor("image"))
 
 
@@ -49,9 +49,8 @@ async def search(state: State,
     searcher = served.searcher
     vector = state.cached_vector((searcher.model_version, searcher.loaded.transform.version, query),
                                  lambda: state.embed_upload(served, data, box))
-    results = searcher.by_vector(vector, state.wanted(k, fold), only=only)
-    return state.answer(served, results, k, started, "search", query, tag, fold,
-                        searcher.match_floor("image"))
+    return state.answer(served, lambda n: searcher.by_vector(vector, n, only=only), k, started,
+                        "search", query, tag, fold, searcher.match_floor("image"))
 
 
 def search_text(state: State, q: Annotated[str, Query(description="What to look for, in words")],
@@ -71,10 +70,10 @@ def search_text(state: State, q: Annotated[str, Query(description="What to look 
     vector = state.cached_vector((searcher.model_version, searcher.loaded.transform.version,
                                   searcher.text_mode, "text:" + text),
                                  lambda: searcher.embed_text(text))
-    results = searcher.by_text(vector, state.wanted(k, fold), only=state.tagged(tag),
-                               tags=state.tag_index.by_tag())
-    return state.answer(served, results, k, started, "search/text", f"text:{text.lower()}", tag,
-                        fold, searcher.match_floor("text"), mode=searcher.text_mode)
+    only, tags = state.tagged(tag), state.tag_index.by_tag()
+    return state.answer(served, lambda n: searcher.by_text(vector, n, only=only, tags=tags), k,
+                        started, "search/text", f"text:{text.lower()}", tag, fold,
+                        searcher.match_floor("text"), mode=searcher.text_mode)
 
 
 async def embed(state: State,

@@ -21,6 +21,7 @@ from vsearch_pipeline.core.duplicate_groups import (
     Grouping,
     combined_grouping,
     group_rows,
+    grouping_rule,
     largest_groups,
     phash_grouping,
     write_groups,
@@ -115,7 +116,8 @@ def near_duplicate_groups(
     seconds = time.perf_counter() - start
     db.replace_duplicate_groups(group_rows(context.run.run_id, ids, grouping))
     path = duplicates_path(artifact_version(context))
-    write_groups(store, path, ids, hashes, grouping.labels, rule.hamming_threshold, rule.method)
+    write_groups(store, path, ids, hashes, grouping.labels,
+                 grouping_rule(rule.method, rule.hamming_threshold, grouping))
     sizes = grouping.sizes()
     figures = {"images": len(ids), **grouping.figures, "groups": len(sizes),
                "images_in_groups": len(grouping.grouped()),

@@ -9,6 +9,7 @@ their folder; the groups' Hamming threshold is in the file's own schema metadata
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -27,6 +28,7 @@ from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.vectors import Int8Rows
 
 HAMMING_THRESHOLD_KEY = b"vsearch.hamming_threshold"  # in the duplicate groups' Parquet metadata
+DUPLICATES_RULE_KEY = b"vsearch.rule"  # ditto, JSON (core.duplicate_groups.grouping_rule)
 
 
 class NoIndexError(LookupError):
@@ -185,6 +187,12 @@ def latest_duplicates(store: ArtifactStore) -> str | None:
     return files[-1] if files else None
 
 
-def duplicates_threshold(table: pa.Table) -> int:
-    """The Hamming threshold the groups were made with, from the file's schema metadata."""
-    return int((table.schema.metadata or {})[HAMMING_THRESHOLD_KEY])
+def duplicates_rule(table: pa.Table) -> dict:
+    """The rule the groups were decided by (method, Hamming threshold, the combined rule's
+    thresholds), from the file's schema metadata; a file from before the rule was recorded
+    gives its Hamming threshold alone."""
+    made = table.schema.metadata or {}
+    if DUPLICATES_RULE_KEY in made:
+        return json.loads(made[DUPLICATES_RULE_KEY])
+    return {"method": made.get(b"vsearch.method", b"phash").decode(),
+            "hamming_threshold": int(made[HAMMING_THRESHOLD_KEY]), "thresholds": None}

@@ -6,6 +6,7 @@ same threshold checks only the new hashes."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,11 +15,16 @@ import pyarrow as pa
 from vsearch_pipeline.core.artifacts import load_embeddings
 from vsearch_pipeline.core.hashing import group_edges, group_labels, near_duplicate_pairs
 from vsearch_pipeline.core.layout import DUPLICATES
-from vsearch_pipeline.core.near_duplicates import MIN_IMAGES_TO_CHOOSE, combined_near_duplicates
+from vsearch_pipeline.core.near_duplicates import (
+    MIN_IMAGES_TO_CHOOSE,
+    Thresholds,
+    combined_near_duplicates,
+)
 from vsearch_pipeline.core.storage import ArtifactStore
 
 THRESHOLD_KEY = b"vsearch.hamming_threshold"
 METHOD_KEY = b"vsearch.method"
+RULE_KEY = b"vsearch.rule"  # JSON: the method and the thresholds the groups were decided by
 
 
 @dataclass
@@ -29,6 +35,7 @@ class Grouping:
     mode: str
     figures: dict[str, float]
     notes: dict[str, str] = field(default_factory=dict)
+    thresholds: Thresholds | None = None  # the combined rule's, None where pHash alone decided
 
     def grouped(self) -> np.ndarray:
         """Positions of the images in a group."""
@@ -81,7 +88,7 @@ def combined_grouping(store: ArtifactStore, model_key: str, ids: list[str], hash
                     "cosine_floor": round(chosen.cosine_floor, 4), "strict_bits": chosen.strict_bits}
         notes = {"threshold_choice": chosen.chosen_by}
     notes["model"] = model_key
-    return Grouping(group_labels(len(ids), result.pairs), "full", figures, notes)
+    return Grouping(group_labels(len(ids), result.pairs), "full", figures, notes, chosen)
 
 
 def vectors_of(store: ArtifactStore, model_key: str, ids: list[str]
@@ -113,13 +120,22 @@ def previous_groups(store: ArtifactStore, threshold: int) -> dict[str, int] | No
     return None
 
 
+def grouping_rule(method: str, threshold: int, grouping: Grouping) -> dict:
+    """What decided the groups, as the groups artifact records it and the service shows it."""
+    chosen = grouping.thresholds
+    return {"method": method, "hamming_threshold": threshold,
+            "thresholds": chosen.as_dict() if chosen else None}
+
+
 def write_groups(store: ArtifactStore, path: str, ids: list[str], hashes: np.ndarray,
-                 labels: np.ndarray, threshold: int, method: str) -> None:
-    """The groups artifact: every hashed image with its pHash and group, and how it was made."""
+                 labels: np.ndarray, rule: dict) -> None:
+    """The groups artifact: every hashed image with its pHash and group, and the rule that
+    decided them (`grouping_rule`), so the thresholds are kept with the version they made."""
     store.write_parquet(path, pa.table({
         "id": pa.array(ids, pa.string()), "phash": pa.array(hashes, pa.uint64()),
         "group": pa.array(labels, pa.int64())},
-        metadata={THRESHOLD_KEY.decode(): str(threshold), METHOD_KEY.decode(): method}))
+        metadata={THRESHOLD_KEY.decode(): str(rule["hamming_threshold"]),
+                  METHOD_KEY.decode(): rule["method"], RULE_KEY.decode(): json.dumps(rule)}))
 
 
 def group_rows(run_id: str, ids: list[str], grouping: Grouping) -> list[tuple[str, str, int]]:

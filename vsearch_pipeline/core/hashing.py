@@ -10,7 +10,7 @@ scales with the bucket sizes rather than with ``n**2``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from math import comb
@@ -302,27 +302,6 @@ def group_edges(labels: np.ndarray) -> np.ndarray:
     leader_of = dict(zip(labels[members[first]].tolist(), members[first].tolist(), strict=True))
     leaders = np.array([leader_of[g] for g in labels[members].tolist()], dtype=np.int64)
     return np.stack([leaders, members], axis=1)
-
-
-def fold_near_duplicates(hashes: Sequence[int | None], threshold: int) -> list[list[int]]:
-    """Group a ranked list: each item joins the best-ranked earlier leader within `threshold`
-    bits, or leads a group of its own. Returns groups of positions, leader first, in rank order.
-    An item without a hash always leads."""
-    groups: list[list[int]] = []
-    leader_hashes: list[int] = []
-    leader_groups: list[int] = []
-    for position, value in enumerate(hashes):
-        if value is not None and leader_hashes:
-            distances = hamming_distance(np.array(leader_hashes, np.uint64), np.uint64(value))
-            close = np.flatnonzero(distances <= threshold)
-            if len(close):
-                groups[leader_groups[close[0]]].append(position)
-                continue
-        if value is not None:
-            leader_hashes.append(value)
-            leader_groups.append(len(groups))
-        groups.append([position])
-    return groups
 
 
 def _compiled_kernel():
