@@ -45,6 +45,10 @@ class TagsOfRequest(BaseModel):
     ids: list[Text] = PydanticField(min_length=1, max_length=100_000)
 
 
+class KeepRequest(BaseModel):
+    id: Text = PydanticField(description="The image of the group to keep")
+
+
 class ClusterTagRequest(BaseModel):
     tag: OptionalTag = PydanticField(None, description="The tag; none (or empty) accepts the "
                                                        "suggested name")

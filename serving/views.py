@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from vsearch_pipeline.core.catalog import duplicates_rule
+from vsearch_pipeline.core.duplicate_groups import read_groups
 from vsearch_pipeline.core.storage import ArtifactStore
 
 
@@ -21,6 +22,7 @@ class CollectionViews:
     duplicate_groups: list[list[str]] = field(default_factory=list)  # largest first
     group_of: Mapping[str, int] = field(default_factory=dict)  # id -> its group's place above
     duplicate_rule: dict | None = None  # what decided the groups; None: no groups file yet
+    suggested_keepers: Mapping[int, str] = field(default_factory=dict)  # group -> the rule's keeper
     cluster_members: Mapping[int, list[str]] = field(default_factory=dict)  # largest first
     noise: list[str] = field(default_factory=list)  # clustered as noise (label -1)
 
@@ -40,18 +42,17 @@ def load_views(store: ArtifactStore, clusters: str | None, duplicates: str | Non
                                    strict=True):
             members.setdefault(int(label), []).append(image_id)
     noise = members.pop(-1, [])
-    groups: dict[int, list[str]] = {}
+    ordered: list[list[str]] = []
+    keepers: set[str] = set()
     rule = None
     if duplicates is not None:
         table = store.read_parquet(duplicates)
-        columns = (table.column(c).to_pylist() for c in ("id", "group"))
-        for image_id, group in zip(*columns, strict=True):
-            if group >= 0:
-                groups.setdefault(group, []).append(image_id)
+        ordered, keepers = read_groups(table)
         rule = duplicates_rule(table)
-    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0]))
     by_size = sorted(members.items(), key=lambda item: (-len(item[1]), item[0]))
     return CollectionViews(
         identity=(clusters, duplicates), duplicate_groups=ordered,
         group_of={i: number for number, group in enumerate(ordered) for i in group},
-        duplicate_rule=rule, cluster_members=dict(by_size), noise=noise)
+        duplicate_rule=rule, cluster_members=dict(by_size), noise=noise,
+        suggested_keepers={number: i for number, group in enumerate(ordered) for i in group
+                           if i in keepers})

@@ -2,6 +2,7 @@
 Dagster definitions as `dagster-webserver` loads them through workspace.yaml."""
 
 import contextlib
+import csv
 import json
 import os
 import signal
@@ -212,9 +213,36 @@ def test_bad_settings_fail_before_any_work(tmp_path):
     assert result.returncode != 0 and "fraction" in result.stderr
 
 
+@pytest.mark.slow
+def test_duplicates_export_keeps_one_file_per_group(demo_home):
+    home, _ = demo_home
+    said = _run("duplicates", home=home)
+    assert said.returncode == 0, said.stderr
+    assert "method combined" in said.stdout and "cosine floor" in said.stdout
+    target = home.parent / "drop.csv"
+    assert _run("duplicates", "--export", str(target), home=home).returncode == 0
+    with target.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and list(rows[0]) == ["group", "drop_uri", "drop_path", "drop_id", "keep_uri",
+                                      "keep_path", "keep_id", "kept_by", "reason"]
+    groups = json.loads(_run("metrics", "--json", home=home).stdout)["near_duplicates"]["rows"][0]
+    kept = {r["group"]: r["keep_path"] for r in rows}
+    assert len(kept) == groups[0]  # every group keeps one file, and only one
+    assert not set(kept.values()) & {r["drop_path"] for r in rows}
+    assert len(rows) == groups[1] - groups[0]  # the demo holds no exact copies
+    # two folders of one photo's edits and another's: their cross duplicates, none across
+    photo = Path(rows[0]["drop_path"]).parts[0]
+    other = next(p.name for p in (home / "demo" / "images").iterdir() if p.name != photo)
+    across = _run("duplicates", "--between", photo, other, home=home)
+    assert across.returncode == 0 and f"0 files of folder {other}/" in across.stdout
+    unknown = _run("duplicates", "--between", photo, "no-such-part", home=home)
+    assert unknown.returncode == 1 and "'no-such-part' is neither a tag nor a folder" in unknown.stderr
+
+
 def test_help_lists_every_command(tmp_path):
     result = _run("--help", home=tmp_path / "home")
-    for command in ("demo", "materialize", "search", "grounding-from-folders", "ui", "daemon"):
+    for command in ("demo", "materialize", "search", "duplicates", "grounding-from-folders", "ui",
+                    "daemon"):
         assert command in result.stdout
 
 

@@ -487,6 +487,32 @@ def test_clusters_and_duplicates_side_by_side(page, api, tmp_path, collection):
     page.screenshot(path=str(ARTIFACTS / "web_page_curation.png"), full_page=True)
 
 
+def test_keep_this_one_marks_the_rest_of_its_group(page, api, collection):
+    expect = _expect()
+    group = api.get("/duplicates", params={"limit": 1}).json()["groups"][0]
+    assert group["kept_by"] == "rule" and group["keeper"] in {i["id"] for i in group["images"]}
+    other = next(i for i in group["images"] if i["id"] != group["keeper"])
+    page.click("#tab-curation")
+    row = page.locator(f"#duplicates .dup-group[data-group='{group['group']}']")
+    expect(row.locator(".card.keeper")).to_have_attribute("data-id", group["keeper"])
+    expect(row.locator(".card.keeper [data-testid=keeper-label]")).to_have_text("keep · suggested")
+    expect(row.locator("[data-testid=keep-button]")).to_have_count(group["size"] - 1)
+    _sign_in(page, collection["key"])
+    with page.expect_response(_is("POST", f"/duplicates/{group['group']}/keep")) as kept:
+        row.locator(f".card[data-id='{other['id']}'] [data-testid=keep-button]").click()
+    assert kept.value.ok and kept.value.json()["marked"] == group["size"] - 1
+    expect(row.locator(".card.keeper")).to_have_attribute("data-id", other["id"])
+    expect(row.locator(".card.keeper [data-testid=keeper-label]")).to_have_text("keep · your choice")
+    marked = {i["id"] for i in api.get("/gallery", params={"tag": "duplicate", "limit": 500})
+              .json()["images"]}
+    assert marked == {i["id"] for i in group["images"]} - {other["id"]}
+    expect(row.locator(".card.keeper .chip", has_text="duplicate")).to_have_count(0)
+    after = api.get(f"/duplicates/{group['group']}").json()
+    assert after["keeper"] == other["id"] and after["kept_by"] == "person"
+    api.request("DELETE", "/tags", json={"ids": sorted(marked), "tag": "duplicate"},
+                headers={"X-API-Key": collection["key"]}).raise_for_status()
+
+
 def test_api_errors_are_shown(page, collection):
     expect = _expect()
     with page.expect_response(_is("POST", "/search")) as answer:

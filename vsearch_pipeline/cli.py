@@ -265,6 +265,42 @@ def metrics(home: Path | None, as_json: bool) -> None:
         click.echo(format_table(section["columns"], section["rows"]))
 
 
+@main.command()
+@home_option
+@click.option("--export", "export", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write the files to drop as CSV: every group's files but the one kept (or, "
+                   "with --between, the files of B that duplicate A).")
+@click.option("--between", nargs=2, metavar="A B",
+              help="Two parts of the collection, each a tag or a folder (e.g. train test): list "
+                   "the files of B that duplicate an image of A.")
+def duplicates(home: Path | None, export: Path | None, between: tuple[str, str] | None) -> None:
+    """The near-duplicate groups the pipeline found, each with the file to keep (chosen in the
+    web page, else by the keeper rule: most pixels, least compression, the group's format,
+    earliest seen), and the files to drop."""
+    from vsearch_pipeline.duplicates import files_to_drop, load_duplicates, write_csv
+
+    try:
+        found = load_duplicates(_existing_home(home))
+        rows, said = files_to_drop(found, between)
+    except (LookupError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    rule = found.rule
+    thresholds = rule.get("thresholds") or {}
+    click.echo(f"groups: {found.version}, method {rule['method']}, Hamming threshold "
+               f"{rule['hamming_threshold']}" + (
+                   f", contrast {thresholds['contrast']:.3f}, cosine floor "
+                   f"{thresholds['cosine_floor']:.3f}" if thresholds else ""))
+    click.echo(said)
+    if export is not None:
+        write_csv(rows, export)
+        click.echo(f"written to {export}")
+        return
+    for row in rows[:20]:
+        click.echo(f"  drop {row['drop_path']}  (keep {row['keep_path']}: {row['reason']})")
+    if len(rows) > 20:
+        click.echo(f"  ... and {len(rows) - 20} more: --export FILE writes them all")
+
+
 @main.command("grounding-from-folders")
 @click.argument("source")
 @click.option("--depth", default=1, show_default=True, help="Folder levels that name a group.")

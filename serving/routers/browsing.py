@@ -86,24 +86,42 @@ def cluster(label: ClusterLabel, state: State, offset: Offset = 0,
 def duplicates(state: State, offset: Offset = 0,
                limit: Annotated[int, Query(ge=1, le=500)] = 20) -> dict:
     """Near-duplicate groups as the pipeline decided them, largest first, a page at a time,
-    with the rule that decided them (method and thresholds, as recorded with the groups)."""
+    with the rule that decided them (method and thresholds, as recorded with the groups) and
+    each group's keeper: the one a person chose, else the keeper rule's (core.duplicate_keepers)."""
     served, tags = state.live(), state.tag_index.tags_by_id()
     groups = served.views.duplicate_groups
+    chosen = state.search_log.db.chosen_keepers()
     return {"total": len(groups), "offset": offset, "limit": limit,
             "rule": served.views.duplicate_rule,
-            "groups": [{"group": offset + n, "size": len(g),
-                        "images": state.images(served, g, tags)}
-                       for n, g in enumerate(groups[offset:offset + limit])]}
+            "groups": [group_entry(state, served, number, chosen, tags)
+                       for number in range(offset, min(offset + limit, len(groups)))]}
 
 
-def duplicate_group(group: Annotated[int, Path(ge=0, le=MAX_OFFSET)], state: State) -> dict:
+GroupNumber = Annotated[int, Path(ge=0, le=MAX_OFFSET)]
+
+
+def duplicate_group(group: GroupNumber, state: State) -> dict:
     """One near-duplicate group (the number a folded result card names)."""
     served = state.live()
+    duplicate_members(served, group)
+    return group_entry(state, served, group, state.search_log.db.chosen_keepers())
+
+
+def duplicate_members(served: ServedIndex, group: int) -> list[str]:
     groups = served.views.duplicate_groups
     if group >= len(groups):
         raise HTTPException(404, f"no near-duplicate group {group} ({len(groups)} groups)")
-    return {"group": group, "size": len(groups[group]),
-            "images": state.images(served, groups[group])}
+    return groups[group]
+
+
+def group_entry(state: ServiceState, served: ServedIndex, group: int, chosen: set[str],
+                tags: dict[str, list[str]] | None = None) -> dict:
+    members = served.views.duplicate_groups[group]
+    picked = next((m for m in members if m in chosen), None)
+    keeper = picked or served.views.suggested_keepers.get(group)
+    return {"group": group, "size": len(members), "keeper": keeper,
+            "kept_by": "person" if picked else "rule" if keeper else None,
+            "images": state.images(served, members, tags)}
 
 
 def original(state: ServiceState, image_id: str) -> tuple[bytes, str]:

@@ -10,12 +10,18 @@ from serving.models import (
     ClusterLabel,
     ClusterTagRequest,
     FeedbackRequest,
+    KeepRequest,
     TagRequest,
     TagsOfRequest,
 )
-from serving.routers.browsing import cluster_members, cluster_summary
+from serving.routers.browsing import (
+    GroupNumber,
+    cluster_members,
+    cluster_summary,
+    duplicate_members,
+)
 from serving.state import ServiceState, State
-from vsearch_pipeline.core.store import insert_click, insert_rating, normalize_tag
+from vsearch_pipeline.core.store import choose_keeper, insert_click, insert_rating, normalize_tag
 
 
 def click(request: ClickRequest, state: State) -> dict:
@@ -92,6 +98,25 @@ def tag_cluster(label: ClusterLabel, request: ClusterTagRequest, state: State) -
     return {"tag": tag, "added": added, "size": len(members)}
 
 
+DUPLICATE_TAG = "duplicate"  # what "keep this one" marks the rest of a group with
+
+
+def keep_duplicate(group: GroupNumber, request: KeepRequest, state: State) -> dict:
+    """Keep one image of a near-duplicate group: the choice is recorded (it wins over the
+    keeper rule in the page and in `vsearch duplicates --export`), the rest of the group is
+    tagged `duplicate` and the kept image loses that tag."""
+    served = state.live()
+    members = duplicate_members(served, group)
+    if request.id not in members:
+        raise HTTPException(422, f"image {request.id!r} is not in near-duplicate group {group}")
+    state.search_log.write(lambda con: choose_keeper(con, request.id, members))
+    rest = [m for m in members if m != request.id]
+    marked = state.tag_index.add(rest, DUPLICATE_TAG)
+    state.tag_index.remove([request.id], DUPLICATE_TAG)
+    return {"group": group, "keeper": request.id, "tag": DUPLICATE_TAG, "marked": len(rest),
+            "newly_marked": marked}
+
+
 def router(access: Access) -> APIRouter:
     routes = APIRouter()
     routes.add_api_route("/click", click, methods=["POST"], dependencies=access.clicks)
@@ -101,5 +126,7 @@ def router(access: Access) -> APIRouter:
     routes.add_api_route("/tags", list_tags, methods=["GET"], dependencies=access.reads)
     routes.add_api_route("/tags/of", tags_of, methods=["POST"], dependencies=access.reads)
     routes.add_api_route("/clusters/{label}/tag", tag_cluster, methods=["POST"],
+                         dependencies=access.writes)
+    routes.add_api_route("/duplicates/{group}/keep", keep_duplicate, methods=["POST"],
                          dependencies=access.writes)
     return routes

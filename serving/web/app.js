@@ -1078,17 +1078,51 @@
       $("#duplicates-next").disabled = state.duplicatesOffset + DUPLICATE_GROUPS >= answer.total;
       $("#duplicates-summary").textContent = `${answer.total} group${answer.total === 1 ? "" : "s"}`;
       dropSelection("duplicates");
-      list.replaceChildren(...answer.groups.map((group) => el("div", {
-        class: "dup-group", "data-testid": "dup-group", dataset: { group: group.group },
-      },
-      el("div", { class: "muted small", text: `Group ${group.group} · ${group.size} images` }),
-      el("div", { class: "dup-row" }, ...group.images.map((image) => imageCard(image, "dup-card"))))));
+      list.replaceChildren(...answer.groups.map(duplicateGroup));
       if (!answer.groups.length) list.append(el("p", { class: "muted", text: "No near-duplicates." }));
       syncSelection();
     } catch (err) {
       showError(err);
     } finally {
       list.removeAttribute("aria-busy");
+    }
+  }
+
+  /** A group of the duplicates tab: its keeper marked (a person's choice, else the rule's),
+   * and on every other card "Keep this one", which marks the rest of the group `duplicate`. */
+  function duplicateGroup(group) {
+    const keptBy = group.kept_by === "person" ? "your choice" : "suggested";
+    const cards = group.images.map((image) => {
+      const card = imageCard(image, "dup-card");
+      if (image.id === group.keeper) {
+        card.classList.add("keeper");
+        card.dataset.keeper = group.kept_by;
+        $(".actions", card).prepend(el("span", {
+          class: "keeper-label", "data-testid": "keeper-label", text: `keep · ${keptBy}`,
+        }));
+      } else {
+        $(".actions", card).prepend(el("button", {
+          type: "button", class: "keep-button", "data-testid": "keep-button", text: "Keep this one",
+          title: "Keep this image and tag the rest of its group “duplicate”",
+          onclick: () => keepDuplicate(group, image),
+        }));
+      }
+      return card;
+    });
+    return el("div", { class: "dup-group", "data-testid": "dup-group", dataset: { group: group.group } },
+      el("div", { class: "muted small", text: `Group ${group.group} · ${group.size} images` }),
+      el("div", { class: "dup-row" }, ...cards));
+  }
+
+  async function keepDuplicate(group, image) {
+    try {
+      const answer = await postJson(`/duplicates/${encodeURIComponent(group.group)}/keep`,
+        { id: image.id });
+      setStatus(`Keeping ${image.path || image.id}; ${plural(answer.marked, "other image")} of `
+        + `group ${group.group} tagged “${answer.tag}”.`, "ok");
+      await Promise.all([loadDuplicates(), afterTagsChanged()]);
+    } catch (err) {
+      showError(err);
     }
   }
 

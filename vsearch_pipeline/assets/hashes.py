@@ -3,6 +3,7 @@
 
 import time
 
+import pyarrow as pa
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
 from vsearch_pipeline.assets.common import (
@@ -22,10 +23,12 @@ from vsearch_pipeline.core.duplicate_groups import (
     combined_grouping,
     group_rows,
     grouping_rule,
+    keeper_mask,
     largest_groups,
     phash_grouping,
     write_groups,
 )
+from vsearch_pipeline.core.duplicate_keepers import files_by_id
 from vsearch_pipeline.core.layout import duplicates_path, hashes_path, manifest_path
 from vsearch_pipeline.core.metrics_queue import file_queued_metrics, queue_metrics
 from vsearch_pipeline.core.phash_files import (
@@ -36,7 +39,6 @@ from vsearch_pipeline.core.phash_files import (
     usable_uris,
     write_hashes,
 )
-from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     EmbeddingModelResource,
@@ -77,7 +79,7 @@ def perceptual_hashes(
                                        "code_version": code_version()})
 
 
-@asset(deps=[perceptual_hashes, embeddings], code_version="3",
+@asset(deps=[perceptual_hashes, embeddings], code_version="4",
        retry_policy=STORAGE_RETRY)
 def near_duplicate_groups(
     context: AssetExecutionContext,
@@ -114,9 +116,12 @@ def near_duplicate_groups(
             neighbours=rule.neighbours, contrast_threshold=rule.contrast_threshold,
             cosine_floor=rule.cosine_floor)
     seconds = time.perf_counter() - start
-    db.replace_duplicate_groups(group_rows(context.run.run_id, ids, grouping))
+    manifest = load_manifests(store)
+    grouped = {ids[i] for i in grouping.grouped()}
+    keeper = keeper_mask(ids, grouping.labels, files_by_id(manifest, only=grouped))
+    db.replace_duplicate_groups(group_rows(context.run.run_id, ids, grouping, keeper))
     path = duplicates_path(artifact_version(context))
-    write_groups(store, path, ids, hashes, grouping.labels,
+    write_groups(store, path, ids, hashes, grouping.labels, keeper,
                  grouping_rule(rule.method, rule.hamming_threshold, grouping))
     sizes = grouping.sizes()
     figures = {"images": len(ids), **grouping.figures, "groups": len(sizes),
@@ -129,14 +134,14 @@ def near_duplicate_groups(
     return MaterializeResult(metadata={
         **figures, "mode": grouping.mode, "method": rule.method,
         "hamming_threshold": rule.hamming_threshold, **grouping.notes,
-        "largest_groups": markdown_table(_group_rows(store, ids, grouping)),
+        "largest_groups": markdown_table(_group_rows(ids, grouping, manifest)),
         "storage_root": storage.root, "artifact": path, "path": store.uri(path),
         "code_version": code_version(),
     })
 
 
-def _group_rows(store: ArtifactStore, ids: list[str], grouping: Grouping) -> list[dict]:
+def _group_rows(ids: list[str], grouping: Grouping, manifest: pa.Table) -> list[dict]:
     sizes = grouping.sizes()
     if not len(sizes):
         return []
-    return largest_groups(ids, grouping.labels, sizes, image_locations(load_manifests(store)))
+    return largest_groups(ids, grouping.labels, sizes, image_locations(manifest))

@@ -1,8 +1,9 @@
 """Near-duplicate groups over the whole collection, by pHash alone or by pHash and embeddings
 together (core.near_duplicates), and the groups artifact `duplicates/<version>.parquet`: every
-hashed image with its pHash and group (-1 for none), what the search service folds results and
-browses groups by. Its metadata says how it was made, so that a later pHash grouping with the
-same threshold checks only the new hashes."""
+hashed image with its pHash, group (-1 for none) and whether it is its group's suggested keeper:
+what the search service folds results, browses groups and suggests keepers by. Its metadata
+says how it was made, so that a later pHash grouping with the same threshold checks only the
+new hashes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from vsearch_pipeline.core.artifacts import load_embeddings
+from vsearch_pipeline.core.duplicate_keepers import ImageFile, suggested_keeper
 from vsearch_pipeline.core.hashing import group_edges, group_labels, near_duplicate_pairs
 from vsearch_pipeline.core.layout import DUPLICATES
 from vsearch_pipeline.core.near_duplicates import (
@@ -128,20 +130,51 @@ def grouping_rule(method: str, threshold: int, grouping: Grouping) -> dict:
 
 
 def write_groups(store: ArtifactStore, path: str, ids: list[str], hashes: np.ndarray,
-                 labels: np.ndarray, rule: dict) -> None:
-    """The groups artifact: every hashed image with its pHash and group, and the rule that
-    decided them (`grouping_rule`), so the thresholds are kept with the version they made."""
+                 labels: np.ndarray, keeper: np.ndarray, rule: dict) -> None:
+    """The groups artifact: every hashed image with its pHash, group and whether the keeper
+    rule keeps it (core.duplicate_keepers), and the rule that decided the groups
+    (`grouping_rule`), so the thresholds are kept with the version they made."""
     store.write_parquet(path, pa.table({
         "id": pa.array(ids, pa.string()), "phash": pa.array(hashes, pa.uint64()),
-        "group": pa.array(labels, pa.int64())},
+        "group": pa.array(labels, pa.int64()), "keeper": pa.array(keeper, pa.bool_())},
         metadata={THRESHOLD_KEY.decode(): str(rule["hamming_threshold"]),
                   METHOD_KEY.decode(): rule["method"], RULE_KEY.decode(): json.dumps(rule)}))
 
 
-def group_rows(run_id: str, ids: list[str], grouping: Grouping) -> list[tuple[str, str, int]]:
-    """The rows of the DuckDB table `near_duplicate_groups`: (run id, image id, group)."""
+def read_groups(table: pa.Table) -> tuple[list[list[str]], set[str]]:
+    """A groups artifact's groups, largest first (ties by their first id): the numbers the
+    service, the page and the export give them; and the ids the keeper rule keeps (none in a
+    file from before keepers were suggested)."""
+    ids = table.column("id").to_pylist()
+    kept = (table.column("keeper").to_pylist() if "keeper" in table.column_names
+            else [False] * len(ids))
+    groups: dict[int, list[str]] = {}
+    for image_id, group in zip(ids, table.column("group").to_pylist(), strict=True):
+        if group >= 0:
+            groups.setdefault(group, []).append(image_id)
+    keepers = {i for i, k in zip(ids, kept, strict=True) if k}
+    return sorted(groups.values(), key=lambda g: (-len(g), g[0])), keepers
+
+
+def keeper_mask(ids: list[str], labels: np.ndarray, files: dict[str, list[ImageFile]]
+                ) -> np.ndarray:
+    """True for the member of each group that the keeper rule keeps."""
+    mask = np.zeros(len(ids), dtype=bool)
+    grouped = np.flatnonzero(labels >= 0)
+    members: dict[int, list[int]] = {}
+    for position in grouped:
+        members.setdefault(int(labels[position]), []).append(int(position))
+    for positions in members.values():
+        keep = suggested_keeper([ids[p] for p in positions], files)
+        mask[[p for p in positions if ids[p] == keep]] = True
+    return mask
+
+
+def group_rows(run_id: str, ids: list[str], grouping: Grouping, keeper: np.ndarray
+               ) -> list[tuple[str, str, int, bool]]:
+    """The rows of the DuckDB table `near_duplicate_groups`: (run id, image id, group, keeper)."""
     labels = grouping.labels
-    return [(run_id, ids[i], int(labels[i])) for i in grouping.grouped()]
+    return [(run_id, ids[i], int(labels[i]), bool(keeper[i])) for i in grouping.grouped()]
 
 
 def largest_groups(ids: list[str], labels: np.ndarray, sizes: np.ndarray,

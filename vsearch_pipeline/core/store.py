@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS perceptual_hashes (
     PRIMARY KEY (id, partition));
 CREATE TABLE IF NOT EXISTS near_duplicate_groups (
     run_id VARCHAR NOT NULL, id VARCHAR NOT NULL, group_id BIGINT NOT NULL);
+ALTER TABLE near_duplicate_groups ADD COLUMN IF NOT EXISTS keeper BOOLEAN;
 """
 
 
@@ -158,8 +159,9 @@ class MetricsDB:
             return con.execute("SELECT id, any_value(phash) FROM perceptual_hashes "
                                "GROUP BY id ORDER BY id").fetchall()
 
-    def replace_duplicate_groups(self, rows: list[tuple[str, str, int]]) -> None:
-        """Replace the table `near_duplicate_groups` with `rows` (run id, image id, group)."""
+    def replace_duplicate_groups(self, rows: list[tuple[str, str, int, bool]]) -> None:
+        """Replace the table `near_duplicate_groups` with `rows` (run id, image id, group,
+        whether the keeper rule keeps it)."""
         with self.transaction() as con:
             con.execute("DELETE FROM near_duplicate_groups")
             insert_rows(con, "near_duplicate_groups", rows)
@@ -222,6 +224,8 @@ CREATE TABLE IF NOT EXISTS impressions (
     query_id VARCHAR NOT NULL, rank INTEGER NOT NULL, id VARCHAR NOT NULL, score DOUBLE);
 CREATE TABLE IF NOT EXISTS clicks (
     query_id VARCHAR NOT NULL, id VARCHAR NOT NULL, rank INTEGER, clicked_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS duplicate_keepers (
+    id VARCHAR PRIMARY KEY, chosen_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS feedback (
     query_id VARCHAR NOT NULL, query VARCHAR NOT NULL, id VARCHAR NOT NULL,
     relevant BOOLEAN NOT NULL, recorded_at TIMESTAMP NOT NULL);
@@ -325,6 +329,11 @@ class CurationDB(MetricsDB):
                 SELECT query, id, arg_max(relevant, recorded_at) FROM feedback
                 GROUP BY query, id ORDER BY query, id""").fetchall()
 
+    def chosen_keepers(self) -> set[str]:
+        """The images people chose to keep of their near-duplicate groups ("keep this one")."""
+        with self.connect() as con:
+            return {row[0] for row in con.execute("SELECT id FROM duplicate_keepers").fetchall()}
+
     def all_tags(self) -> list[tuple[str, str]]:
         """(tag, image id) for every tag."""
         with self.connect() as con:
@@ -348,6 +357,14 @@ def untag_images(con: duckdb.DuckDBPyConnection, ids: list[str], tag: str) -> in
     con.execute("DELETE FROM tags WHERE tag = ? AND id IN (SELECT unnest(?))", [tag, list(ids)])
     after = con.execute("SELECT count(*) FROM tags WHERE tag = ?", [tag]).fetchone()[0]
     return before - after
+
+
+def choose_keeper(con: duckdb.DuckDBPyConnection, keep: str, members: list[str]) -> int:
+    """Record `keep` as the one image of its group (`members`) to keep, replacing an earlier
+    choice in that group; returns 1."""
+    con.execute("DELETE FROM duplicate_keepers WHERE id IN (SELECT unnest(?))", [list(members)])
+    con.execute("INSERT INTO duplicate_keepers VALUES (?, ?)", [keep, _now()])
+    return 1
 
 
 def insert_click(con: duckdb.DuckDBPyConnection, query_id: str, image_id: str,
