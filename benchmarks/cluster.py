@@ -19,13 +19,20 @@ import numpy as np
 import pyarrow.parquet as pq
 from sklearn.metrics import adjusted_rand_score
 
-from vsearch_pipeline.core.cluster import ClusterParams, cluster_labels, reduce_dimensions
+from vsearch_pipeline.core.cluster import (
+    MIN_SAMPLES,
+    ClusterParams,
+    cluster_images,
+    reduce_dimensions,
+)
 from vsearch_pipeline.core.embed import table_vectors
+from vsearch_pipeline.core.knn_hdbscan import knn_hdbscan_labels
 from vsearch_pipeline.core.metrics import cluster_metrics
 
 FULL_N, QUICK_N = 100_000, 10_000
 PCA_N, RAW_N = {True: 5_000, False: 20_000}, {True: 1_000, False: 5_000}
 TARGET_SECONDS = 120.0
+SAME_SIZE = 5  # the minimum cluster size both HDBSCANs are compared at
 
 
 def real_vectors(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +92,8 @@ def library_hdbscan(params: ClusterParams):
 
     def labels(vectors: np.ndarray) -> np.ndarray:
         reduced = reduce_dimensions(vectors, params).astype(np.float64)
-        return hdbscan.HDBSCAN(min_cluster_size=params.min_cluster_size,
-                               min_samples=params.min_samples).fit_predict(reduced)
+        return hdbscan.HDBSCAN(min_cluster_size=SAME_SIZE,
+                               min_samples=MIN_SAMPLES).fit_predict(reduced)
 
     return labels
 
@@ -102,8 +109,10 @@ def load(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
 
 def compare(vectors: np.ndarray, truth: np.ndarray, n: int, params: ClusterParams,
             plain: ClusterParams, name: str) -> dict:
-    """The pipeline and the hdbscan library (after `plain`'s reduction) on the first n vectors."""
-    ours, our_labels = timed(lambda v: cluster_labels(v, params), vectors[:n], truth[:n])
+    """The pipeline's k-NN-graph HDBSCAN and the hdbscan library (after `plain`'s reduction, the
+    same minimum sizes) on the first n vectors: the same algorithm, so their labels agree."""
+    ours, our_labels = timed(lambda v: knn_hdbscan_labels(reduce_dimensions(v, plain), SAME_SIZE,
+                                                           MIN_SAMPLES), vectors[:n], truth[:n])
     theirs, their_labels = timed(library_hdbscan(plain), vectors[:n], truth[:n])
     row = {"n": n, "pipeline": ours, "library": theirs,
            "library_over_pipeline_time": round(theirs["seconds"] / max(ours["seconds"], 1e-3), 2),
@@ -120,8 +129,9 @@ def run(quick: bool) -> dict:
     vectors, truth = expand(base, base_labels, QUICK_N if quick else FULL_N, rng)
     print(f"data: {source}; {vectors.shape}", flush=True)
     params = ClusterParams()
-    pipeline, _ = timed(lambda v: cluster_labels(v, params), vectors, truth)
-    print(f"pipeline (k-NN-graph HDBSCAN after PCA {params.n_components}): {pipeline}", flush=True)
+    pipeline, _ = timed(lambda v: cluster_images(v, params).labels, vectors, truth)
+    print(f"pipeline (covering HDBSCAN after PCA {params.n_components}, core.cluster): {pipeline}",
+          flush=True)
     after_pca = compare(vectors, truth, PCA_N[quick], params, params, f"after PCA {params.n_components}")
     raw = compare(vectors, truth, RAW_N[quick], params, ClusterParams(reduce="none"),
                   f"on the raw {vectors.shape[1]}-d vectors")

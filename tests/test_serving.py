@@ -519,3 +519,16 @@ def _materialize_and_swap(client: TestClient, home: Path, settings, old: str
     pinned = client.put("/index/pin", params={"version": old}).json()
     time.sleep(1)
     return new, pinned, client.delete("/index/pin").json()
+
+
+def test_outliers_are_their_own_list_in_the_service_and_in_duckdb(client, collection):
+    listing = client.get("/clusters").json()
+    outliers = client.get("/clusters/-1", params={"limit": 500}).json()
+    assert outliers["outliers"] and outliers["suggested_name"] is None
+    assert outliers["size"] == listing["noise"] == len(outliers["images"])
+    with duckdb.connect(str(collection["home"] / "vsearch.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT id, label, joined_by FROM cluster_members").fetchall()
+    assert {i for i, label, _ in rows if label == -1} == {i["id"] for i in outliers["images"]}
+    assert {how for _, label, how in rows if label == -1} <= {"outlier"}
+    assert {how for _, label, how in rows if label >= 0} <= {"density", "second pass", "neighbours"}
+    assert len(rows) == collection["usable"]

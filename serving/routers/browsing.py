@@ -43,8 +43,14 @@ def gallery(state: State, offset: Offset = 0, limit: Annotated[int, Query(ge=1, 
             "images": state.images(served, ordered[offset:offset + limit])}
 
 
+OUTLIERS = -1  # the label of the images in no cluster: /clusters/-1 lists them
+
+
 def cluster_summary(served: ServedIndex, label: int, members: list[str],
                     tags: dict[str, list[str]]) -> dict:
+    if label == OUTLIERS:  # no name: what they share is that they are like nothing else
+        return {"label": label, "size": len(members), "suggested_name": None, "candidates": [],
+                "outliers": True}
     labels_of = served.searcher.best_label
     name, candidates = suggest_name(len(members), [tags.get(i, []) for i in members],
                                     [labels_of(i) for i in members])
@@ -56,14 +62,16 @@ def cluster_members(state: ServiceState, label: int) -> tuple[ServedIndex, list[
     served = state.live()
     if not served.views.cluster_members:
         raise HTTPException(404, "no clusters are materialized yet")
-    members = served.views.cluster_members.get(label)
+    members = (served.views.noise if label == OUTLIERS
+               else served.views.cluster_members.get(label))
     if members is None:
         raise HTTPException(404, f"no cluster {label}")
     return served, members
 
 
 def clusters(state: State, examples: Annotated[int, Query(ge=0, le=24)] = 6) -> dict:
-    """Every cluster, largest first, with its suggested name and a few members."""
+    """Every cluster, largest first, with its suggested name and a few members; `noise` counts
+    the outliers (label -1, listed by /clusters/-1)."""
     served, tags = state.live(), state.tag_index.tags_by_id()
     found = []
     for label, members in served.views.cluster_members.items():

@@ -949,6 +949,9 @@
     try {
       const answer = await api("/clusters");
       $("#clusters-summary").textContent = clustersSummary(answer);
+      const outliers = $("#outliers-open");
+      outliers.hidden = !answer.noise;
+      outliers.textContent = `Show the ${plural(answer.noise, "outlier")}`;
       list.replaceChildren(...answer.clusters.map(clusterRow));
       markOpenCluster();
       if (!answer.clusters.length) {
@@ -1011,7 +1014,8 @@
         offset: 0, limit: CLUSTER_MEMBERS,
       })}`);
       dropSelection("cluster");
-      $("#cluster-members-title").textContent = `Cluster ${answer.label}`
+      $("#cluster-members-title").textContent = (answer.outliers
+        ? "Outliers, like no cluster's images" : `Cluster ${answer.label}`)
         + (answer.suggested_name ? ` “${answer.suggested_name}”` : "")
         + ` · ${plural(answer.size, "image")}` + (answer.size > answer.images.length
         ? ` (first ${answer.images.length})` : "");
@@ -1046,6 +1050,7 @@
   }
 
   $("#clusters-back").addEventListener("click", () => showClusterMembers(false));
+  $("#outliers-open").addEventListener("click", () => loadClusterMembers({ label: -1 }));
 
   async function acceptClusterName(cluster, name) {
     // null accepts the suggested name as it is.

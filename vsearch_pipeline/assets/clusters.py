@@ -25,7 +25,7 @@ from vsearch_pipeline.assets.common import (
 )
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.core.artifacts import image_locations, load_grounding_sets, load_manifests
-from vsearch_pipeline.core.cluster import cluster_labels
+from vsearch_pipeline.core.cluster import JOINED_BY, cluster_images
 from vsearch_pipeline.core.cluster_figures import grounding_figures, keyed_figures, largest_clusters
 from vsearch_pipeline.core.drift import drifted
 from vsearch_pipeline.core.layout import clusters_path
@@ -43,7 +43,7 @@ DRIFT_CHECK = AssetCheckSpec(
                 "clusters.drift_tolerance since the previous run (a warning, not a failure).")
 
 
-@asset(deps=[embeddings], code_version="1", check_specs=[DRIFT_CHECK],
+@asset(deps=[embeddings], code_version="2", check_specs=[DRIFT_CHECK],
        retry_policy=STORAGE_RETRY)
 def clusters(
     context: AssetExecutionContext,
@@ -52,26 +52,38 @@ def clusters(
     metrics_db: MetricsDatabase,
     settings: PipelineSettings,
 ) -> MaterializeResult:
-    """HDBSCAN or KMeans labels (optionally after PCA or UMAP) for every embedded image.
+    """A cluster for every embedded image that is not an outlier: HDBSCAN (after PCA or UMAP)
+    with its minimum cluster size chosen from the data, the images it leaves clustered again on
+    their own and then given to the cluster their neighbours vote for (core.cluster.
+    covering_hdbscan); or KMeans.
 
-    Figures: number of clusters, noise share, cosine silhouette, and against each grounding set
-    purity, adjusted Rand index, NMI and coverage. Labels go to `clusters/<model>/<version>.parquet`.
+    Figures: number of clusters, outlier (noise) share, how the images joined, the chosen
+    minimum size, cosine silhouette, and against each grounding set purity, adjusted Rand index,
+    NMI and coverage. Labels go to `clusters/<model>/<version>.parquet` (-1: an outlier) with
+    how each image joined (`joined_by`), and to the DuckDB table `cluster_members`.
     """
     store = storage.store
     config = settings.clusters
     ids, vectors, _ = collection_embeddings(store, model.spec.key)
     start = time.perf_counter()
-    labels = cluster_labels(vectors, config.params())
+    clustering = cluster_images(vectors, config.params())
+    labels = clustering.labels
     seconds = time.perf_counter() - start
     path = clusters_path(model.spec.key, artifact_version(context))
-    store.write_parquet(path, pa.table({"id": ids, "label": labels}))
+    joined_by = [JOINED_BY[c] for c in clustering.joined_by]
+    store.write_parquet(path, pa.table({"id": ids, "label": labels, "joined_by": joined_by}))
+    metrics_db.db.replace_cluster_members(model.spec.key, [
+        (context.run.run_id, model.spec.key, i, int(label), how)
+        for i, label, how in zip(ids, labels, joined_by, strict=True)])
 
     keys = {"model": model.spec.key, "method": config.method, "reduce": config.reduce,
             "params": config.model_dump()}
     overall = cluster_metrics(vectors, labels, seed=config.seed)
     previous = metrics_db.db.previous_cluster_figures(model.spec.key, context.run.run_id)
+    joined = clustering.counts()
     metrics_db.db.record_metrics("cluster", run_keys(context), keys,
-                                 {**overall, "seconds": seconds})
+                                 {**overall, "seconds": seconds, **joined,
+                                  "min_cluster_size": clustering.min_cluster_size or 0})
     per_set = []
     manifest = load_manifests(store)
     for grounding in load_grounding_sets(settings.evaluation.grounding_sets, manifest):
@@ -83,6 +95,11 @@ def clusters(
     return MaterializeResult(check_results=[_drift_check(drift, bool(previous),
                                                          config.drift_tolerance)], metadata={
         **{k: _plain(v) for k, v in overall.items()}, "images": len(ids),
+        "outliers": joined["outlier"], "joined_by_density": joined["density"],
+        "joined_by_second_pass": joined["second_pass"],
+        "joined_by_neighbours": joined["neighbours"],
+        "min_cluster_size": clustering.min_cluster_size or 0,
+        "min_cluster_size_chosen_by": clustering.chosen_by,
         "seconds": round(seconds, 3), "method": config.method, "reduce": config.reduce,
         "config": MetadataValue.json(config.model_dump()),
         "grounding": markdown_table(per_set),

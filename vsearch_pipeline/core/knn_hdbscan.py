@@ -101,11 +101,25 @@ def mutual_reachability_tree(vectors: np.ndarray, min_samples: int,
     return edges[np.argsort(edges[:, 2], kind="stable")]
 
 
+def single_linkage(vectors: np.ndarray, min_samples: int) -> np.ndarray:
+    """HDBSCAN's single-linkage tree of mutual reachability: what every min_cluster_size's
+    labels are condensed from (`tree_labels`), so trying several costs one tree."""
+    from hdbscan.hdbscan_ import label
+
+    return label(mutual_reachability_tree(np.ascontiguousarray(vectors, dtype=np.float32),
+                                          min(min_samples, len(vectors) - 1)))
+
+
+def tree_labels(vectors: np.ndarray, linkage: np.ndarray, min_cluster_size: int) -> np.ndarray:
+    """HDBSCAN labels (-1: noise) from a `single_linkage` tree, excess-of-mass selection."""
+    from hdbscan.hdbscan_ import _tree_to_labels
+
+    return _tree_to_labels(vectors, linkage, min_cluster_size)[0].astype(np.int64)
+
+
 def knn_hdbscan_labels(vectors: np.ndarray, min_cluster_size: int,
                        min_samples: int | None = None) -> np.ndarray:
     """HDBSCAN labels (-1: noise), excess-of-mass selection, as hdbscan.HDBSCAN gives them."""
-    from hdbscan.hdbscan_ import _tree_to_labels, label
-
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    edges = mutual_reachability_tree(vectors, min_samples or min_cluster_size)
-    return _tree_to_labels(vectors, label(edges), min_cluster_size)[0].astype(np.int64)
+    return tree_labels(vectors, single_linkage(vectors, min_samples or min_cluster_size),
+                       min_cluster_size)

@@ -62,7 +62,7 @@ class ClusterParams:
     method: str = "hdbscan"
     reduce: str = "pca"
     n_components: Annotated[int, Field(ge=2)] = 32
-    min_cluster_size: Annotated[int, Field(ge=2)] = 5
+    min_cluster_size: Annotated[int | None, Field(ge=2)] = None  # None: chosen from the data
     min_samples: Annotated[int | None, Field(ge=1)] = None
     n_clusters: Annotated[int | None, Field(ge=2)] = None  # kmeans; default sqrt(n / 2)
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0

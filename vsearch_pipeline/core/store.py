@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS perceptual_hashes (
 CREATE TABLE IF NOT EXISTS near_duplicate_groups (
     run_id VARCHAR NOT NULL, id VARCHAR NOT NULL, group_id BIGINT NOT NULL);
 ALTER TABLE near_duplicate_groups ADD COLUMN IF NOT EXISTS keeper BOOLEAN;
+CREATE TABLE IF NOT EXISTS cluster_members (
+    run_id VARCHAR NOT NULL, model VARCHAR NOT NULL, id VARCHAR NOT NULL, label BIGINT NOT NULL,
+    joined_by VARCHAR NOT NULL);
 """
 
 
@@ -165,6 +168,14 @@ class MetricsDB:
         with self.transaction() as con:
             con.execute("DELETE FROM near_duplicate_groups")
             insert_rows(con, "near_duplicate_groups", rows)
+
+    def replace_cluster_members(self, model: str, rows: list[tuple[str, str, str, int, str]]
+                                ) -> None:
+        """Replace the model's rows of `cluster_members` (run id, model, image id, label, how it
+        joined: density, second pass, neighbours, or outlier with label -1)."""
+        with self.transaction() as con:
+            con.execute("DELETE FROM cluster_members WHERE model = ?", [model])
+            insert_rows(con, "cluster_members", rows)
 
     def duplicate_groups(self) -> dict[str, int]:
         """Image id -> near-duplicate group, for the images in a group."""
