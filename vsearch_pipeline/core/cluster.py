@@ -70,7 +70,7 @@ def cluster_images(vectors: np.ndarray, params: ClusterParams) -> Clustering:
 JOINED_BY = ("density", "second pass", "neighbours", "outlier")
 DENSITY, SECOND_PASS, NEIGHBOURS, OUTLIER = range(4)
 MIN_CLUSTER_SIZES = (3, 5, 8, 12, 20, 40)  # tried when clusters.min_cluster_size is not set
-MIN_SAMPLES = 5  # HDBSCAN's neighbourhood for core distances, unless clusters.min_samples is set
+MIN_SAMPLES = 5  # HDBSCAN's core-distance neighbourhood when neither size is set (fewer if tiny)
 SILHOUETTE_SAMPLE = 4000  # clustered images the choice of min_cluster_size is scored on
 VOTE_NEIGHBOURS = 10  # nearest clustered images an unclustered one asks
 VOTE_SHARE = 0.6  # of their (1/distance-weighted) votes that one cluster needs to take it in
@@ -95,7 +95,9 @@ def covering_hdbscan(vectors: np.ndarray, reduced: np.ndarray, params: ClusterPa
     1.2% -> 0.2%, adjusted Rand 0.927 -> 0.939 (the chosen minimum size: 12 and 8)."""
     from vsearch_pipeline.core.knn_hdbscan import knn_hdbscan_labels, single_linkage, tree_labels
 
-    min_samples = params.min_samples or MIN_SAMPLES
+    # HDBSCAN's own default where the size is set; a small neighbourhood for a small collection
+    min_samples = params.min_samples or params.min_cluster_size or min(
+        MIN_SAMPLES, max(2, len(reduced) // 10))
     linkage = single_linkage(reduced, min_samples)
     if params.min_cluster_size is None:
         size, chosen_by = choose_min_cluster_size(reduced, linkage, params.seed)
