@@ -95,7 +95,7 @@ def test_unknown_key_column_raises_and_writes_nothing(db: MetricsDB) -> None:
 def test_failing_transaction_rolls_back(db: MetricsDB) -> None:
     db.record_metrics("hash", RUN, {"hamming_threshold": "6"}, {"pairs": 3})
     with pytest.raises(RuntimeError, match="boom"), db.transaction() as con:
-        con.execute("INSERT INTO near_duplicate_groups VALUES ('run-1', 'a', 0)")
+        con.execute("INSERT INTO near_duplicate_groups VALUES ('run-1', 'a', 0, true)")
         con.execute("DELETE FROM hash_metrics")
         raise RuntimeError("boom")
     assert _rows(db, "SELECT count(*) FROM near_duplicate_groups") == [(0,)]
