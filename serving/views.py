@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from vsearch_pipeline.core.catalog import duplicates_rule
-from vsearch_pipeline.core.duplicate_groups import read_groups
+from vsearch_pipeline.core.duplicate_groups import duplicates_rule, read_groups
 from vsearch_pipeline.core.storage import ArtifactStore
 
 
@@ -22,14 +21,9 @@ class CollectionViews:
     duplicate_groups: list[list[str]] = field(default_factory=list)  # largest first
     group_of: Mapping[str, int] = field(default_factory=dict)  # id -> its group's place above
     duplicate_rule: dict | None = None  # what decided the groups; None: no groups file yet
-    suggested_keepers: Mapping[int, str] = field(default_factory=dict)  # group -> the rule's keeper
+    suggested_keepers: list[str | None] = field(default_factory=list)  # per group: the rule's
     cluster_members: Mapping[int, list[str]] = field(default_factory=dict)  # largest first
     noise: list[str] = field(default_factory=list)  # clustered as noise (label -1)
-
-    def group_members(self, image_id: str) -> list[str]:
-        """The image's near-duplicate group (itself included), or just itself."""
-        group = self.group_of.get(image_id)
-        return [image_id] if group is None else self.duplicate_groups[group]
 
 
 def load_views(store: ArtifactStore, clusters: str | None, duplicates: str | None
@@ -43,7 +37,7 @@ def load_views(store: ArtifactStore, clusters: str | None, duplicates: str | Non
             members.setdefault(int(label), []).append(image_id)
     noise = members.pop(-1, [])
     ordered: list[list[str]] = []
-    keepers: set[str] = set()
+    keepers: list[str | None] = []
     rule = None
     if duplicates is not None:
         table = store.read_parquet(duplicates)
@@ -53,6 +47,5 @@ def load_views(store: ArtifactStore, clusters: str | None, duplicates: str | Non
     return CollectionViews(
         identity=(clusters, duplicates), duplicate_groups=ordered,
         group_of={i: number for number, group in enumerate(ordered) for i in group},
-        duplicate_rule=rule, cluster_members=dict(by_size), noise=noise,
-        suggested_keepers={number: i for number, group in enumerate(ordered) for i in group
-                           if i in keepers})
+        duplicate_rule=rule, suggested_keepers=keepers, cluster_members=dict(by_size),
+        noise=noise)

@@ -4,7 +4,7 @@ from vsearch_pipeline.core.duplicate_keepers import (
     ImageFile,
     between_rows,
     drop_rows,
-    keepers,
+    keeper_of,
     suggested_keeper,
 )
 
@@ -34,15 +34,16 @@ def test_every_file_but_the_keepers_is_dropped_and_a_persons_choice_wins():
                       file("orig", "copies/orig-copy.jpg", size=(1000, 800))],  # same bytes
              "thumb": [file("thumb", "a/thumb.jpg", size=(200, 160))]}
     groups = [["thumb", "orig"]]
-    rows = drop_rows(groups, files)
+    suggested = [suggested_keeper(g, files) for g in groups]
+    rows = drop_rows(groups, files, suggested)
     assert {r["drop_path"]: r["reason"] for r in rows} == {
         "copies/orig-copy.jpg": "the same bytes as the kept file",
         "a/thumb.jpg": "fewer pixels (200x160 against 1000x800)"}
     assert {r["keep_path"] for r in rows} == {"a/orig.jpg"} and rows[0]["kept_by"] == "rule"
-    chosen = drop_rows(groups, files, chosen={"thumb"})
+    chosen = drop_rows(groups, files, suggested, chosen={"thumb"})
     assert {r["drop_path"] for r in chosen} == {"a/orig.jpg", "copies/orig-copy.jpg"}
     assert {r["kept_by"] for r in chosen} == {"person"}
-    assert keepers(groups, files, chosen={"elsewhere"}) == [("orig", "rule")]
+    assert keeper_of(groups[0], suggested[0], chosen={"elsewhere"}) == ("orig", "rule")
 
 
 def test_between_lists_the_files_of_b_that_duplicate_a_by_folder_or_by_tag():

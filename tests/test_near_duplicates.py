@@ -17,8 +17,9 @@ import pytest
 from dagster import AssetKey
 
 from vsearch_pipeline.core import near_duplicates
-from vsearch_pipeline.core.catalog import duplicates_rule, latest_duplicates
+from vsearch_pipeline.core.catalog import latest_duplicates
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
+from vsearch_pipeline.core.duplicate_groups import duplicates_rule
 from vsearch_pipeline.core.embed import embed_files
 from vsearch_pipeline.core.hashing import near_duplicate_pairs, phash64
 from vsearch_pipeline.core.model_spec import ModelSpec

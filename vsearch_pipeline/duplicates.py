@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vsearch_pipeline.core.artifacts import load_manifests
-from vsearch_pipeline.core.catalog import duplicates_rule, latest_duplicates
-from vsearch_pipeline.core.duplicate_groups import read_groups
+from vsearch_pipeline.core.catalog import latest_duplicates
+from vsearch_pipeline.core.duplicate_groups import duplicates_rule, read_groups
 from vsearch_pipeline.core.duplicate_keepers import (
     DROP_COLUMNS,
     ImageFile,
@@ -28,6 +28,7 @@ from vsearch_pipeline.settings import load_settings
 @dataclass(frozen=True)
 class CollectionDuplicates:
     groups: list[list[str]]  # largest first, numbered as the service numbers them
+    suggested: list[str | None]  # each group's keeper by the rule, as the pipeline chose it
     files: dict[str, list[ImageFile]]
     rule: dict
     chosen: set[str]  # keepers people chose in the service
@@ -43,13 +44,13 @@ def load_duplicates(home: Path) -> CollectionDuplicates:
     if path is None:
         raise LookupError(f"{home}: no near-duplicate groups yet; run `vsearch materialize` first")
     table = store.read_parquet(path)
-    groups, _ = read_groups(table)
+    groups, suggested = read_groups(table)
     curation = CurationDB(str(HomeLayout(home).curation_db))
     tags: dict[str, set[str]] = {}
     for tag, image_id in curation.all_tags():
         tags.setdefault(tag, set()).add(image_id)
-    return CollectionDuplicates(groups, files_by_id(load_manifests(store)), duplicates_rule(table),
-                                curation.chosen_keepers(), tags, path)
+    return CollectionDuplicates(groups, suggested, files_by_id(load_manifests(store)),
+                                duplicates_rule(table), curation.chosen_keepers(), tags, path)
 
 
 def part(found: CollectionDuplicates, name: str) -> tuple[Part, str]:
@@ -70,7 +71,7 @@ def files_to_drop(found: CollectionDuplicates, between: Sequence[str] | None = N
     """The rows of the export and a line saying what they are: every group's files but its
     keeper's, or with `between` (A, B) the files of B that duplicate something in A."""
     if not between:
-        rows = drop_rows(found.groups, found.files, found.chosen)
+        rows = drop_rows(found.groups, found.files, found.suggested, found.chosen)
         return rows, (f"{len(rows)} files to drop from {len(found.groups)} near-duplicate groups "
                       f"(one kept in each)")
     (in_a, a_said), (in_b, b_said) = part(found, between[0]), part(found, between[1])

@@ -19,6 +19,7 @@ from serving.originals import OriginalUnavailable, read_original
 from serving.state import ServiceState, State
 from vsearch_pipeline.core.cluster import suggest_name
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
+from vsearch_pipeline.core.duplicate_keepers import keeper_of
 from vsearch_pipeline.core.sources import SourceUnreachableError
 
 WEB_DIR = pathlib.Path(__file__).resolve().parents[1] / "web"
@@ -125,10 +126,8 @@ def duplicate_members(served: ServedIndex, group: int) -> list[str]:
 def group_entry(state: ServiceState, served: ServedIndex, group: int, chosen: set[str],
                 tags: dict[str, list[str]] | None = None) -> dict:
     members = served.views.duplicate_groups[group]
-    picked = next((m for m in members if m in chosen), None)
-    keeper = picked or served.views.suggested_keepers.get(group)
-    return {"group": group, "size": len(members), "keeper": keeper,
-            "kept_by": "person" if picked else "rule" if keeper else None,
+    keeper, kept_by = keeper_of(members, served.views.suggested_keepers[group], chosen)
+    return {"group": group, "size": len(members), "keeper": keeper, "kept_by": kept_by,
             "images": state.images(served, members, tags)}
 
 

@@ -4,12 +4,11 @@ Shared by the evaluation asset, the `vsearch search` command and the search serv
 version is found by its build record (`build.json`, written last into its folder, so a folder
 with one is whole), never by Dagster metadata: metadata is for people, and renaming a key there
 must not break a reader. Clusters and near-duplicate groups are found as the newest file of
-their folder; the groups' Hamming threshold is in the file's own schema metadata.
+their folder (core.duplicate_groups.duplicates_rule reads how the groups were made).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -26,9 +25,6 @@ from vsearch_pipeline.core.retrieval import (
 )
 from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.vectors import Int8Rows
-
-HAMMING_THRESHOLD_KEY = b"vsearch.hamming_threshold"  # in the duplicate groups' Parquet metadata
-DUPLICATES_RULE_KEY = b"vsearch.rule"  # ditto, JSON (core.duplicate_groups.grouping_rule)
 
 
 class NoIndexError(LookupError):
@@ -185,14 +181,3 @@ def latest_duplicates(store: ArtifactStore) -> str | None:
     """The newest near-duplicate groups (`duplicates/<version>.parquet`)."""
     files = store.list(layout.DUPLICATES, ".parquet")
     return files[-1] if files else None
-
-
-def duplicates_rule(table: pa.Table) -> dict:
-    """The rule the groups were decided by (method, Hamming threshold, the combined rule's
-    thresholds), from the file's schema metadata; a file from before the rule was recorded
-    gives its Hamming threshold alone."""
-    made = table.schema.metadata or {}
-    if DUPLICATES_RULE_KEY in made:
-        return json.loads(made[DUPLICATES_RULE_KEY])
-    return {"method": made.get(b"vsearch.method", b"phash").decode(),
-            "hamming_threshold": int(made[HAMMING_THRESHOLD_KEY]), "thresholds": None}

@@ -141,19 +141,33 @@ def write_groups(store: ArtifactStore, path: str, ids: list[str], hashes: np.nda
                   METHOD_KEY.decode(): rule["method"], RULE_KEY.decode(): json.dumps(rule)}))
 
 
-def read_groups(table: pa.Table) -> tuple[list[list[str]], set[str]]:
+def read_groups(table: pa.Table) -> tuple[list[list[str]], list[str | None]]:
     """A groups artifact's groups, largest first (ties by their first id): the numbers the
-    service, the page and the export give them; and the ids the keeper rule keeps (none in a
-    file from before keepers were suggested)."""
+    service, the page and the export give them; and each group's keeper by the keeper rule
+    (None in a file from before keepers were suggested)."""
     ids = table.column("id").to_pylist()
     kept = (table.column("keeper").to_pylist() if "keeper" in table.column_names
             else [False] * len(ids))
     groups: dict[int, list[str]] = {}
-    for image_id, group in zip(ids, table.column("group").to_pylist(), strict=True):
+    keeper: dict[int, str] = {}
+    for image_id, group, is_kept in zip(ids, table.column("group").to_pylist(), kept, strict=True):
         if group >= 0:
             groups.setdefault(group, []).append(image_id)
-    keepers = {i for i, k in zip(ids, kept, strict=True) if k}
-    return sorted(groups.values(), key=lambda g: (-len(g), g[0])), keepers
+            if is_kept:
+                keeper[group] = image_id
+    order = sorted(groups, key=lambda g: (-len(groups[g]), groups[g][0]))
+    return [groups[g] for g in order], [keeper.get(g) for g in order]
+
+
+def duplicates_rule(table: pa.Table) -> dict:
+    """The rule the groups were decided by (method, Hamming threshold, the combined rule's
+    thresholds), from the file's schema metadata; a file from before the rule was recorded
+    gives its Hamming threshold alone."""
+    made = table.schema.metadata or {}
+    if RULE_KEY in made:
+        return json.loads(made[RULE_KEY])
+    return {"method": made.get(METHOD_KEY, b"phash").decode(),
+            "hamming_threshold": int(made[THRESHOLD_KEY]), "thresholds": None}
 
 
 def keeper_mask(ids: list[str], labels: np.ndarray, files: dict[str, list[ImageFile]]

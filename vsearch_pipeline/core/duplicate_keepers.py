@@ -18,7 +18,7 @@ id with several files: every file of a group but the keeper's one is listed to d
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -79,26 +79,25 @@ def suggested_keeper(members: Sequence[str], files: Mapping[str, Sequence[ImageF
     return min(known, key=lambda f: keeper_key(f, common)).id
 
 
-def keepers(groups: Sequence[Sequence[str]], files: Mapping[str, Sequence[ImageFile]],
-            chosen: Iterable[str] = ()) -> list[tuple[str | None, str]]:
-    """Each group's keeper and who decided it: ('person' where a chosen id is a member, the
-    latest such choice being the only one kept per group by the service, else 'rule')."""
-    chosen = set(chosen)
-    out = []
-    for members in groups:
-        picked = next((m for m in members if m in chosen), None)
-        out.append((picked, "person") if picked else (suggested_keeper(members, files), "rule"))
-    return out
+def keeper_of(members: Sequence[str], suggested: str | None, chosen: Collection[str]
+              ) -> tuple[str | None, str | None]:
+    """A group's keeper and who decided it: the member a person chose ('person'; the service
+    keeps one choice per group), else the rule's `suggested` one ('rule'), else (None, None)."""
+    picked = next((m for m in members if m in chosen), None)
+    if picked is not None:
+        return picked, "person"
+    return (suggested, "rule") if suggested is not None else (None, None)
 
 
 def drop_rows(groups: Sequence[Sequence[str]], files: Mapping[str, Sequence[ImageFile]],
-              chosen: Iterable[str] = ()) -> list[dict]:
+              suggested: Sequence[str | None], chosen: Collection[str] = ()) -> list[dict]:
     """The files to drop so that one file of each group remains: every file of every member but
-    the keeper's first file, with why (`DROP_COLUMNS`)."""
+    the keeper's first file (`keeper_of`, from the rule's `suggested` keeper of each group),
+    with why (`DROP_COLUMNS`)."""
     rows = []
-    for number, (members, (keep_id, kept_by)) in enumerate(
-            zip(groups, keepers(groups, files, chosen), strict=True)):
-        if keep_id is None:
+    for number, (members, rule_keeper) in enumerate(zip(groups, suggested, strict=True)):
+        keep_id, kept_by = keeper_of(members, rule_keeper, chosen)
+        if not files.get(keep_id):
             continue
         keep = files[keep_id][0]
         for member in members:
