@@ -26,7 +26,7 @@ def test_the_checker_sees_a_lazy_import_of_a_framework(tmp_path: Path):
 @pytest.mark.parametrize(("module", "heavy"), [
     ("vsearch_pipeline.cli", ("dagster", "torch", "fastapi", "faiss", "pydantic", "numpy")),
     ("vsearch_pipeline.settings", ("dagster", "torch", "faiss", "open_clip")),
-    ("serving.app", ("dagster", "torch", "open_clip", "sentence_transformers")),
+    ("serving.app", ("dagster", "torch", "open_clip", "sentence_transformers", "cv2")),
     ("vsearch_pipeline.search", ("dagster", "torch", "sentence_transformers", "onnxruntime")),
     ("vsearch_pipeline.core.models", ("torch", "torchvision", "open_clip")),
     ("vsearch_pipeline.core.lite0", ("torch", "torchvision", "onnx")),

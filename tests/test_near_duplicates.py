@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey
+from PIL import Image
 
 from vsearch_pipeline.core import near_duplicates
 from vsearch_pipeline.core.catalog import latest_duplicates
@@ -308,6 +309,27 @@ def test_asset_groups_edited_copies_and_records_its_thresholds(shared_data, case
     copies = {group[where[f"ukbench/ukbench00120{edit}.jpg"]]
               for edit in ("", "_hflip", "_resize")}  # the rotation: see the test above
     assert len(copies) == 1 and copies != {-1}
+    # the crops: Faces_easy/X is a tight crop of Faces/X, found by core.partial_copies
+    crops = [(group[where[f"Faces/{n}"]], group[where[f"Faces_easy/{n}"]])
+             for n in sorted(p.rsplit("/", 1)[1] for p in where if p.startswith("Faces/"))]
+    assert sum(a == b != -1 for a, b in crops) >= len(crops) - 1, crops
+    assert recorded["partial_copies"] >= len(crops) - 1
+    assert rule["partial_copies"]["checks_per_image"] == settings.near_duplicates.partial_copy_checks
+
+    # a new crop: found against its original; only pairs no earlier run checked are read again
+    with Image.open(images / "pizza" / "image_0001.jpg") as photo:
+        w, h = photo.size
+        photo.crop((w // 4, h // 4, w - w // 8, h - h // 8)).save(images / "pizza" / "crop.jpg")
+    assert run_pipeline(home, settings, say=print)["success"]
+    metadata = _latest_metadata(home)
+    table = pq.read_table(home / "artifacts" / metadata_value(metadata, "artifact"))
+    group = dict(zip(table.column("id").to_pylist(), table.column("group").to_pylist(), strict=True))
+    with duckdb.connect(str(home / "vsearch.duckdb"), read_only=True) as con:
+        where = dict(con.execute("SELECT path, id FROM read_parquet(?)",
+                                 [str(home / "artifacts" / "manifest" / "*.parquet")]).fetchall())
+    assert group[where["pizza/crop.jpg"]] == group[where["pizza/image_0001.jpg"]] != -1
+    checked_now = metadata_value(metadata, "partial_copy_checked_now")
+    assert 0 < checked_now < metadata_value(metadata, "partial_copy_candidates") / 2
 
     # method: phash groups by pHash alone, in full first (the last groups came from another
     # rule), then checking only new hashes

@@ -25,6 +25,7 @@ LOGGER_KEY = "vsearch"
 RUN_CONFIG = {"loggers": {LOGGER_KEY: {}}}
 PROGRESS = re.compile(r"^(?P<what>.+): (?P<done>\d+)/(?P<total>\d+) \(")
 FILES_STEPS = ("manifest",)  # the steps whose progress counts files (not all of them are images)
+PAIRS_STEPS = ("partial-copy checks",)  # the steps whose progress counts pairs of images
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 
 
@@ -62,7 +63,7 @@ class Progress(logging.Handler):
 
     def _progress(self, step: str, what: str, done: int, total: int) -> None:
         label = f"{what} {self.partition}".strip()
-        unit = "files" if what in FILES_STEPS else "images"
+        unit = "files" if what in FILES_STEPS else "pairs" if what in PAIRS_STEPS else "images"
         started = self._started.get(step, time.time())
         if self.bars:
             if what not in self._bars:

@@ -193,6 +193,7 @@ class NearDuplicateSettings(Section):
     neighbours: int = Field(10, ge=1, le=100)  # combined: nearest images per image taken as candidates
     contrast_threshold: float | None = Field(None, ge=-2.0, le=2.0)  # combined; None: chosen from the data
     cosine_floor: float | None = Field(None, ge=-1.0, le=1.0)  # combined; None: chosen from the data
+    partial_copy_checks: int = Field(5, ge=0, le=15)  # combined: pairs per image checked for a crop; 0: none
 
     @field_validator("method")
     @classmethod

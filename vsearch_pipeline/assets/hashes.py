@@ -20,6 +20,7 @@ from vsearch_pipeline.assets.manifest import raw_image_manifest
 from vsearch_pipeline.core.artifacts import image_locations, load_manifests
 from vsearch_pipeline.core.duplicate_groups import (
     Grouping,
+    PartialCopySearch,
     combined_grouping,
     group_rows,
     grouping_rule,
@@ -31,6 +32,7 @@ from vsearch_pipeline.core.duplicate_groups import (
 from vsearch_pipeline.core.duplicate_keepers import files_by_id
 from vsearch_pipeline.core.layout import duplicates_path, hashes_path, manifest_path
 from vsearch_pipeline.core.metrics_queue import file_queued_metrics, queue_metrics
+from vsearch_pipeline.core.partial_copies import image_reader
 from vsearch_pipeline.core.phash_files import (
     all_hashes,
     compute_hashes,
@@ -79,7 +81,7 @@ def perceptual_hashes(
                                        "code_version": code_version()})
 
 
-@asset(deps=[perceptual_hashes, embeddings], code_version="4",
+@asset(deps=[perceptual_hashes, embeddings], code_version="5",
        retry_policy=STORAGE_RETRY)
 def near_duplicate_groups(
     context: AssetExecutionContext,
@@ -87,6 +89,7 @@ def near_duplicate_groups(
     metrics_db: MetricsDatabase,
     settings: PipelineSettings,
     model: EmbeddingModelResource,
+    source: ImageSource,
 ) -> MaterializeResult:
     """Groups of near-duplicate images, chained from near-duplicate pairs.
 
@@ -94,9 +97,14 @@ def near_duplicate_groups(
     nearest images by embedding cosine are candidates; a pair is kept when it is much closer
     than what is ordinary around both images (contrast) and above a cosine floor, both
     thresholds chosen from the data (Otsu) unless set; see vsearch_pipeline.core.near_duplicates.
-    Recomputed in full each time. `method: phash`: pHashes within `hamming_threshold` bits, found
-    by multi-index hashing; when an earlier phash grouping with the same threshold exists, only
-    the new hashes are checked against all the others (`mode: incremental`), same result.
+    Then the `partial_copy_checks` most similar pairs per image by the retrieval vectors that
+    are not yet joined are checked for a crop (local features and agreeing pixels,
+    vsearch_pipeline.core.partial_copies); the images of a pair are read again for it, and a
+    pair checked once is not checked again (`partial_copies/checks.parquet`).
+    Recomputed in full each time, but for the checks. `method: phash`: pHashes within
+    `hamming_threshold` bits, found by multi-index hashing; when an earlier phash grouping with
+    the same threshold exists, only the new hashes are checked against all the others
+    (`mode: incremental`), same result.
     Groups replace the previous ones in the DuckDB table `near_duplicate_groups`, and
     `duplicates/<version>.parquet` holds every hashed image with its pHash and group (-1 for
     none): what the search service folds results and browses groups by.
@@ -107,16 +115,19 @@ def near_duplicate_groups(
     file_queued_metrics(store, db)
     load_hashes(store, db)
     ids, hashes = all_hashes(db)
+    manifest = load_manifests(store)
     start = time.perf_counter()
     if rule.method == "phash":
         grouping = phash_grouping(store, ids, hashes, rule.hamming_threshold)
     else:
+        search = PartialCopySearch(model.spec.key, rule.partial_copy_checks,
+                                   image_reader(source.read, image_locations(manifest)),
+                                   progress_logger(context, "partial-copy checks"))
         grouping = combined_grouping(
             store, model.spec.copy_spec.key, ids, hashes, hamming_threshold=rule.hamming_threshold,
             neighbours=rule.neighbours, contrast_threshold=rule.contrast_threshold,
-            cosine_floor=rule.cosine_floor)
+            cosine_floor=rule.cosine_floor, partial_copies=search)
     seconds = time.perf_counter() - start
-    manifest = load_manifests(store)
     grouped = {ids[i] for i in grouping.grouped()}
     keeper = keeper_mask(ids, grouping.labels, files_by_id(manifest, only=grouped))
     db.replace_duplicate_groups(group_rows(context.run.run_id, ids, grouping, keeper))

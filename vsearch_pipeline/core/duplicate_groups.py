@@ -1,5 +1,6 @@
 """Near-duplicate groups over the whole collection, by pHash alone or by pHash and embeddings
-together (core.near_duplicates), and the groups artifact `duplicates/<version>.parquet`: every
+together (core.near_duplicates) joined by the partial copies that local features find
+(core.partial_copies), and the groups artifact `duplicates/<version>.parquet`: every
 hashed image with its pHash, group (-1 for none) and whether it is its group's suggested keeper:
 what the search service folds results, browses groups and suggests keepers by. Its metadata
 says how it was made, so that a later pHash grouping with the same threshold checks only the
@@ -8,6 +9,8 @@ new hashes."""
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +19,7 @@ import pyarrow as pa
 from vsearch_pipeline.core.artifacts import load_embeddings
 from vsearch_pipeline.core.duplicate_keepers import ImageFile, suggested_keeper
 from vsearch_pipeline.core.hashing import group_edges, group_labels, near_duplicate_pairs
-from vsearch_pipeline.core.layout import DUPLICATES
+from vsearch_pipeline.core.layout import DUPLICATES, PARTIAL_COPY_CHECKS
 from vsearch_pipeline.core.near_duplicates import (
     MIN_IMAGES_TO_CHOOSE,
     Thresholds,
@@ -27,6 +30,7 @@ from vsearch_pipeline.core.storage import ArtifactStore
 THRESHOLD_KEY = b"vsearch.hamming_threshold"
 METHOD_KEY = b"vsearch.method"
 RULE_KEY = b"vsearch.rule"  # JSON: the method and the thresholds the groups were decided by
+CHECKS_VERSION_KEY = b"vsearch.partial_copy_checks"  # the checks file's: how its pairs were checked
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Grouping:
     figures: dict[str, float]
     notes: dict[str, str] = field(default_factory=dict)
     thresholds: Thresholds | None = None  # the combined rule's, None where pHash alone decided
+    partial_copies: dict | None = None  # how partial copies were looked for; None: they were not
 
     def grouped(self) -> np.ndarray:
         """Positions of the images in a group."""
@@ -69,9 +74,11 @@ def phash_grouping(store: ArtifactStore, ids: list[str], hashes: np.ndarray,
 
 def combined_grouping(store: ArtifactStore, model_key: str, ids: list[str], hashes: np.ndarray, *,
                       hamming_threshold: int, neighbours: int, contrast_threshold: float | None,
-                      cosine_floor: float | None) -> Grouping:
+                      cosine_floor: float | None, partial_copies: PartialCopySearch | None = None
+                      ) -> Grouping:
     """pHash and embedding signals together (core.near_duplicates), over the whole collection;
-    thresholds left None are chosen from the data.
+    thresholds left None are chosen from the data. With `partial_copies`, the groups also join
+    the crops and their originals that core.partial_copies finds.
 
     Images without a vector of the model (outside the sampled subset) are paired by pHash alone."""
     vectors, positions = vectors_of(store, model_key, ids)
@@ -81,6 +88,7 @@ def combined_grouping(store: ArtifactStore, model_key: str, ids: list[str], hash
                "with_vectors": len(positions), "candidate_pairs": result.candidates,
                "pairs_by_contrast": result.by_contrast, "pairs_by_phash": result.by_phash,
                "neighbour_recall": round(result.neighbour_recall, 4)}
+    del vectors
     chosen = result.thresholds
     if chosen is None:
         notes = {"threshold_choice": f"pHash alone: fewer than {MIN_IMAGES_TO_CHOOSE} images "
@@ -90,7 +98,94 @@ def combined_grouping(store: ArtifactStore, model_key: str, ids: list[str], hash
                     "cosine_floor": round(chosen.cosine_floor, 4), "strict_bits": chosen.strict_bits}
         notes = {"threshold_choice": chosen.chosen_by}
     notes["model"] = model_key
-    return Grouping(group_labels(len(ids), result.pairs), "full", figures, notes, chosen)
+    pairs = result.pairs[:, :2]
+    searched = None
+    if partial_copies is not None and partial_copies.checks_per_image > 0:
+        found, partial_figures = partial_copy_pairs(store, ids, pairs, partial_copies)
+        pairs = np.concatenate([pairs, found])
+        figures |= partial_figures
+        searched = partial_copies.as_rule()
+    return Grouping(group_labels(len(ids), pairs), "full", figures, notes, chosen, searched)
+
+
+@dataclass(frozen=True)
+class PartialCopySearch:
+    """How to look for partial copies: the retrieval vectors' model key, how many pairs to check
+    per image, and `read`, an image's RGB array by id (None: it no longer reads)."""
+
+    model_key: str
+    checks_per_image: int
+    read: Callable[[str], np.ndarray | None]
+    progress: Callable[[int, int], None] = lambda done, total: None
+
+    def as_rule(self) -> dict:
+        from vsearch_pipeline.core.partial_copies import AGREEMENT, CROP_NEIGHBOURS
+
+        return {"checks_per_image": self.checks_per_image, "neighbours": CROP_NEIGHBOURS,
+                "agreement": AGREEMENT, "vectors": self.model_key}
+
+
+def partial_copy_pairs(store: ArtifactStore, ids: list[str], joined: np.ndarray,
+                       search: PartialCopySearch) -> tuple[np.ndarray, dict[str, float]]:
+    """(m, 2) positions in `ids` of the partial copies among the candidates core.partial_copies
+    picks from the retrieval vectors, leaving out pairs `joined` already connects; and figures.
+
+    A check depends on the two images alone (ids are content hashes), so pairs an earlier run
+    checked keep their result (`PARTIAL_COPY_CHECKS`) and only new ones are read and checked.
+    (OpenCV is imported here, not with the module: the service reads groups without it.)"""
+    from vsearch_pipeline.core.partial_copies import AGREEMENT, candidate_pairs, find_partial_copies
+
+    start = time.perf_counter()
+    vectors, positions = vectors_of(store, search.model_key, ids)
+    labels = group_labels(len(ids), joined)
+    candidates = positions[candidate_pairs(vectors, labels[positions], search.checks_per_image)]
+    del vectors
+    earlier = earlier_checks(store, set(ids))
+    keys = [(ids[a], ids[b]) for a, b in candidates.tolist()]
+    todo = np.array([k not in earlier for k in keys], dtype=bool)
+    _, checks = find_partial_copies(candidates[todo], lambda p: search.read(ids[p]), search.progress)
+    checked_now = dict(zip([k for k, new in zip(keys, todo, strict=True) if new],
+                           [(c.inliers, c.agreement, c.mirrored) for c in checks], strict=True))
+    write_checks(store, {**earlier, **checked_now})
+    agreement = np.array([(checked_now.get(k) or earlier[k])[1] for k in keys], np.float32)
+    copies = agreement >= AGREEMENT
+    mirrored = sum(bool((checked_now.get(k) or earlier[k])[2])
+                   for k, c in zip(keys, copies, strict=True) if c)
+    return candidates[copies].reshape(-1, 2), {
+        "partial_copy_candidates": len(candidates), "partial_copy_checked_now": int(todo.sum()),
+        "partial_copies": int(copies.sum()), "partial_copies_mirrored": mirrored,
+        "partial_copy_seconds": round(time.perf_counter() - start, 3)}
+
+
+def earlier_checks(store: ArtifactStore, present: set[str]
+                   ) -> dict[tuple[str, str], tuple[int, float, bool]]:
+    """(id, id) -> (inliers, agreement, mirrored) of the pairs checked before, of images still
+    present, when they were checked the way core.partial_copies checks now."""
+    from vsearch_pipeline.core.partial_copies import CHECKS_VERSION
+
+    if not store.exists(PARTIAL_COPY_CHECKS):
+        return {}
+    table = store.read_parquet(PARTIAL_COPY_CHECKS)
+    if (table.schema.metadata or {}).get(CHECKS_VERSION_KEY) != CHECKS_VERSION.encode():
+        return {}
+    columns = [table.column(c).to_pylist() for c in ("a", "b", "inliers", "agreement", "mirrored")]
+    return {(a, b): (n, agreement, mirrored) for a, b, n, agreement, mirrored in zip(*columns, strict=True)
+            if a in present and b in present}
+
+
+def write_checks(store: ArtifactStore, checks: dict[tuple[str, str], tuple[int, float, bool]]
+                 ) -> None:
+    """The checks file, replaced whole: every pair checked, with its result."""
+    from vsearch_pipeline.core.partial_copies import CHECKS_VERSION
+
+    keys, results = list(checks), list(checks.values())
+    store.write_parquet(PARTIAL_COPY_CHECKS, pa.table({
+        "a": pa.array([k[0] for k in keys], pa.string()),
+        "b": pa.array([k[1] for k in keys], pa.string()),
+        "inliers": pa.array([r[0] for r in results], pa.int32()),
+        "agreement": pa.array([r[1] for r in results], pa.float32()),
+        "mirrored": pa.array([r[2] for r in results], pa.bool_())},
+        metadata={CHECKS_VERSION_KEY.decode(): CHECKS_VERSION}))
 
 
 def vectors_of(store: ArtifactStore, model_key: str, ids: list[str]
@@ -126,7 +221,8 @@ def grouping_rule(method: str, threshold: int, grouping: Grouping) -> dict:
     """What decided the groups, as the groups artifact records it and the service shows it."""
     chosen = grouping.thresholds
     return {"method": method, "hamming_threshold": threshold,
-            "thresholds": chosen.as_dict() if chosen else None}
+            "thresholds": chosen.as_dict() if chosen else None,
+            "partial_copies": grouping.partial_copies}
 
 
 def write_groups(store: ArtifactStore, path: str, ids: list[str], hashes: np.ndarray,

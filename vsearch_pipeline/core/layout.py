@@ -42,6 +42,7 @@ TRANSFORMS = "transforms"
 HEADS = "heads"
 CLUSTERS = "clusters"
 DUPLICATES = "duplicates"
+PARTIAL_COPY_CHECKS = "partial_copies/checks.parquet"  # every pair checked for a partial copy
 GROUNDING = "grounding"
 CURATION_SETS = ("feedback", "tags")  # the grounding sets made from the search service's curation
 
