@@ -51,8 +51,10 @@ def test_demo_output_is_quiet_and_the_dagster_log_is_in_the_home(demo_home):
     assert "Loaded pretrained weights" not in output and "Loading weights" not in output
     assert "Traceback" not in output
     steps = [line for line in result.stderr.splitlines() if " ... " in line]
-    assert [line.split(" b00001:")[0] for line in steps if line.endswith(" s")] == [
-        "==> manifest", "==> pHash", "==> embeddings"], steps
+    assert [line.split(":")[0] for line in steps if line.endswith(" s")] == [
+        "==> manifest b00001", "==> pHash b00001", "==> embeddings b00001",
+        "==> partial-copy checks"], steps
+    assert " pairs ... " in steps[-1]  # the checks count pairs of images
     assert all(line.endswith((" ...", " s")) for line in steps)
     assert len(result.stderr.splitlines()) < 15, result.stderr  # was 24 Dagster lines and more
     log = (home / "logs" / "dagster.log").read_text()
