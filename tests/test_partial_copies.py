@@ -36,12 +36,18 @@ from vsearch_pipeline.core.partial_copies import (
     find_partial_copies,
     grey_pixels,
     mirrored,
+    pixel_checked_pairs,
 )
 from vsearch_pipeline.settings import NearDuplicateSettings
 
 HAMMING = 8
 DISTRACTORS = 400
 CHECKS = NearDuplicateSettings().partial_copy_checks  # the default
+# The issue's target is 0.98. What stops short of it is no partial copy: the combined rule
+# joins a few consecutive shots of one person (before: 4 of its 12 pairs here were wrong) that
+# even the pixels cannot tell from edited copies (agreement 0.4 to 0.75, as recoloured, framed
+# or labelled copies have), and each such pair becomes four once both photos' crops join them.
+PRECISION = 0.95
 
 
 def _features(rgb: np.ndarray) -> partial_copies.Features:
@@ -151,23 +157,20 @@ def held_back(shared_data: Path, cases: Path) -> dict:
 def test_crops_of_the_held_back_faces_and_every_edit_are_joined_at_high_precision(held_back):
     paths = held_back["paths"]
     combined = combined_near_duplicates(held_back["hashes"], held_back["copy"],
-                                        hamming_threshold=HAMMING).pairs[:, :2]
-    labels = group_labels(len(paths), combined)
-    candidates = candidate_pairs(held_back["retrieval"], labels, checks_per_image=CHECKS)
-    found, _ = find_partial_copies(candidates, held_back["read"])
-    joined = group_labels(len(paths), np.concatenate([combined, found]))
+                                        hamming_threshold=HAMMING)
+    pairs, figures = pixel_checked_pairs(
+        combined.pairs[:, :2], combined.by_contrast_alone, held_back["retrieval"],
+        np.arange(len(paths)), CHECKS,
+        lambda some, progress: find_partial_copies(some, held_back["read"], progress)[1])
+    joined = group_labels(len(paths), pairs)
     grouped = [[paths[i] for i in np.flatnonzero(joined == g)] for g in range(joined.max() + 1)]
     together = [(a, b) for g in grouped for a in g for b in g if a < b]
     truth = truth_pairs(reference_copy_groups(paths))
     edits = {p for p in truth if "/mixed_images/" in p[0]}
     faces = score_pairs(together, truth - edits, lambda p: "/Faces" in p)
-    before = score_pairs([(paths[a], paths[b]) for a, b in combined], truth - edits,
+    before = score_pairs([(paths[a], paths[b]) for a, b in combined.pairs[:, :2]], truth - edits,
                          lambda p: "/Faces" in p)
-    print(f"{len(candidates)} pairs checked, {len(found)} partial copies; faces before "
-          f"{before.as_dict()}, after {faces.as_dict()}")
-    # The issue's precision target is 0.98. What stops short of it is no partial copy: the
-    # combined rule joins a few consecutive shots of one person (before: 4 of 12 pairs wrong),
-    # and each such pair becomes four once both photos' crops join them (README, Partial copies).
-    assert faces.recall >= 0.90 and faces.precision >= 0.95
+    print(figures, f"faces before {before.as_dict()}, after {faces.as_dict()}")
+    assert faces.recall >= 0.90 and faces.precision >= PRECISION
     assert faces.recall > 10 * before.recall
     assert score_pairs(together, edits, lambda p: "/mixed_images/" in p).recall == 1.0

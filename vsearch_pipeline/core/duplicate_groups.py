@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,9 @@ from vsearch_pipeline.core.near_duplicates import (
     combined_near_duplicates,
 )
 from vsearch_pipeline.core.storage import ArtifactStore
+
+if TYPE_CHECKING:
+    from vsearch_pipeline.core.partial_copies import Check
 
 THRESHOLD_KEY = b"vsearch.hamming_threshold"
 METHOD_KEY = b"vsearch.method"
@@ -77,8 +81,9 @@ def combined_grouping(store: ArtifactStore, model_key: str, ids: list[str], hash
                       cosine_floor: float | None, partial_copies: PartialCopySearch | None = None
                       ) -> Grouping:
     """pHash and embedding signals together (core.near_duplicates), over the whole collection;
-    thresholds left None are chosen from the data. With `partial_copies`, the groups also join
-    the crops and their originals that core.partial_copies finds.
+    thresholds left None are chosen from the data. With `partial_copies`, the pixels have their
+    say (core.partial_copies): pairs only the contrast joined that turn out to be other shots
+    of one scene are dropped, and the crops and their originals are joined.
 
     Images without a vector of the model (outside the sampled subset) are paired by pHash alone."""
     vectors, positions = vectors_of(store, model_key, ids)
@@ -101,8 +106,8 @@ def combined_grouping(store: ArtifactStore, model_key: str, ids: list[str], hash
     pairs = result.pairs[:, :2]
     searched = None
     if partial_copies is not None and partial_copies.checks_per_image > 0:
-        found, partial_figures = partial_copy_pairs(store, ids, pairs, partial_copies)
-        pairs = np.concatenate([pairs, found])
+        pairs, partial_figures = with_pixels_checked(store, ids, pairs, result.by_contrast_alone,
+                                                     partial_copies)
         figures |= partial_figures
         searched = partial_copies.as_rule()
     return Grouping(group_labels(len(ids), pairs), "full", figures, notes, chosen, searched)
@@ -119,72 +124,78 @@ class PartialCopySearch:
     progress: Callable[[int, int], None] = lambda done, total: None
 
     def as_rule(self) -> dict:
-        from vsearch_pipeline.core.partial_copies import AGREEMENT, CROP_NEIGHBOURS
+        from vsearch_pipeline.core import partial_copies as rule
 
-        return {"checks_per_image": self.checks_per_image, "neighbours": CROP_NEIGHBOURS,
-                "agreement": AGREEMENT, "vectors": self.model_key}
+        return {"checks_per_image": self.checks_per_image, "neighbours": rule.CROP_NEIGHBOURS,
+                "agreement": rule.AGREEMENT, "other_shot_inliers": rule.OTHER_SHOT_INLIERS,
+                "other_shot_agreement": rule.OTHER_SHOT_AGREEMENT, "vectors": self.model_key}
 
 
-def partial_copy_pairs(store: ArtifactStore, ids: list[str], joined: np.ndarray,
-                       search: PartialCopySearch) -> tuple[np.ndarray, dict[str, float]]:
-    """(m, 2) positions in `ids` of the partial copies among the candidates core.partial_copies
-    picks from the retrieval vectors, leaving out pairs `joined` already connects; and figures.
+def with_pixels_checked(store: ArtifactStore, ids: list[str], pairs: np.ndarray,
+                        by_contrast_alone: np.ndarray, search: PartialCopySearch
+                        ) -> tuple[np.ndarray, dict[str, float]]:
+    """core.partial_copies.pixel_checked_pairs over the collection's retrieval vectors.
 
     A check depends on the two images alone (ids are content hashes), so pairs an earlier run
     checked keep their result (`PARTIAL_COPY_CHECKS`) and only new ones are read and checked.
     (OpenCV is imported here, not with the module: the service reads groups without it.)"""
-    from vsearch_pipeline.core.partial_copies import AGREEMENT, candidate_pairs, find_partial_copies
+    from vsearch_pipeline.core.partial_copies import pixel_checked_pairs
 
     start = time.perf_counter()
-    vectors, positions = vectors_of(store, search.model_key, ids)
-    labels = group_labels(len(ids), joined)
-    candidates = positions[candidate_pairs(vectors, labels[positions], search.checks_per_image)]
-    del vectors
     earlier = earlier_checks(store, set(ids))
-    keys = [(ids[a], ids[b]) for a, b in candidates.tolist()]
-    todo = np.array([k not in earlier for k in keys], dtype=bool)
-    _, checks = find_partial_copies(candidates[todo], lambda p: search.read(ids[p]), search.progress)
-    checked_now = dict(zip([k for k, new in zip(keys, todo, strict=True) if new],
-                           [(c.inliers, c.agreement, c.mirrored) for c in checks], strict=True))
-    write_checks(store, {**earlier, **checked_now})
-    agreement = np.array([(checked_now.get(k) or earlier[k])[1] for k in keys], np.float32)
-    copies = agreement >= AGREEMENT
-    mirrored = sum(bool((checked_now.get(k) or earlier[k])[2])
-                   for k, c in zip(keys, copies, strict=True) if c)
-    return candidates[copies].reshape(-1, 2), {
-        "partial_copy_candidates": len(candidates), "partial_copy_checked_now": int(todo.sum()),
-        "partial_copies": int(copies.sum()), "partial_copies_mirrored": mirrored,
-        "partial_copy_seconds": round(time.perf_counter() - start, 3)}
+    book: dict[tuple[str, str], Check] = {}
+    vectors, positions = vectors_of(store, search.model_key, ids)
+    pairs, figures = pixel_checked_pairs(
+        pairs, by_contrast_alone, vectors, positions, search.checks_per_image,
+        lambda some, progress: _checked(some, ids, earlier, book, search.read, progress),
+        search.progress)
+    write_checks(store, {**earlier, **book})
+    return pairs, {**figures, "partial_copy_checked_now": len(book),
+                   "partial_copy_seconds": round(time.perf_counter() - start, 3)}
 
 
-def earlier_checks(store: ArtifactStore, present: set[str]
-                   ) -> dict[tuple[str, str], tuple[int, float, bool]]:
-    """(id, id) -> (inliers, agreement, mirrored) of the pairs checked before, of images still
-    present, when they were checked the way core.partial_copies checks now."""
-    from vsearch_pipeline.core.partial_copies import CHECKS_VERSION
+def _checked(pairs: np.ndarray, ids: list[str], earlier: dict, book: dict,
+             read: Callable[[str], np.ndarray | None],
+             progress: Callable[[int, int], None] = lambda done, total: None) -> list[Check]:
+    """The check of each pair: an earlier run's, else one made now (and written in `book`)."""
+    from vsearch_pipeline.core.partial_copies import find_partial_copies
+
+    keys = [(ids[a], ids[b]) if ids[a] < ids[b] else (ids[b], ids[a]) for a, b in pairs.tolist()]
+    todo = [i for i, k in enumerate(keys) if k not in earlier and k not in book]
+    _, made = find_partial_copies(pairs[todo].reshape(-1, 2), lambda p: read(ids[p]), progress)
+    book.update(zip([keys[i] for i in todo], made, strict=True))
+    return [earlier.get(k) or book[k] for k in keys]
+
+
+def earlier_checks(store: ArtifactStore, present: set[str]) -> dict[tuple[str, str], Check]:
+    """(id, id) -> the check of each pair checked before, of images still present, when it was
+    checked the way core.partial_copies checks now."""
+    from vsearch_pipeline.core.partial_copies import CHECKS_VERSION, Check
 
     if not store.exists(PARTIAL_COPY_CHECKS):
         return {}
     table = store.read_parquet(PARTIAL_COPY_CHECKS)
     if (table.schema.metadata or {}).get(CHECKS_VERSION_KEY) != CHECKS_VERSION.encode():
         return {}
-    columns = [table.column(c).to_pylist() for c in ("a", "b", "inliers", "agreement", "mirrored")]
-    return {(a, b): (n, agreement, mirrored) for a, b, n, agreement, mirrored in zip(*columns, strict=True)
+    columns = [table.column(c).to_pylist()
+               for c in ("a", "b", "inliers", "agreement", "mirrored", "smooth")]
+    return {(a, b): Check(n, float("nan") if agreement is None else agreement, mirrored, smooth)
+            for a, b, n, agreement, mirrored, smooth in zip(*columns, strict=True)
             if a in present and b in present}
 
 
-def write_checks(store: ArtifactStore, checks: dict[tuple[str, str], tuple[int, float, bool]]
-                 ) -> None:
+def write_checks(store: ArtifactStore, checks: dict[tuple[str, str], Check]) -> None:
     """The checks file, replaced whole: every pair checked, with its result."""
     from vsearch_pipeline.core.partial_copies import CHECKS_VERSION
 
-    keys, results = list(checks), list(checks.values())
+    keys, found = list(checks), list(checks.values())
     store.write_parquet(PARTIAL_COPY_CHECKS, pa.table({
         "a": pa.array([k[0] for k in keys], pa.string()),
         "b": pa.array([k[1] for k in keys], pa.string()),
-        "inliers": pa.array([r[0] for r in results], pa.int32()),
-        "agreement": pa.array([r[1] for r in results], pa.float32()),
-        "mirrored": pa.array([r[2] for r in results], pa.bool_())},
+        "inliers": pa.array([c.inliers for c in found], pa.int32()),
+        "agreement": pa.array([c.agreement for c in found], pa.float32()),
+        "mirrored": pa.array([c.mirrored for c in found], pa.bool_()),
+        "smooth": pa.array([c.smooth for c in found], pa.bool_())},
         metadata={CHECKS_VERSION_KEY.decode(): CHECKS_VERSION}))
 
 

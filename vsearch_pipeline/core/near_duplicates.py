@@ -43,7 +43,7 @@ figures at 100k and 1M.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 
 import numpy as np
@@ -101,6 +101,9 @@ class CombinedResult:
     by_contrast: int  # pairs accepted through the contrast threshold
     by_phash: int  # pairs accepted through pHash (near-identical, or without a vector)
     neighbour_recall: float = 1.0  # of the kNN candidates against exact search
+    # per pair: accepted through the contrast alone, its pHashes not near-identical (what a look
+    # at the pixels may overrule: core.partial_copies)
+    by_contrast_alone: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 @dataclass(frozen=True)
@@ -340,8 +343,11 @@ def combined_near_duplicates(
                                        cosine_floor)
     candidates = candidate_pairs(hashes, vectors, positions, found, hamming_threshold)
     by_contrast, by_hash = decide(candidates, thresholds, hamming_threshold)
-    return CombinedResult(candidates.pairs[by_contrast | by_hash], thresholds, len(candidates.pairs),
-                          int(by_contrast.sum()), int(by_hash.sum()), found.recall)
+    accepted = by_contrast | by_hash
+    strict_bits = thresholds.strict_bits if thresholds is not None else -1
+    alone = (by_contrast & (candidates.hamming > strict_bits))[accepted]
+    return CombinedResult(candidates.pairs[accepted], thresholds, len(candidates.pairs),
+                          int(by_contrast.sum()), int(by_hash.sum()), found.recall, alone)
 
 
 # --- evaluation against known copies ------------------------------------------------------------
