@@ -141,7 +141,7 @@ def test_the_evaluation_table_fits_and_names_every_case(page):
 
     page.goto("/assets/evaluation")
     _skip_the_welcome(page)
-    last_column = page.get_by_text("dup. pairs", exact=True).first
+    last_column = page.get_by_text("dup. precision", exact=True).first
     expect(last_column).to_be_visible()
     for case in ("demo/original", "demo/quarter", "demo/small_grey", "demo/mirror_turned15"):
         expect(page.get_by_text(case, exact=True).first).to_be_visible()

@@ -178,7 +178,7 @@ def test_ratings_become_one_group_per_query():
 def test_cases_name_slices_that_are_measured_on_their_own() -> None:
     """A `case` column (written and read back) slices the set: each case's images are the
     queries of `<set>/<case>`, and its near-duplicate pairs are those that hold one of them."""
-    from vsearch_pipeline.core.evaluation import pair_recall
+    from vsearch_pipeline.core.evaluation import pair_precision, pair_recall
     from vsearch_pipeline.core.grounding import case_slices
 
     rows = [("cat", "cat/original.png", "original"), ("cat", "cat/crop.jpg", "crop"),
@@ -194,4 +194,9 @@ def test_cases_name_slices_that_are_measured_on_their_own() -> None:
     assert pair_recall(resolved, joined) == 1 / 4  # 4 same-group pairs, 1 joined
     assert pair_recall(resolved, joined, slices["demo/quarter"]) == 0.0
     assert pair_recall(resolved, joined, slices["demo/crop"]) == 1 / 2
+    wrong = {**joined, "cup/quarter.jpg": 0}  # a cup joined to the cat's group
+    assert pair_precision(resolved, joined) == 1.0  # 1 near-duplicate pair, in one group
+    assert pair_precision(resolved, wrong) == 1 / 3  # cat-cat right; cup-cat twice wrong
+    assert pair_precision(resolved, wrong, slices["demo/quarter"]) == 0.0
+    assert np.isnan(pair_precision(resolved, {}))
     assert "case" not in format_grounding([("cat", "a.jpg")]).splitlines()[0]

@@ -458,18 +458,20 @@ def _report(home: Path, summary: dict) -> None:
         click.echo(f"  {row['asset']:<24} {row['partition']:<8} {row['seconds']:>9.2f} s")
     db = HomeLayout(home).metrics_db
     click.echo(f"\nArtifacts:  {load_settings(home).artifacts_root(home)}\nMetrics DB: {db}  (duckdb {db})")
-    shown = ("precision@1", "recall@10", "map@10", "ndcg@10", "duplicate_pair_recall")
+    shown = ("precision@1", "recall@10", "map@10", "ndcg@10", "duplicate_pair_recall",
+             "duplicate_pair_precision")
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.execute(
             "SELECT grounding_set, metric, round(value, 3) FROM retrieval_metrics "
             "WHERE run_id = (SELECT run_id FROM retrieval_metrics ORDER BY recorded_at DESC "
             "LIMIT 1) AND metric IN ('precision@1', 'recall@10', 'map@10', 'ndcg@10', "
-            "'duplicate_pair_recall') ORDER BY grounding_set").fetchall()
+            "'duplicate_pair_recall', 'duplicate_pair_precision') ORDER BY grounding_set").fetchall()
     figures: dict[str, dict[str, float]] = {}
     for grounding_set, metric, value in rows:
         figures.setdefault(grounding_set, {})[metric] = value
     click.echo("\nSearch quality per grounding set (and per case of its images):")
-    click.echo(format_table(["set", "P@1", "R@10", "mAP@10", "nDCG@10", "dup. pairs"],
+    click.echo(format_table(["set", "P@1", "R@10", "mAP@10", "nDCG@10", "dup. recall",
+                             "dup. precision"],
                             [[name, *(values.get(m) for m in shown)]
                              for name, values in figures.items()]))
 

@@ -40,7 +40,9 @@ def evaluation(
     relevant answers; the query itself is left out of its results. Besides the configured sets,
     the `feedback` and `tags` sets of `curation_grounding` (what people said in the search
     service) are measured once they hold a group. Also reported: the share of
-    same-group pairs that the near-duplicate groups put together. Figures go to the DuckDB table
+    same-group pairs that the near-duplicate groups put together (`duplicate_pair_recall`), and
+    the share of the near-duplicate pairs among the set's images that the set puts in one group
+    (`duplicate_pair_precision`). Figures go to the DuckDB table
     `retrieval_metrics`, keyed by model, index type and index version, for comparison by SQL.
     """
     store = storage.store
@@ -79,7 +81,7 @@ def _summary(rows: list[dict], ks: list[int]) -> MetadataValue:
     k = ks[-1]
     columns = {"queries": "queries", "precision@1": "P@1", f"recall@{k}": f"R@{k}",
                f"map@{k}": f"mAP@{k}", f"ndcg@{k}": f"nDCG@{k}",
-               "duplicate_pair_recall": "dup. pairs"}
+               "duplicate_pair_recall": "dup. recall", "duplicate_pair_precision": "dup. precision"}
     return markdown_table([{"set": r["grounding_set"],
                             **{short: _rounded(r.get(key)) for key, short in columns.items()}}
                            for r in rows])

@@ -74,12 +74,13 @@ def measure_grounding(loaded: SearchableIndex, grounding: ResolvedGrounding,
                       duplicate_group: dict[str, int],
                       only: set[str] | None = None) -> dict[str, float]:
     """Every figure of one grounding set: retrieval quality, the seconds it took, the
-    near-duplicate pair recall and the references that name no image. With `only` (a slice:
+    near-duplicate pair recall and precision and the references that name no image. With `only` (a slice:
     the images of one case), those images alone are the queries and the pairs counted."""
     start = time.perf_counter()
     figures = evaluate(loaded, grounding, vectors, vector_of, ks, only)
     figures["seconds"] = time.perf_counter() - start
     figures["duplicate_pair_recall"] = pair_recall(grounding, duplicate_group, only)
+    figures["duplicate_pair_precision"] = pair_precision(grounding, duplicate_group, only)
     figures["unresolved_references"] = len(grounding.unresolved)
     return figures
 
@@ -142,3 +143,21 @@ def pair_recall(grounding: ResolvedGrounding, duplicate_group: dict[str, int],
         together += _joined_pairs(ids, duplicate_group) - _joined_pairs(rest, duplicate_group)
         total += _pairs(len(ids)) - _pairs(len(rest))
     return together / total if total else float("nan")
+
+
+def pair_precision(grounding: ResolvedGrounding, duplicate_group: dict[str, int],
+                   only: set[str] | None = None) -> float:
+    """Share of the near-duplicate pairs among the set's images (two images of the set in one
+    near-duplicate group) that the set puts in one group too (NaN if there are none); with
+    `only`, of the pairs that hold at least one of those images."""
+    members: dict[int, list[str]] = {}
+    for image_id in grounding.group_of:
+        if duplicate_group.get(image_id, -1) >= 0:
+            members.setdefault(duplicate_group[image_id], []).append(image_id)
+    grounded = {image_id: g for image_id, g in grounding.group_of.items()}
+    same = total = 0
+    for ids in members.values():
+        rest = [i for i in ids if i not in only] if only is not None else []
+        same += _joined_pairs(ids, grounded) - _joined_pairs(rest, grounded)
+        total += _pairs(len(ids)) - _pairs(len(rest))
+    return same / total if total else float("nan")
