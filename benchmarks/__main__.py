@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 NAMES = ("embed", "dedup", "ann", "cluster", "pipeline", "small", "serve", "collection", "quality",
-         "startup")
+         "startup", "folding")
 
 
 def machine() -> dict:

@@ -27,6 +27,8 @@ from serving.originals import SourceFile
 from serving.views import CollectionViews, load_views
 from vsearch_pipeline.core.artifacts import load_manifests
 from vsearch_pipeline.core.catalog import ArtifactRecords
+from vsearch_pipeline.core.duplicate_keepers import ImageFile, files_by_id
+from vsearch_pipeline.core.layout import MANIFESTS
 from vsearch_pipeline.core.storage import ArtifactStore, write_atomically
 from vsearch_pipeline.search import Searcher
 
@@ -66,6 +68,8 @@ class IndexHolder:
         self.pinned: str | None = read_pin(pin_file) if pin_file else None
         self.last_error: str | None = None
         self._warming: list[threading.Thread] = []
+        self._files: dict[str, list[ImageFile]] = {}
+        self._files_read_from: tuple[str, ...] | None = None  # the manifests `_files` came from
 
     def wait_for_warm_up(self, timeout_s: float) -> None:
         """Let the models that are loading finish before the process exits: a thread still
@@ -130,6 +134,16 @@ class IndexHolder:
                                        model=live.loaded_model if live else None,
                                        sentence_encoder=live.sentence_encoder if live else None)
         return ServedIndex(searcher, manifest_files(self._records.store))
+
+    def collection_files(self) -> dict[str, list[ImageFile]]:
+        """Every usable file of every image (core.duplicate_keepers.files_by_id), read from the
+        manifests once per manifest set: what a check across two parts of the collection needs,
+        and more than the service keeps for every image (its first file)."""
+        manifests = tuple(self._records.store.list(MANIFESTS, ".parquet"))
+        if self._files_read_from != manifests:
+            self._files = files_by_id(load_manifests(self._records.store))
+            self._files_read_from = manifests
+        return self._files
 
     def pin(self, version: str | None) -> bool:
         """Pin a version (None unpins, going back to the latest) and load it now."""

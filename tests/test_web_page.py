@@ -513,6 +513,44 @@ def test_keep_this_one_marks_the_rest_of_its_group(page, api, collection):
                 headers={"X-API-Key": collection["key"]}).raise_for_status()
 
 
+def test_duplicates_across_two_parts_are_listed(page, api, collection):
+    """A training split (tag `train`) and a test split (tag `test`): the resized copy in the test
+    split is listed as a duplicate of its original in the training split; a part that names
+    neither a tag nor a folder is refused with the reason."""
+    expect = _expect()
+    ids = {i["path"]: i["id"] for i in api.get("/gallery", params={"limit": 500}).json()["images"]}
+    key = {"X-API-Key": collection["key"]}
+    original, copy = ids[DUPLICATE[0]], ids[DUPLICATE[1]]
+    others = sorted(i for p, i in ids.items() if p.startswith(CLASSES[0] + "/"))[:3]
+    try:
+        api.post("/tags", json={"ids": [original, *others], "tag": "train"}, headers=key).raise_for_status()
+        api.post("/tags", json={"ids": [copy], "tag": "test"}, headers=key).raise_for_status()
+        answer = api.get("/duplicates/between", params={"a": "train", "b": "test"}).json()
+        assert [(f["path"], f["duplicates_path"], f["reason"]) for f in answer["files"]] == [
+            (DUPLICATE[1], DUPLICATE[0], "a near-duplicate")]
+        assert api.get("/duplicates/between", params={"a": "test", "b": "train"}).json()["total"] == 1
+        unknown = api.get("/duplicates/between", params={"a": "train", "b": "no-such-part"})
+        assert unknown.status_code == 422 and "neither a tag nor a folder" in unknown.text
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]")
+        page.click("#tab-curation")
+        page.fill("#between-a", "train")
+        page.fill("#between-b", "test")
+        with page.expect_response(lambda r: "/duplicates/between" in r.url) as listed:
+            page.click("#between-form button[type=submit]")
+        assert listed.value.ok
+        expect(page.locator("#between-list li")).to_have_count(1)
+        expect(page.locator("#between-list li").first).to_have_attribute("data-path", DUPLICATE[1])
+        expect(page.locator("#between-summary")).to_contain_text("duplicate an image of tag 'train'")
+        page.fill("#between-b", "no-such-part")
+        page.click("#between-form button[type=submit]")
+        expect(page.locator("#error-text")).to_contain_text("neither a tag nor a folder")
+        expect(page.locator("#between-list li")).to_have_count(0)
+    finally:
+        for tag, tagged in (("train", [original, *others]), ("test", [copy])):
+            api.request("DELETE", "/tags", json={"ids": tagged, "tag": tag}, headers=key)
+
+
 def test_api_errors_are_shown(page, collection):
     expect = _expect()
     with page.expect_response(_is("POST", "/search")) as answer:

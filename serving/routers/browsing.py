@@ -21,6 +21,7 @@ from vsearch_pipeline.core.cluster import suggest_name
 from vsearch_pipeline.core.decode import ImageError, decode_rgb
 from vsearch_pipeline.core.duplicate_keepers import keeper_of
 from vsearch_pipeline.core.sources import SourceUnreachableError
+from vsearch_pipeline.duplicates import CollectionDuplicates, files_to_drop
 
 WEB_DIR = pathlib.Path(__file__).resolve().parents[1] / "web"
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
@@ -116,6 +117,29 @@ def duplicate_group(group: GroupNumber, state: State) -> dict:
     return group_entry(state, served, group, state.search_log.db.chosen_keepers())
 
 
+PartName = Annotated[str, Query(min_length=1, max_length=500,
+                                description="A tag, else a folder of the collection")]
+
+
+def duplicates_between(state: State, a: PartName, b: PartName) -> dict:
+    """The files of part `b` that duplicate an image of part `a` (each a tag, else a folder):
+    what leaks from a training split into a test split, as `vsearch duplicates --between`."""
+    served = state.live()
+    tags = {tag: set(ids) for tag, ids in state.tag_index.by_tag().items()}
+    found = CollectionDuplicates(
+        served.views.duplicate_groups, served.views.suggested_keepers,
+        state.holder.collection_files(), served.views.duplicate_rule or {},
+        state.search_log.db.chosen_keepers(), tags, served.views.identity[1] or "")
+    try:
+        rows, said = files_to_drop(found, (a, b))
+    except ValueError as err:
+        raise HTTPException(422, str(err)) from None
+    return {"a": a, "b": b, "summary": said, "total": len(rows),
+            "files": [{"group": r["group"], "id": r["drop_id"], "path": r["drop_path"],
+                       "duplicates_id": r["keep_id"], "duplicates_path": r["keep_path"],
+                       "reason": r["reason"]} for r in rows]}
+
+
 def duplicate_members(served: ServedIndex, group: int) -> list[str]:
     groups = served.views.duplicate_groups
     if group >= len(groups):
@@ -176,6 +200,8 @@ def router(access: Access) -> APIRouter:
     routes.add_api_route("/clusters", clusters, methods=["GET"], dependencies=access.reads)
     routes.add_api_route("/clusters/{label}", cluster, methods=["GET"], dependencies=access.reads)
     routes.add_api_route("/duplicates", duplicates, methods=["GET"], dependencies=access.reads)
+    routes.add_api_route("/duplicates/between", duplicates_between, methods=["GET"],
+                         dependencies=access.reads)  # before /duplicates/{group}
     routes.add_api_route("/duplicates/{group}", duplicate_group, methods=["GET"],
                          dependencies=access.reads)
     routes.add_api_route("/images/{image_id}", image, methods=["GET"], dependencies=access.reads)

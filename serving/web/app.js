@@ -1131,6 +1131,29 @@
     }
   }
 
+  /** The files of one part that duplicate an image of another (`/duplicates/between`). */
+  $("#between-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const list = $("#between-list");
+    list.setAttribute("aria-busy", "true");
+    try {
+      const answer = await api(`/duplicates/between${query({
+        a: $("#between-a").value.trim(), b: $("#between-b").value.trim(),
+      })}`);
+      $("#between-summary").textContent = answer.summary;
+      list.replaceChildren(...answer.files.map((f) => el("li", {
+        class: "between-item", dataset: { id: f.id, path: f.path },
+      }, el("span", { class: "path", text: f.path }),
+      el("span", { class: "muted", text: ` ${f.reason} of ${f.duplicates_path}` }))));
+    } catch (err) {
+      $("#between-summary").textContent = "";
+      list.replaceChildren();
+      showError(err);
+    } finally {
+      list.removeAttribute("aria-busy");
+    }
+  });
+
   $("#duplicates-prev").addEventListener("click", () => {
     state.duplicatesOffset = Math.max(0, state.duplicatesOffset - DUPLICATE_GROUPS);
     loadDuplicates();
