@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from conftest import wait_until_served
@@ -845,6 +846,9 @@ def demo_service(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("demo-web")
     images, _ = build_demo_corpus(root / "demo")
+    (images / "odd").mkdir()  # an image like none of the photos: an outlier of the clusters
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(images / "odd" / "noise.png")
     home = root / "home"
     settings = load_settings(home, {"source": {"uri": str(images)}})
     assert run_pipeline(home, settings, say=print)["success"]
@@ -853,7 +857,7 @@ def demo_service(tmp_path_factory: pytest.TempPathFactory):
 
 def test_the_demo_duplicates_tab_shows_one_group_per_photo(browser, demo_service):
     """17 photos, each with its eight edits (crops, a quarter, mirrors, turns, re-encodes): one
-    group per photo, none mixing two photos."""
+    group per photo, none mixing two photos (and the noise image in none)."""
     from vsearch_pipeline.core.demo import PHOTOS
 
     expect = _expect()
@@ -872,4 +876,29 @@ def test_the_demo_duplicates_tab_shows_one_group_per_photo(browser, demo_service
     expect(page.locator("#duplicates .dup-group")).to_have_count(17)
     first = _card_values(page, "#duplicates .dup-group >> nth=0 >> .card", "path")
     assert len({p.split("/")[0] for p in first}) == 1 and len(first) == 9
+    context.close()
+
+
+def test_the_demo_outliers_are_their_own_short_list(browser, demo_service):
+    """Clusters cover the demo; what stays out (the noise image, at least) is listed by "Show
+    the outliers" in the page, the same images as `/clusters/-1`."""
+    expect = _expect()
+    with httpx.Client(base_url=demo_service, timeout=60) as client:
+        summary = client.get("/clusters").json()
+        outliers = client.get("/clusters/-1").json()
+    assert 0 < summary["noise"] <= 0.1 * (summary["noise"] + sum(c["size"] for c in summary["clusters"]))
+    assert outliers["size"] == summary["noise"] == len(outliers["images"])
+    assert "odd/noise.png" in {i["path"] for i in outliers["images"]}
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=demo_service)
+    page = context.new_page()
+    page.goto("/")
+    page.wait_for_selector("body[data-ready=true]")
+    page.click("#tab-curation")
+    button = page.locator("#outliers-open")
+    noun = "outlier" if summary["noise"] == 1 else "outliers"
+    expect(button).to_have_text(f"Show the {summary['noise']} {noun}")
+    button.click()
+    expect(page.locator("#cluster-members-title")).to_contain_text("Outliers, like no cluster's images")
+    expect(page.locator("#cluster-members .card")).to_have_count(summary["noise"])
+    assert _card_values(page, "#cluster-members .card", "id") == [i["id"] for i in outliers["images"]]
     context.close()
