@@ -74,7 +74,7 @@ def test_a_crop_resized_and_re_encoded_is_a_copy(astronaut):
     w, h = astronaut.size
     crop = astronaut.crop((w // 5, h // 6, w // 5 + w // 2, h // 6 + h // 2)).resize((150, 150))
     found = _check(np.asarray(astronaut), _jpeg(crop, 40))
-    assert found.copy and not found.mirrored
+    assert found.joins and not found.mirrored
     assert found.agreement >= AGREEMENT and found.inliers >= partial_copies.MIN_INLIERS
 
 
@@ -83,7 +83,18 @@ def test_a_mirrored_turned_crop_is_a_copy_found_mirrored(astronaut):
     turned = ImageOps.mirror(astronaut).rotate(10, resample=Image.Resampling.BICUBIC)
     crop = turned.crop((w // 6, h // 6, w - w // 6, h - h // 6))
     found = _check(np.asarray(astronaut), _jpeg(crop, 85))
-    assert found.copy and found.mirrored
+    assert found.joins and found.mirrored
+
+
+def test_whole_frames_join_only_when_their_pixels_agree_closely(astronaut, shared_data: Path):
+    """A smaller re-encoded copy joins; two views of a turntable object 5 degrees apart agree
+    as well as crops must, but are whole frames that do not agree closely: no join."""
+    smaller = _check(np.asarray(astronaut), _jpeg(astronaut.resize((300, 300)), 60))
+    assert smaller.joins and smaller.coverage > partial_copies.WHOLE_FRAME
+    coil = shared_data / "coil20"
+    read = lambda p: np.asarray(decode_rgb((coil / p).read_bytes()))  # noqa: E731
+    turned = _check(read("obj20__64.png"), read("obj20__65.png"))
+    assert turned.copy and turned.coverage > partial_copies.WHOLE_FRAME and not turned.joins, turned
 
 
 def test_different_photos_are_not_copies(astronaut):
@@ -110,7 +121,7 @@ def test_unreadable_images_make_no_copies_and_stop_nothing(astronaut):
     pairs = np.array([[0, 2], [0, 1]])
     found, checks = find_partial_copies(pairs, arrays.get)
     assert found.tolist() == [[0, 1]]
-    assert np.isnan(checks[0].agreement) and checks[1].copy
+    assert np.isnan(checks[0].agreement) and checks[1].joins
 
 
 def test_candidates_are_the_most_similar_pairs_not_yet_joined():

@@ -178,9 +178,11 @@ def earlier_checks(store: ArtifactStore, present: set[str]) -> dict[tuple[str, s
     if (table.schema.metadata or {}).get(CHECKS_VERSION_KEY) != CHECKS_VERSION.encode():
         return {}
     columns = [table.column(c).to_pylist()
-               for c in ("a", "b", "inliers", "agreement", "mirrored", "smooth")]
-    return {(a, b): Check(n, float("nan") if agreement is None else agreement, mirrored, smooth)
-            for a, b, n, agreement, mirrored, smooth in zip(*columns, strict=True)
+               for c in ("a", "b", "inliers", "agreement", "mirrored", "smooth", "coverage")]
+    nan = float("nan")
+    return {(a, b): Check(n, nan if agreement is None else agreement, mirrored, smooth,
+                          nan if covered is None else covered)
+            for a, b, n, agreement, mirrored, smooth, covered in zip(*columns, strict=True)
             if a in present and b in present}
 
 
@@ -195,7 +197,8 @@ def write_checks(store: ArtifactStore, checks: dict[tuple[str, str], Check]) -> 
         "inliers": pa.array([c.inliers for c in found], pa.int32()),
         "agreement": pa.array([c.agreement for c in found], pa.float32()),
         "mirrored": pa.array([c.mirrored for c in found], pa.bool_()),
-        "smooth": pa.array([c.smooth for c in found], pa.bool_())},
+        "smooth": pa.array([c.smooth for c in found], pa.bool_()),
+        "coverage": pa.array([c.coverage for c in found], pa.float32())},
         metadata={CHECKS_VERSION_KEY.decode(): CHECKS_VERSION}))
 
 

@@ -38,8 +38,11 @@ Measured on the Faces_easy crops against their 30 nearest images (435 crops, 12,
 the Laplacian correlation of the true originals is at least 0.862 for 99% of them, the
 highest of any other pair is 0.785; plain grey-level correlation without the ECC refinement
 cannot separate them (0.974 keeps 90% of the crops and lets 19 other shots in). Hence
-`AGREEMENT`. Everything here is pixel geometry, not a property of the collection, so none of
-it is chosen from the data.
+`AGREEMENT`. Two whole frames (each covers `WHOLE_FRAME` of the other) join only above
+`WHOLE_FRAME_AGREEMENT`: views of a turntable object 5 degrees apart (COIL-20) agree with a
+median of 0.87, and joined they would chain all 72 views of an object into one group; a
+resized copy of dedup_cases agrees at 0.97. Everything here is pixel geometry, not a
+property of the collection, so none of it is chosen from the data.
 """
 
 from __future__ import annotations
@@ -72,12 +75,14 @@ ECC_STEPS = 10  # the keypoints' transform is close: 30 steps agree with 10 on e
 ROUGH_AGREEMENT = 0.3  # below this before ECC: no copy (99.5% of the crops are above, 7% of others)
 AGREEMENT = 0.82  # Laplacian correlation of copies after ECC (module docstring)
 OTHER_SHOT_INLIERS, OTHER_SHOT_AGREEMENT = 100, 0.5  # Check.other_shot (module docstring)
+WHOLE_FRAME = 0.9  # each image covering this share of the other: whole frames, no crop
+WHOLE_FRAME_AGREEMENT = 0.93  # whole frames join above this (Check.joins)
 CROP_NEIGHBOURS = 15  # nearest images per image that may be its crop or its original
 CACHE_IMAGES = 2_048  # decoded images kept while pairs are checked
 # What a stored check's result depends on: a change here makes the checks of earlier runs stale.
 CHECKS_VERSION = (f"orb{KEYPOINTS}-{ORB_SCALE}x{ORB_LEVELS}-few{FEW_KEYPOINTS}-"
                   f"fast{SMOOTH_FAST_THRESHOLD}-side{SIDE}-ratio{RATIO}-ransac{RANSAC_PIXELS}-"
-                  f"inliers{MIN_INLIERS}-ecc{ECC_STEPS}-rough{ROUGH_AGREEMENT}-v2")
+                  f"inliers{MIN_INLIERS}-ecc{ECC_STEPS}-rough{ROUGH_AGREEMENT}-v3")
 
 
 @dataclass(frozen=True)
@@ -99,10 +104,21 @@ class Check:
     agreement: float
     mirrored: bool
     smooth: bool = False
+    coverage: float = float("nan")  # the share of the less covered image the other one covers
 
     @property
     def copy(self) -> bool:
+        """The pixels agree: one image holds the other, or a region of it."""
         return self.agreement >= AGREEMENT
+
+    @property
+    def joins(self) -> bool:
+        """A copy to join: of a part (one image leaves out a region of the other), or two whole
+        frames whose pixels agree closely (a re-encode, a smaller copy). Whole frames that
+        agree only as well as a crop's must are often not copies at all: a turntable's views 5
+        degrees apart (COIL-20, median 0.87), which would chain every view of an object."""
+        return self.copy and bool(self.coverage < WHOLE_FRAME
+                                  or self.agreement >= WHOLE_FRAME_AGREEMENT)
 
     @property
     def other_shot(self) -> bool:
@@ -241,7 +257,19 @@ def check_pair(a: Features, b: Features, mirror_of_a: Callable[[], Features]) ->
         transform, inliers = fitted_transform(a, b)
     if transform is None:
         return Check(inliers, float("nan"), is_mirrored, smooth)
-    return Check(inliers, pixel_agreement(a.pixels, b.pixels, transform), is_mirrored, smooth)
+    return Check(inliers, pixel_agreement(a.pixels, b.pixels, transform), is_mirrored, smooth,
+                 coverage(a.pixels.shape, b.pixels.shape, transform))
+
+
+def coverage(a_shape: tuple[int, int], b_shape: tuple[int, int], transform: np.ndarray) -> float:
+    """The smaller of the share of b that a covers once moved by `transform`, and the share of
+    a that lands inside b: near 1 for two whole frames, lower where one is a crop of the other."""
+    h, w = b_shape
+    landed = cv2.warpAffine(np.ones(a_shape, np.uint8), transform.astype(np.float32), (w, h),
+                            flags=cv2.INTER_NEAREST)
+    inside = float(landed.sum())
+    a_area = a_shape[0] * a_shape[1] * abs(float(np.linalg.det(transform[:, :2])))
+    return min(inside / (h * w), inside / a_area if a_area else 0.0)
 
 
 def candidate_pairs(vectors: np.ndarray, labels: np.ndarray, checks_per_image: int) -> np.ndarray:
@@ -287,7 +315,7 @@ def pixel_checked_pairs(pairs: np.ndarray, by_contrast_alone: np.ndarray, vector
     labels = group_labels(n_items, pairs)
     candidates = positions[candidate_pairs(vectors, labels[positions], checks_per_image)]
     checks = check(candidates, progress)
-    copies = np.array([c.copy for c in checks], dtype=bool)
+    copies = np.array([c.joins for c in checks], dtype=bool)
     return np.concatenate([pairs, candidates[copies].reshape(-1, 2)]), {
         "contrast_pairs_checked": len(second_opinion), "other_shots_dropped": int(other_shot.sum()),
         "partial_copy_candidates": len(candidates), "partial_copies": int(copies.sum()),
@@ -343,5 +371,5 @@ def find_partial_copies(pairs: np.ndarray, read: Callable[[int], np.ndarray | No
             checks.append(found)
             if done % 500 == 0 or done == len(pairs):
                 progress(done, len(pairs))
-    copies = np.array([c.copy for c in checks], dtype=bool)
+    copies = np.array([c.joins for c in checks], dtype=bool)
     return pairs[copies] if len(pairs) else pairs.reshape(0, 2), checks
