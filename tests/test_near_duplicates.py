@@ -340,3 +340,25 @@ def test_asset_groups_edited_copies_and_records_its_thresholds(shared_data, case
         metadata = _latest_metadata(home)
         assert metadata_value(metadata, "method") == "phash"
         assert metadata_value(metadata, "mode") == expected_mode
+
+
+def test_tight_groups_stop_chains_but_keep_what_the_pixels_saw():
+    """Twelve views along an arc, each a near pair of the next (cosine 0.99): linked one to the
+    next they would be one group from one end to the other (cosine 0.22 between the ends)."""
+    from vsearch_pipeline.core.hashing import group_labels
+    from vsearch_pipeline.core.near_duplicates import tight_groups
+
+    angles = np.radians(np.arange(12) * 8.0)
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    chain = np.array([(i, i + 1) for i in range(11)])
+    assert len(set(group_labels(12, chain))) == 1
+    labels = tight_groups(12, chain, np.empty((0, 2)), vectors, np.arange(12), floor=0.95)
+    sizes = np.bincount(labels[labels >= 0])
+    assert len(sizes) > 1 and sizes.max() <= 5  # a group spans no more than the floor allows
+    for group in set(labels.tolist()) - {-1}:  # each group a stretch of the arc
+        members = np.flatnonzero(labels == group)
+        assert members.max() - members.min() + 1 == len(members)
+    far = tight_groups(12, chain, np.array([[0, 11]]), vectors, np.arange(12), floor=0.95)
+    assert far[0] == far[11]  # seen in the pixels: joined however far apart the vectors are
+    free = tight_groups(13, np.array([[11, 12]]), np.empty((0, 2)), vectors, np.arange(12), 0.95)
+    assert free[11] == free[12]  # no vector for item 12: nothing to judge it by

@@ -19,13 +19,14 @@ from skimage import data as photos
 from vsearch_pipeline.core import partial_copies
 from vsearch_pipeline.core.decode import decode_rgb
 from vsearch_pipeline.core.embed import embed_files
-from vsearch_pipeline.core.hashing import group_labels, phash64
+from vsearch_pipeline.core.hashing import phash64
 from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import load_model
 from vsearch_pipeline.core.near_duplicates import (
     combined_near_duplicates,
     reference_copy_groups,
     score_pairs,
+    tight_groups,
     truth_pairs,
 )
 from vsearch_pipeline.core.partial_copies import (
@@ -169,11 +170,12 @@ def test_crops_of_the_held_back_faces_and_every_edit_are_joined_at_high_precisio
     paths = held_back["paths"]
     combined = combined_near_duplicates(held_back["hashes"], held_back["copy"],
                                         hamming_threshold=HAMMING)
-    pairs, figures = pixel_checked_pairs(
+    pairs, copies, figures = pixel_checked_pairs(
         combined.pairs[:, :2], combined.by_contrast_alone, held_back["retrieval"],
         np.arange(len(paths)), CHECKS,
         lambda some, progress: find_partial_copies(some, held_back["read"], progress)[1])
-    joined = group_labels(len(paths), pairs)
+    joined = tight_groups(len(paths), pairs, copies, held_back["copy"], np.arange(len(paths)),
+                          combined.thresholds.cosine_floor)  # as core.duplicate_groups does
     grouped = [[paths[i] for i in np.flatnonzero(joined == g)] for g in range(joined.max() + 1)]
     together = [(a, b) for g in grouped for a in g for b in g if a < b]
     truth = truth_pairs(reference_copy_groups(paths))

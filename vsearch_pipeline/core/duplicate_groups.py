@@ -25,6 +25,7 @@ from vsearch_pipeline.core.near_duplicates import (
     MIN_IMAGES_TO_CHOOSE,
     Thresholds,
     combined_near_duplicates,
+    tight_groups,
 )
 from vsearch_pipeline.core.storage import ArtifactStore
 
@@ -93,7 +94,6 @@ def combined_grouping(store: ArtifactStore, model_key: str, ids: list[str], hash
                "with_vectors": len(positions), "candidate_pairs": result.candidates,
                "pairs_by_contrast": result.by_contrast, "pairs_by_phash": result.by_phash,
                "neighbour_recall": round(result.neighbour_recall, 4)}
-    del vectors
     chosen = result.thresholds
     if chosen is None:
         notes = {"threshold_choice": f"pHash alone: fewer than {MIN_IMAGES_TO_CHOOSE} images "
@@ -103,14 +103,18 @@ def combined_grouping(store: ArtifactStore, model_key: str, ids: list[str], hash
                     "cosine_floor": round(chosen.cosine_floor, 4), "strict_bits": chosen.strict_bits}
         notes = {"threshold_choice": chosen.chosen_by}
     notes["model"] = model_key
-    pairs = result.pairs[:, :2]
+    pairs, copies = result.pairs[:, :2], np.empty((0, 2), np.int64)
     searched = None
     if partial_copies is not None and partial_copies.checks_per_image > 0:
-        pairs, partial_figures = with_pixels_checked(store, ids, pairs, result.by_contrast_alone,
-                                                     partial_copies)
+        pairs, copies, partial_figures = with_pixels_checked(
+            store, ids, pairs, result.by_contrast_alone, partial_copies)
         figures |= partial_figures
         searched = partial_copies.as_rule()
-    return Grouping(group_labels(len(ids), pairs), "full", figures, notes, chosen, searched)
+    if chosen is None:
+        labels = group_labels(len(ids), np.concatenate([pairs, copies]))
+    else:
+        labels = tight_groups(len(ids), pairs, copies, vectors, positions, chosen.cosine_floor)
+    return Grouping(labels, "full", figures, notes, chosen, searched)
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ class PartialCopySearch:
 
 def with_pixels_checked(store: ArtifactStore, ids: list[str], pairs: np.ndarray,
                         by_contrast_alone: np.ndarray, search: PartialCopySearch
-                        ) -> tuple[np.ndarray, dict[str, float]]:
+                        ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """core.partial_copies.pixel_checked_pairs over the collection's retrieval vectors.
 
     A check depends on the two images alone (ids are content hashes), so pairs an earlier run
@@ -145,13 +149,13 @@ def with_pixels_checked(store: ArtifactStore, ids: list[str], pairs: np.ndarray,
     earlier = earlier_checks(store, set(ids))
     book: dict[tuple[str, str], Check] = {}
     vectors, positions = vectors_of(store, search.model_key, ids)
-    pairs, figures = pixel_checked_pairs(
+    pairs, copies, figures = pixel_checked_pairs(
         pairs, by_contrast_alone, vectors, positions, search.checks_per_image,
         lambda some, progress: _checked(some, ids, earlier, book, search.read, progress),
         search.progress)
     write_checks(store, {**earlier, **book})
-    return pairs, {**figures, "partial_copy_checked_now": len(book),
-                   "partial_copy_seconds": round(time.perf_counter() - start, 3)}
+    return pairs, copies, {**figures, "partial_copy_checked_now": len(book),
+                           "partial_copy_seconds": round(time.perf_counter() - start, 3)}
 
 
 def _checked(pairs: np.ndarray, ids: list[str], earlier: dict, book: dict,

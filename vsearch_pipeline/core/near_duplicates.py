@@ -350,6 +350,62 @@ def combined_near_duplicates(
                           int(by_contrast.sum()), int(by_hash.sum()), found.recall, alone)
 
 
+def tight_groups(n: int, pairs: np.ndarray, trusted: np.ndarray, vectors: np.ndarray,
+                 positions: np.ndarray, floor: float) -> np.ndarray:
+    """Group labels over items ``0..n-1`` (as ``hashing.group_labels``): the ``trusted`` pairs
+    (seen in the pixels) always join; each of ``pairs`` (vouched for by vectors or pHash),
+    most alike first, joins its two groups only while the mean unit vectors of the two stay
+    at least ``floor`` alike, the cosine a pair itself must reach.
+
+    Chaining is what this stops: views of a turntable object 5 degrees apart are each a near
+    pair, and linked one to the next they made all 72 views of a COIL-20 object one group.
+    Items without a vector (``vectors`` are the rows of the items at ``positions``) join freely.
+    """
+    from vsearch_pipeline.core.hashing import group_labels
+
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    row_of = np.full(n, -1, dtype=np.int64)
+    row_of[positions] = np.arange(len(positions))
+    parent = np.arange(n)
+    sums: dict[int, np.ndarray] = {}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    def total(r: int) -> np.ndarray | None:
+        if r not in sums and row_of[r] >= 0:
+            sums[r] = vectors[row_of[r]].astype(np.float64)
+        return sums.get(r)
+
+    def join(a: int, b: int, guarded: bool) -> bool:
+        ra, rb = root(a), root(b)
+        if ra == rb:
+            return True
+        va, vb = total(ra), total(rb)
+        if guarded and va is not None and vb is not None \
+                and va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb)) < floor:
+            return False
+        parent[rb] = ra
+        if va is not None or vb is not None:
+            sums[ra] = (va if va is not None else 0) + (vb if vb is not None else 0)
+        sums.pop(rb, None)
+        return True
+
+    trusted = np.asarray(trusted, np.int64).reshape(-1, 2)
+    kept = [edge for edge in trusted.tolist() if join(*edge, guarded=False)]
+    rows = row_of[pairs]
+    both = (rows >= 0).all(axis=1)
+    alike = np.full(len(pairs), np.inf)
+    alike[both] = np.einsum("ij,ij->i", vectors[rows[both, 0]], vectors[rows[both, 1]])
+    for i in np.argsort(-alike, kind="stable"):
+        if join(int(pairs[i, 0]), int(pairs[i, 1]), guarded=True):
+            kept.append(pairs[i].tolist())
+    return group_labels(n, np.array(kept, np.int64).reshape(-1, 2))
+
+
 # --- evaluation against known copies ------------------------------------------------------------
 
 def truth_pairs(groups: Iterable[Sequence[Hashable]]) -> set[tuple]:

@@ -302,11 +302,12 @@ def pixel_checked_pairs(pairs: np.ndarray, by_contrast_alone: np.ndarray, vector
                         positions: np.ndarray, checks_per_image: int,
                         check: Callable[[np.ndarray, Callable[[int, int], None]], list[Check]],
                         progress: Callable[[int, int], None] = lambda done, total: None
-                        ) -> tuple[np.ndarray, dict[str, int]]:
-    """Near-duplicate `pairs` (item positions) once the pixels have had their say: less those
-    only the contrast joined (`by_contrast_alone`) that are other shots, plus the partial
-    copies among `candidate_pairs` of the retrieval `vectors` (of the items at `positions`);
-    and figures. `check` gives the Check of each of an (m, 2) array of item pairs."""
+                        ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Near-duplicate `pairs` (item positions) once the pixels have had their say: those left
+    once the ones only the contrast joined (`by_contrast_alone`) that are other shots are
+    dropped, the partial copies among `candidate_pairs` of the retrieval `vectors` (of the
+    items at `positions`), and figures. `check` gives the Check of each of an (m, 2) array of
+    item pairs."""
     second_opinion = pairs[by_contrast_alone]
     other_shot = np.array([c.other_shot for c in check(second_opinion, lambda done, total: None)],
                           dtype=bool)
@@ -316,7 +317,7 @@ def pixel_checked_pairs(pairs: np.ndarray, by_contrast_alone: np.ndarray, vector
     candidates = positions[candidate_pairs(vectors, labels[positions], checks_per_image)]
     checks = check(candidates, progress)
     copies = np.array([c.joins for c in checks], dtype=bool)
-    return np.concatenate([pairs, candidates[copies].reshape(-1, 2)]), {
+    return pairs, candidates[copies].reshape(-1, 2), {
         "contrast_pairs_checked": len(second_opinion), "other_shots_dropped": int(other_shot.sum()),
         "partial_copy_candidates": len(candidates), "partial_copies": int(copies.sum()),
         "partial_copies_mirrored": sum(c.mirrored for c, is_copy in zip(checks, copies, strict=True)
