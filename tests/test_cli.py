@@ -221,6 +221,7 @@ def test_duplicates_export_keeps_one_file_per_group(demo_home):
     said = _run("duplicates", home=home)
     assert said.returncode == 0, said.stderr
     assert "method combined" in said.stdout and "cosine floor" in said.stdout
+    assert "crops checked (5 pairs per image)" in said.stdout
     target = home.parent / "drop.csv"
     assert _run("duplicates", "--export", str(target), home=home).returncode == 0
     with target.open(newline="") as handle:

@@ -286,10 +286,13 @@ def duplicates(home: Path | None, export: Path | None, between: tuple[str, str] 
         raise click.ClickException(str(err)) from err
     rule = found.rule
     thresholds = rule.get("thresholds") or {}
+    crops = rule.get("partial_copies") or {}
     click.echo(f"groups: {found.version}, method {rule['method']}, Hamming threshold "
                f"{rule['hamming_threshold']}" + (
                    f", contrast {thresholds['contrast']:.3f}, cosine floor "
-                   f"{thresholds['cosine_floor']:.3f}" if thresholds else ""))
+                   f"{thresholds['cosine_floor']:.3f}" if thresholds else "") + (
+                   f", crops checked ({crops['checks_per_image']} pairs per image)"
+                   if crops else ""))
     click.echo(said)
     if export is not None:
         write_csv(rows, export)
