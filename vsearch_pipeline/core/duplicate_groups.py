@@ -132,7 +132,8 @@ class PartialCopySearch:
 
         return {"checks_per_image": self.checks_per_image, "neighbours": rule.CROP_NEIGHBOURS,
                 "agreement": rule.AGREEMENT, "other_shot_inliers": rule.OTHER_SHOT_INLIERS,
-                "other_shot_agreement": rule.OTHER_SHOT_AGREEMENT, "vectors": self.model_key}
+                "other_shot_agreement": rule.OTHER_SHOT_AGREEMENT, "whole_frame": rule.WHOLE_FRAME,
+                "whole_frame_agreement": rule.WHOLE_FRAME_AGREEMENT, "vectors": self.model_key}
 
 
 def with_pixels_checked(store: ArtifactStore, ids: list[str], pairs: np.ndarray,
