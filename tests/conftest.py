@@ -2,8 +2,10 @@
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 DATA_ENV = "VSEARCH_TEST_DATA"
@@ -69,6 +71,30 @@ def copy_caltech(shared: Path, images: Path, classes: tuple[str, ...], per_class
         for photo in sorted((shared / "caltech101" / name).glob("*.jpg"))[:per_class]:
             shutil.copy(photo, images / name / photo.name)
     return images
+
+
+@dataclass(frozen=True)
+class KnownCopies:
+    """The photos whose copies are all known, as the near-duplicate tests draw them: the Faces
+    names (Faces/X and Faces_easy/X are one photo and its crop), `distractors` other Caltech-101
+    photos, the dedup_cases edits (paths relative to the data root), and the Faces names in the
+    order that splits them into a fit half (0::2) and a held-out half (1::2)."""
+
+    faces: list[str]
+    distractors: list[str]
+    edits: list[str]
+    halves: list[str]
+
+
+def known_copies(shared: Path, cases: Path, distractors: int, seed: int = 7) -> KnownCopies:
+    caltech = shared / "caltech101"
+    faces = sorted(p.name for p in (caltech / "Faces").glob("*.jpg"))
+    others = sorted(str(p.relative_to(shared)) for p in caltech.glob("*/*.jpg")
+                    if p.parent.name not in ("Faces", "Faces_easy"))
+    rng = np.random.default_rng(seed)
+    drawn = [others[i] for i in rng.choice(len(others), distractors, replace=False)]
+    edits = sorted(str(p.relative_to(shared)) for p in (cases / "mixed_images").iterdir())
+    return KnownCopies(faces, drawn, edits, list(rng.permutation(faces)))
 
 
 def wait_until_served(base: str, alive, timeout_s: float = 180) -> None:

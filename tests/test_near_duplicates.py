@@ -14,6 +14,7 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import known_copies
 from dagster import AssetKey
 from PIL import Image
 
@@ -51,22 +52,16 @@ def _in_scope(path: str) -> bool:
 @pytest.fixture(scope="session")
 def corpus(shared_data: Path, cases: Path) -> dict:
     """Paths (relative to the data root), unit vectors and pHashes of every decodable image."""
-    caltech = shared_data / "caltech101"
-    faces = sorted(p.name for p in (caltech / "Faces").glob("*.jpg"))
-    others = sorted(str(p.relative_to(shared_data)) for p in caltech.glob("*/*.jpg")
-                    if p.parent.name not in ("Faces", "Faces_easy"))
-    rng = np.random.default_rng(7)
-    distractors = [others[i] for i in rng.choice(len(others), DISTRACTORS, replace=False)]
-    edits = sorted(str(p.relative_to(shared_data)) for p in (cases / "mixed_images").iterdir())
-    paths = [f"caltech101/{side}/{n}" for n in faces for side in ("Faces", "Faces_easy")]
-    paths += distractors + edits
+    drawn = known_copies(shared_data, cases, DISTRACTORS)
+    distractors = drawn.distractors
+    paths = [f"caltech101/{side}/{n}" for n in drawn.faces for side in ("Faces", "Faces_easy")]
+    paths += distractors + drawn.edits
     # the view the pipeline's near-duplicate step reads, whatever the search view is
     model = load_model(ModelSpec("efficientnet-lite0").copy_spec, engine="auto")
     embedded = embed_files(model, paths, paths, lambda p: (shared_data / p).read_bytes())
     hashes = np.array([_phash(shared_data / p) for p in embedded.ids], dtype=np.uint64)
-    halves = rng.permutation(faces)
     return {"paths": embedded.ids, "vectors": embedded.vectors, "hashes": hashes,
-            "fit_faces": set(halves[0::2]), "distractors": distractors}
+            "fit_faces": set(drawn.halves[0::2]), "distractors": distractors}
 
 
 def _phash(path: Path) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import known_copies
 from PIL import Image, ImageOps
 from skimage import data as photos
 
@@ -144,16 +145,10 @@ def test_candidates_are_the_most_similar_pairs_not_yet_joined():
 @pytest.fixture(scope="module")
 def held_back(shared_data: Path, cases: Path) -> dict:
     """The held-back corpus embedded as the pipeline embeds it (retrieval and copy vectors)."""
-    caltech = shared_data / "caltech101"
-    faces = sorted(p.name for p in (caltech / "Faces").glob("*.jpg"))
-    others = sorted(str(p.relative_to(shared_data)) for p in caltech.glob("*/*.jpg")
-                    if p.parent.name not in ("Faces", "Faces_easy"))
-    rng = np.random.default_rng(7)  # the draw of test_near_duplicates: its held-out half
-    distractors = [others[i] for i in rng.choice(len(others), DISTRACTORS, replace=False)]
-    held = set(rng.permutation(faces)[1::2])
-    edits = sorted(str(p.relative_to(shared_data)) for p in (cases / "mixed_images").iterdir())
-    paths = [f"caltech101/{side}/{n}" for n in sorted(held) for side in ("Faces", "Faces_easy")]
-    paths += distractors[DISTRACTORS // 2:] + edits
+    drawn = known_copies(shared_data, cases, DISTRACTORS)  # test_near_duplicates' held-out half
+    held = sorted(drawn.halves[1::2])
+    paths = [f"caltech101/{side}/{n}" for n in held for side in ("Faces", "Faces_easy")]
+    paths += drawn.distractors[DISTRACTORS // 2:] + drawn.edits
     spec = ModelSpec("efficientnet-lite0")
     read = lambda p: (shared_data / p).read_bytes()  # noqa: E731
     copy_view = embed_files(load_model(spec.copy_spec, engine="auto"), paths, paths, read)

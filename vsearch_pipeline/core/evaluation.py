@@ -134,15 +134,7 @@ def pair_recall(grounding: ResolvedGrounding, duplicate_group: dict[str, int],
                 only: set[str] | None = None) -> float:
     """Share of same-group pairs that fall in one near-duplicate group (NaN if no pairs); with
     `only`, of the pairs that hold at least one of those images."""
-    members: dict[int, list[str]] = {}
-    for image_id, group in grounding.group_of.items():
-        members.setdefault(group, []).append(image_id)
-    together = total = 0
-    for ids in members.values():
-        rest = [i for i in ids if i not in only] if only is not None else []
-        together += _joined_pairs(ids, duplicate_group) - _joined_pairs(rest, duplicate_group)
-        total += _pairs(len(ids)) - _pairs(len(rest))
-    return together / total if total else float("nan")
+    return _pair_share(grounding.group_of, duplicate_group, only)
 
 
 def pair_precision(grounding: ResolvedGrounding, duplicate_group: dict[str, int],
@@ -150,14 +142,19 @@ def pair_precision(grounding: ResolvedGrounding, duplicate_group: dict[str, int]
     """Share of the near-duplicate pairs among the set's images (two images of the set in one
     near-duplicate group) that the set puts in one group too (NaN if there are none); with
     `only`, of the pairs that hold at least one of those images."""
+    in_set = {i: duplicate_group[i] for i in grounding.group_of if duplicate_group.get(i, -1) >= 0}
+    return _pair_share(in_set, grounding.group_of, only)
+
+
+def _pair_share(groups: dict[str, int], other: dict[str, int], only: set[str] | None) -> float:
+    """Share of the pairs within `groups` (id -> group) that `other` puts in one group too (NaN
+    if there are none); with `only`, of the pairs that hold at least one of those ids."""
     members: dict[int, list[str]] = {}
-    for image_id in grounding.group_of:
-        if duplicate_group.get(image_id, -1) >= 0:
-            members.setdefault(duplicate_group[image_id], []).append(image_id)
-    grounded = {image_id: g for image_id, g in grounding.group_of.items()}
-    same = total = 0
+    for image_id, group in groups.items():
+        members.setdefault(group, []).append(image_id)
+    together = total = 0
     for ids in members.values():
         rest = [i for i in ids if i not in only] if only is not None else []
-        same += _joined_pairs(ids, grounded) - _joined_pairs(rest, grounded)
+        together += _joined_pairs(ids, other) - _joined_pairs(rest, other)
         total += _pairs(len(ids)) - _pairs(len(rest))
-    return same / total if total else float("nan")
+    return together / total if total else float("nan")
