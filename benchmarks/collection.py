@@ -45,7 +45,7 @@ from vsearch_pipeline.core.layout import (
     embeddings_path,
     manifest_path,
 )
-from vsearch_pipeline.core.manifest import MANIFEST_SCHEMA
+from vsearch_pipeline.core.manifest import complete_manifest
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec
 from vsearch_pipeline.core.models import load_model
 from vsearch_pipeline.core.phash_files import write_hashes
@@ -122,11 +122,11 @@ def write_batch(store: ArtifactStore, key: str, objects: list[SourceObject], ids
                 vectors: np.ndarray, hashes: np.ndarray, models: list) -> None:
     """The batch's manifest (from the real listing of its files), shards and pHashes."""
     n = len(ids)
-    store.write_parquet(manifest_path(key), pa.table({
+    store.write_parquet(manifest_path(key), complete_manifest(pa.table({
         "id": ids, "uri": [o.uri for o in objects], "path": [o.path for o in objects],
         "version": [o.version for o in objects], "bytes": [0] * n, "content_hash": ids,
         "width": [640] * n, "height": [480] * n, "format": ["JPEG"] * n, "status": ["ok"] * n,
-        "reason": [None] * n}, schema=MANIFEST_SCHEMA))
+        "reason": [None] * n})))
     for model in models:  # the copy view gets the same vectors: its cost is what is measured
         store.write_parquet(embeddings_path(model.spec.key, key),
                             embeddings_table(ids, vectors, model.name, model.version))

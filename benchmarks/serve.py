@@ -64,7 +64,7 @@ from vsearch_pipeline.core.layout import (
     index_dir,
     manifest_path,
 )
-from vsearch_pipeline.core.manifest import MANIFEST_SCHEMA
+from vsearch_pipeline.core.manifest import complete_manifest
 from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec
 from vsearch_pipeline.core.models import load_model
 from vsearch_pipeline.core.retrieval import VectorTransform
@@ -116,7 +116,7 @@ def write_manifest(store: ArtifactStore, ids: list[str]) -> None:
     columns = {"id": ids, "uri": uris, "path": [u.removeprefix("bench://") for u in uris],
                "version": ["1"] * n, "bytes": [0] * n, "content_hash": ids, "width": [0] * n,
                "height": [0] * n, "format": ["JPEG"] * n, "status": ["ok"] * n, "reason": [None] * n}
-    store.write_parquet(manifest_path("bench"), pa.table(columns, schema=MANIFEST_SCHEMA))
+    store.write_parquet(manifest_path("bench"), complete_manifest(pa.table(columns)))
 
 
 def write_version(store: ArtifactStore, index: faiss.Index, params: IndexParams, ids: list[str],

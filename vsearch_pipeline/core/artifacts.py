@@ -29,6 +29,7 @@ from vsearch_pipeline.core.layout import (
     embeddings_dir,
     manifest_path,
 )
+from vsearch_pipeline.core.manifest import complete_manifest
 from vsearch_pipeline.core.retrieval import NeighbourGraph, ProjectionHead, VectorTransform
 from vsearch_pipeline.core.sources import SourceObject
 from vsearch_pipeline.core.storage import ArtifactStore
@@ -99,7 +100,7 @@ def load_manifests(store: ArtifactStore) -> pa.Table:
     """Every partition's manifest, with a `partition` column, in partition order."""
     tables = []
     for key in manifest_partitions(store):
-        table = store.read_parquet(manifest_path(key))
+        table = complete_manifest(store.read_parquet(manifest_path(key)))
         tables.append(table.append_column("partition", pa.array([key] * len(table))))
     if not tables:
         raise ValueError("no manifest partitions are materialized yet")

@@ -94,15 +94,34 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     JPEGs are decoded with DCT scaling to 1/8: the whole compressed stream is still read and
     entropy-decoded, so truncation and broken markers are caught, at a fraction of the cost.
     """
+    return inspect_image(data, max_pixels, longest_side=1).info
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """A file decoded once: what it is, the file as Pillow opened it (its JPEG tables and EXIF)
+    and its pixels as RGB (EXIF orientation not applied: nothing measured on them turns)."""
+
+    info: ImageInfo
+    opened: Image.Image
+    rgb: Image.Image
+
+
+def inspect_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, longest_side: int = 512
+                  ) -> Inspected:
+    """`probe_image` with the pixels kept: a JPEG is decoded with the strongest DCT scaling that
+    keeps its longer side >= `longest_side` (what the manifest measures quality on)."""
     im = _open_checked(data, max_pixels)
     width, height = im.size  # header size, before any draft reduction
     with _pillow_errors(max_pixels):
         if im.format in _DRAFT_FORMATS:
-            im.draft(None, (1, 1))
+            shrink = min(1.0, longest_side / max(width, height))
+            im.draft(None, (max(1, int(width * shrink)), max(1, int(height * shrink))))
         im.load()
         if _orientation(im) in _SWAPPING_ORIENTATIONS:
             width, height = height, width
-    return ImageInfo(width=width, height=height, format=str(im.format))
+        rgb = _to_rgb(im)
+    return Inspected(ImageInfo(width=width, height=height, format=str(im.format)), im, rgb)
 
 
 def decode_rgb(

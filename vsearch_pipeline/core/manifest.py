@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 
 from vsearch_pipeline.core.batches import BatchEntry, UnusableEntry
-from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS, ImageError, probe_image
+from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS, ImageError, inspect_image
+from vsearch_pipeline.core.image_quality import EMPTY_ROW, MEASURE_SIDE, measure_quality
 from vsearch_pipeline.core.names import text_safe
 
 MANIFEST_SCHEMA = pa.schema(
@@ -25,8 +26,17 @@ MANIFEST_SCHEMA = pa.schema(
         ("format", pa.string()),
         ("status", pa.string()),
         ("reason", pa.string()),
+        # image quality (core.image_quality), from the same decode; null for unusable files
+        ("sharpness", pa.float32()),
+        ("brightness", pa.float32()),
+        ("contrast", pa.float32()),
+        ("colourfulness", pa.float32()),
+        ("jpeg_quality", pa.int16()),
+        ("taken_at", pa.string()),
+        ("camera", pa.string()),
     ]
 )
+QUALITY_COLUMNS = tuple(EMPTY_ROW)
 
 ID_HEX_CHARS = 16
 
@@ -41,12 +51,13 @@ def image_id(sha256_hex: str) -> str:
 
 
 def manifest_row(obj: BatchEntry, read: Callable[[str], bytes], max_pixels: int) -> dict:
-    """Read one file and describe it; never raises for a bad file, the reason goes in the row.
+    """Read one file and describe it, its quality figures included (one decode for both); never
+    raises for a bad file, the reason goes in the row.
 
     Reasons may quote a file name, so they are made storable text (`text_safe`)."""
     row = {"uri": obj.uri, "path": obj.path, "version": obj.version, "id": None,
            "bytes": obj.size, "content_hash": None, "width": None, "height": None,
-           "format": None, "status": "ok", "reason": None}
+           "format": None, "status": "ok", "reason": None, **EMPTY_ROW}
     if isinstance(obj, UnusableEntry):
         return row | {"status": "unreadable", "reason": obj.reason}
     try:
@@ -56,10 +67,13 @@ def manifest_row(obj: BatchEntry, read: Callable[[str], bytes], max_pixels: int)
     digest = content_hash(data)
     row |= {"bytes": len(data), "content_hash": digest, "id": image_id(digest)}
     try:
-        info = probe_image(data, max_pixels)
+        inspected = inspect_image(data, max_pixels, MEASURE_SIDE)
     except ImageError as err:
         return row | {"status": err.status, "reason": text_safe(err.reason)}
-    return row | {"width": info.width, "height": info.height, "format": info.format}
+    info = inspected.info
+    quality = measure_quality(inspected.opened, inspected.rgb)
+    return row | {"width": info.width, "height": info.height, "format": info.format,
+                  **quality.row()}
 
 
 def build_manifest(
@@ -78,6 +92,15 @@ def build_manifest(
             if progress:
                 progress(done + 1, len(objects))
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def complete_manifest(table: pa.Table) -> pa.Table:
+    """A manifest with every column of MANIFEST_SCHEMA: a batch read before the quality columns
+    existed (batches are never rewritten) gets them as nulls."""
+    for field in MANIFEST_SCHEMA:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(len(table), field.type))
+    return table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
 
 
 def status_counts(manifest: pa.Table) -> dict[str, int]:
