@@ -30,7 +30,7 @@ from serving.auth import ApiKeys, WriteGuard
 from serving.holder import IndexHolder
 from serving.http import JSON_BODY_LIMIT, ObservedRequests, Service, invalid_request
 from serving.limits import RateLimit, TokenBuckets, client_of
-from serving.routers import browsing, collection, curation, operations, search
+from serving.routers import browsing, collection, curation, insight, operations, search
 from serving.state import ServiceState
 from vsearch_pipeline.core.catalog import ArtifactRecords
 from vsearch_pipeline.core.layout import HomeLayout
@@ -38,7 +38,7 @@ from vsearch_pipeline.core.storage import ArtifactStore
 from vsearch_pipeline.core.store import CurationDB
 from vsearch_pipeline.settings import ServingSettings, Settings
 
-ROUTERS = (browsing, operations, search, collection, curation)
+ROUTERS = (browsing, operations, search, collection, curation, insight)
 
 
 def create_app(holder: IndexHolder, settings: ServingSettings, curation: CurationDB,

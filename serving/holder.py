@@ -118,11 +118,11 @@ class IndexHolder:
         """Newer clusters and duplicate groups if there are any, else the live ones."""
         current = live.views if live is not None else CollectionViews()
         try:
-            clusters, duplicates = self._records.views()
-            if (clusters, duplicates) == current.identity:
+            identity = self._records.views()
+            if identity == current.identity:
                 return current
-            views = load_views(self._records.store, clusters, duplicates)
-            log.info("clusters %s and duplicate groups %s are live", *views.identity)
+            views = load_views(self._records.store, *identity)
+            log.info("clusters %s, duplicate groups %s and insight %s are live", *views.identity)
             return views
         except Exception as err:  # keep browsing the old ones
             log.error("clusters or duplicate groups refused: %s", err)

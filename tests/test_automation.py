@@ -277,7 +277,7 @@ def test_schedules_request_a_full_rebuild_and_a_nightly_recluster(tmp_path):
     assert len(recluster.evaluate_tick(build_schedule_context(instance)).run_requests) == 1
     job = defs.resolve_job_def("recluster")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
-        "clusters", "curation_grounding", "evaluation"}
+        "clusters", "curation_grounding", "evaluation", "collection_insight"}
 
 
 def test_ivf_full_build_goes_shard_by_shard_and_drops_deleted_files(tmp_path):

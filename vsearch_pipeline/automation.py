@@ -34,6 +34,7 @@ from vsearch_pipeline.assets.curation import curation_grounding
 from vsearch_pipeline.assets.evaluation import evaluation
 from vsearch_pipeline.assets.hashes import near_duplicate_groups
 from vsearch_pipeline.assets.index import IndexBuildConfig, faiss_index
+from vsearch_pipeline.assets.insight import collection_insight
 from vsearch_pipeline.assets.projection_head import projection_head
 from vsearch_pipeline.assets.retrieval import retrieval_transform
 from vsearch_pipeline.core.batches import batch_key, record_batch, stored_batches, unbatched
@@ -57,7 +58,8 @@ update_index_job = define_asset_job(
                 "when the index asks for one or the run config sets faiss_index.full_rebuild).",
 )
 recluster_job = define_asset_job(
-    "recluster", executor_def=multiprocess_executor, selection=[clusters, curation_grounding, evaluation],
+    "recluster", executor_def=multiprocess_executor, selection=[clusters, curation_grounding, evaluation,
+                                                               collection_insight],
     description="Clusters of the whole collection, the curation grounding sets and the evaluation.",
 )
 # The collection jobs write the DuckDB file beside the instance, so they run on this machine

@@ -248,15 +248,25 @@ def _served(app) -> str:
 @main.command()
 @home_option
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def metrics(home: Path | None, as_json: bool) -> None:
+@click.option("--flagged", type=click.Choice(["blurry", "dark", "bright", "tiny"]),
+              help="List the files the insight asset flagged so, with their quality figures "
+                   "(thresholds: the insight settings).")
+def metrics(home: Path | None, as_json: bool, flagged: str | None) -> None:
     """The latest figures from the home's DuckDB file: per-partition counts and timings, the
-    index, retrieval quality per grounding set, clusters and near-duplicate groups."""
-    from vsearch_pipeline.core.report import format_table, latest_figures
+    index, retrieval quality per grounding set, clusters, near-duplicate groups, and the
+    insight (label mistakes, odd ones, files flagged blurry, dark, bright or tiny)."""
+    from vsearch_pipeline.core.report import flagged_files, format_table, latest_figures
 
     db = HomeLayout(_existing_home(home)).metrics_db
     if not db.exists():
         raise click.ClickException(f"no metrics yet at {db}: run `vsearch materialize` first")
-    report = latest_figures(str(db))
+    if flagged:
+        try:
+            report = {f"{flagged} files": flagged_files(str(db), flagged)}
+        except LookupError as err:
+            raise click.ClickException(str(err)) from err
+    else:
+        report = latest_figures(str(db))
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return

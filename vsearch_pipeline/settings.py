@@ -25,7 +25,9 @@ from pydantic import (
 
 from vsearch_pipeline.core.decode import DEFAULT_MAX_PIXELS
 from vsearch_pipeline.core.engines import ENGINES, validate_engine, validate_int8
+from vsearch_pipeline.core.image_quality import QualityThresholds
 from vsearch_pipeline.core.layout import HomeLayout
+from vsearch_pipeline.core.map_layout import MAP_METHODS
 from vsearch_pipeline.core.model_spec import (
     DEFAULT_MODEL,
     DEVICES,
@@ -273,8 +275,10 @@ class ClusterSettings(Section, ClusterParams):
     clusters may drift before the collection is clustered again."""
 
     drift_tolerance: float = Field(0.1, gt=0.0)
+    map: str = "umap"  # umap | pca: the map's layout (core.map_layout; PCA below 1,000 images)
 
-    _known_choice = _choices("clusters", {"method": CLUSTER_METHODS, "reduce": REDUCTIONS})
+    _known_choice = _choices("clusters", {"method": CLUSTER_METHODS, "reduce": REDUCTIONS,
+                                          "map": MAP_METHODS})
 
     @model_validator(mode="after")
     def _known_choices(self) -> ClusterSettings:
@@ -283,6 +287,21 @@ class ClusterSettings(Section, ClusterParams):
 
     def params(self) -> ClusterParams:
         return ClusterParams(**_fields_of(self, ClusterParams))
+
+
+class InsightSettings(Section):
+    """What the insight asset flags: likely label mistakes and poor files (core.label_review,
+    core.image_quality)."""
+
+    label_confidence: float = Field(0.5, gt=0.0, le=1.0)
+    blurry_below: float = Field(100.0, ge=0.0)
+    dark_below: float = Field(0.15, ge=0.0, le=1.0)
+    bright_above: float = Field(0.9, ge=0.0, le=1.0)
+    tiny_below: int = Field(64, ge=1)
+
+    def thresholds(self) -> QualityThresholds:
+        return QualityThresholds(self.blurry_below, self.dark_below, self.bright_above,
+                                 self.tiny_below)
 
 
 class EvaluationSettings(Section):
@@ -364,6 +383,7 @@ class Settings(Section):
     retrieval: RetrievalSettings = RetrievalSettings()
     clusters: ClusterSettings = ClusterSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
+    insight: InsightSettings = InsightSettings()
     serving: ServingSettings = ServingSettings()
     automation: AutomationSettings = AutomationSettings()
     execution: ExecutionSettings = ExecutionSettings()

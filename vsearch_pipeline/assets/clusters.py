@@ -1,6 +1,7 @@
 """Asset: cluster labels of every embedded image, with their quality figures."""
 
 
+import base64
 import time
 
 import pyarrow as pa
@@ -25,10 +26,12 @@ from vsearch_pipeline.assets.common import (
 )
 from vsearch_pipeline.assets.embeddings import embeddings
 from vsearch_pipeline.core.artifacts import image_locations, load_grounding_sets, load_manifests
+from vsearch_pipeline.core.catalog import latest_clusters
 from vsearch_pipeline.core.cluster import JOINED_BY, cluster_images
 from vsearch_pipeline.core.cluster_figures import grounding_figures, keyed_figures, largest_clusters
 from vsearch_pipeline.core.drift import drifted
-from vsearch_pipeline.core.layout import clusters_path
+from vsearch_pipeline.core.layout import clusters_path, map_picture_path
+from vsearch_pipeline.core.map_layout import Layout, layout_collection, map_png
 from vsearch_pipeline.core.metrics import cluster_metrics
 from vsearch_pipeline.resources import (
     ArtifactStorage,
@@ -43,7 +46,7 @@ DRIFT_CHECK = AssetCheckSpec(
                 "clusters.drift_tolerance since the previous run (a warning, not a failure).")
 
 
-@asset(deps=[embeddings], code_version="2", check_specs=[DRIFT_CHECK],
+@asset(deps=[embeddings], code_version="3", check_specs=[DRIFT_CHECK],
        retry_policy=STORAGE_RETRY)
 def clusters(
     context: AssetExecutionContext,
@@ -57,10 +60,15 @@ def clusters(
     their own and then given to the cluster their neighbours vote for (core.cluster.
     covering_hdbscan); or KMeans.
 
+    The map is laid out with them (core.map_layout): UMAP of the clustered vectors (PCA for a
+    small collection), each image kept where the previous map put it and new ones placed among
+    the images they look like.
+
     Figures: number of clusters, outlier (noise) share, how the images joined, the chosen
     minimum size, cosine silhouette, and against each grounding set purity, adjusted Rand index,
-    NMI and coverage. Labels go to `clusters/<model>/<version>.parquet` (-1: an outlier) with
-    how each image joined (`joined_by`), and to the DuckDB table `cluster_members`.
+    NMI and coverage; the map as a picture. Labels go to `clusters/<model>/<version>.parquet`
+    (-1: an outlier) with how each image joined (`joined_by`) and its place on the map (`x`,
+    `y`), and to the DuckDB table `cluster_members`.
     """
     store = storage.store
     config = settings.clusters
@@ -69,9 +77,17 @@ def clusters(
     clustering = cluster_images(vectors, config.params())
     labels = clustering.labels
     seconds = time.perf_counter() - start
-    path = clusters_path(model.spec.key, artifact_version(context))
+    version = artifact_version(context)
+    start = time.perf_counter()
+    layout = layout_collection(clustering.reduced, config.map, config.seed,
+                               previous_places(store, model.spec.key), ids)
+    map_seconds = time.perf_counter() - start
+    picture = map_png(layout.xy, labels)
+    store.write_bytes(map_picture_path(model.spec.key, version), picture)
+    path = clusters_path(model.spec.key, version)
     joined_by = [JOINED_BY[c] for c in clustering.joined_by]
-    store.write_parquet(path, pa.table({"id": ids, "label": labels, "joined_by": joined_by}))
+    store.write_parquet(path, pa.table({"id": ids, "label": labels, "joined_by": joined_by,
+                                        "x": layout.xy[:, 0], "y": layout.xy[:, 1]}))
     metrics_db.db.replace_cluster_members(model.spec.key, [
         (context.run.run_id, model.spec.key, i, int(label), how)
         for i, label, how in zip(ids, labels, joined_by, strict=True)])
@@ -101,12 +117,32 @@ def clusters(
         "min_cluster_size": clustering.min_cluster_size or 0,
         "min_cluster_size_chosen_by": clustering.chosen_by,
         "seconds": round(seconds, 3), "method": config.method, "reduce": config.reduce,
+        **_map_metadata(layout, map_seconds, picture, store.uri(map_picture_path(
+            model.spec.key, version))),
         "config": MetadataValue.json(config.model_dump()),
         "grounding": markdown_table(per_set),
         "largest_clusters": markdown_table(largest_clusters(labels, ids, image_locations(manifest))),
         "path": store.uri(path), "storage_root": storage.root, "artifact": path,
         "model_key": model.spec.key, "code_version": code_version(),
     })
+
+
+def previous_places(store, model_key: str) -> dict[str, tuple[float, float]] | None:
+    """Where the newest earlier clustering put each image on the map (None: no map yet)."""
+    path = latest_clusters(store, model_key)
+    if path is None or "x" not in store.read_parquet_schema(path).names:
+        return None
+    table = store.read_parquet(path, columns=["id", "x", "y"])
+    return dict(zip(table.column("id").to_pylist(),
+                    zip(table.column("x").to_pylist(), table.column("y").to_pylist(),
+                        strict=True), strict=True))
+
+
+def _map_metadata(layout: Layout, seconds: float, picture: bytes, uri: str) -> dict:
+    encoded = base64.b64encode(picture).decode()
+    return {"map": MetadataValue.md(f"![map of the collection](data:image/png;base64,{encoded})"),
+            "map_method": layout.method, "map_placed": layout.placed, "map_kept": layout.kept,
+            "map_seconds": round(seconds, 3), "map_picture": uri}
 
 
 def _drift_check(drift: list[dict], compared: bool, tolerance: float) -> AssetCheckResult:

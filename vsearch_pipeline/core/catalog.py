@@ -121,9 +121,11 @@ class ArtifactRecords:
             return latest_index(self.store, self.model_key)
         return index_of_version(self.store, self.model_key, version)
 
-    def views(self) -> tuple[str | None, str | None]:
-        """The newest clusters file and duplicate groups file (None where there is none)."""
-        return latest_clusters(self.store, self.model_key), latest_duplicates(self.store)
+    def views(self) -> tuple[str | None, str | None, str | None]:
+        """The newest clusters file, duplicate groups file and insight file (None where there
+        is none)."""
+        return (latest_clusters(self.store, self.model_key), latest_duplicates(self.store),
+                latest_insight(self.store, self.model_key))
 
 
 def latest_index(store: ArtifactStore, model_key: str) -> dict:
@@ -174,6 +176,12 @@ def load_index(store: ArtifactStore, build: dict) -> LoadedIndex:
 def latest_clusters(store: ArtifactStore, model_key: str) -> str | None:
     """The newest clustering of a model's vectors (`clusters/<model>/<version>.parquet`)."""
     files = store.list(f"{layout.CLUSTERS}/{model_key}", ".parquet")
+    return files[-1] if files else None
+
+
+def latest_insight(store: ArtifactStore, model_key: str) -> str | None:
+    """The newest insight file of a model's vectors (`insight/<model>/<version>.parquet`)."""
+    files = store.list(f"{layout.INSIGHT}/{model_key}", ".parquet")
     return files[-1] if files else None
 
 

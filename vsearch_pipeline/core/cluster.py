@@ -40,6 +40,7 @@ class Clustering:
     joined_by: np.ndarray  # (n,) int8 codes into JOINED_BY
     min_cluster_size: int | None
     chosen_by: str
+    reduced: np.ndarray | None = None  # the vectors clustered (after PCA or UMAP); the map's
 
     def counts(self) -> dict[str, int]:
         """Images per way of joining, e.g. {"density": 6100, ..., "outlier": 700}."""
@@ -54,7 +55,7 @@ def cluster_images(vectors: np.ndarray, params: ClusterParams) -> Clustering:
     n = len(vectors)
     if n < max(params.min_cluster_size or MIN_CLUSTER_SIZES[0], 2):
         return Clustering(np.full(n, -1, dtype=np.int64), np.full(n, OUTLIER, np.int8),
-                          params.min_cluster_size, "too few images to cluster")
+                          params.min_cluster_size, "too few images to cluster", vectors)
     reduced = reduce_dimensions(vectors, params)
     if params.method == "kmeans":
         from sklearn.cluster import KMeans
@@ -63,7 +64,8 @@ def cluster_images(vectors: np.ndarray, params: ClusterParams) -> Clustering:
         model = KMeans(n_clusters=k, n_init="auto", random_state=params.seed)
         labels = model.fit_predict(reduced).astype(np.int64)
         return Clustering(labels, np.full(n, DENSITY, np.int8), None,
-                          f"kmeans, {k} clusters" + ("" if params.n_clusters else " (sqrt(n/2))"))
+                          f"kmeans, {k} clusters" + ("" if params.n_clusters else " (sqrt(n/2))"),
+                          reduced)
     return covering_hdbscan(vectors, reduced, params)
 
 
@@ -114,7 +116,7 @@ def covering_hdbscan(vectors: np.ndarray, reduced: np.ndarray, params: ClusterPa
     voted, share = neighbour_votes(reduced, labels, params.seed)
     taken = (labels < 0) & (share >= VOTE_SHARE)
     labels[taken], joined[taken] = voted[taken], NEIGHBOURS
-    return Clustering(labels, joined, size, chosen_by)
+    return Clustering(labels, joined, size, chosen_by, reduced)
 
 
 def choose_min_cluster_size(reduced: np.ndarray, linkage: np.ndarray, seed: int

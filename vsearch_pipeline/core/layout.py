@@ -41,6 +41,7 @@ INDEXES = "index"
 TRANSFORMS = "transforms"
 HEADS = "heads"
 CLUSTERS = "clusters"
+INSIGHT = "insight"
 DUPLICATES = "duplicates"
 PARTIAL_COPY_CHECKS = "partial_copies/checks.parquet"  # every pair checked for a partial copy
 GROUNDING = "grounding"
@@ -154,6 +155,15 @@ def transform_dir(model_key: str, version: str) -> str:
 
 def clusters_path(model_key: str, version: str) -> str:
     return f"{CLUSTERS}/{model_key}/{version}.parquet"
+
+
+def insight_path(model_key: str, version: str) -> str:
+    return f"{INSIGHT}/{model_key}/{version}.parquet"
+
+
+def map_picture_path(model_key: str, version: str) -> str:
+    """The map of a clustering as a picture, beside its labels."""
+    return f"{CLUSTERS}/{model_key}/{version}.map.png"
 
 
 def duplicates_path(version: str) -> str:

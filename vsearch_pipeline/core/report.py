@@ -65,12 +65,51 @@ SECTIONS: dict[str, str] = {
 }
 
 
+# The sections over the insight asset's tables (absent until it first ran).
+INSIGHT_SECTIONS: dict[str, str] = {
+    "insight": """
+        SELECT count(*) AS images, count(label) AS labelled,
+            count(*) FILTER (label_flagged) AS label_mistakes,
+            count(*) FILTER (uniqueness >= 0.99) AS most_unique_1pct
+        FROM image_insight""",
+    "quality": """
+        SELECT flag, count(*) AS files,
+            round(median(sharpness), 1) AS median_sharpness,
+            round(median(brightness), 3) AS median_brightness
+        FROM (SELECT unnest(flags) AS flag, sharpness, brightness FROM image_quality)
+        GROUP BY flag ORDER BY flag""",
+}
+
+FLAGGED_FILES = """
+    SELECT path, width, height, format, round(sharpness, 1) AS sharpness,
+        round(brightness, 3) AS brightness, round(contrast, 3) AS contrast,
+        round(colourfulness, 1) AS colourfulness, jpeg_quality, taken_at, camera,
+        array_to_string(flags, ',') AS flags
+    FROM image_quality WHERE list_contains(flags, ?) ORDER BY path"""
+
+
+def flagged_files(path: str, flag: str) -> dict:
+    """The files the insight asset flagged `flag` (blurry, dark, bright, tiny), with figures."""
+    with duckdb.connect(path, read_only=True) as con:
+        if not _has_table(con, "image_quality"):
+            raise LookupError("no image quality figures yet: run `vsearch materialize`")
+        cursor = con.execute(FLAGGED_FILES, [flag])
+        return {"columns": [d[0] for d in cursor.description],
+                "rows": [list(row) for row in cursor.fetchall()]}
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                            [name]).fetchone()[0])
+
+
 def latest_figures(path: str) -> dict[str, dict]:
     """Each section as {"columns": [...], "rows": [[...], ...]}, read without locking out a
     writer for longer than the queries take."""
     report = {}
     with duckdb.connect(path, read_only=True) as con:
-        for name, sql in SECTIONS.items():
+        sections = SECTIONS | (INSIGHT_SECTIONS if _has_table(con, "image_insight") else {})
+        for name, sql in sections.items():
             cursor = con.execute(sql)
             report[name] = {"columns": [d[0] for d in cursor.description],
                             "rows": [list(row) for row in cursor.fetchall()]}

@@ -30,7 +30,10 @@ METRIC_KINDS: dict[str, tuple[str, ...]] = {
     "retrieval": ("model", "index_type", "index_version", "grounding_set", "retrieval"),
     "transform": ("model", "transform_version"),
     "projection_head": ("model", "head_version"),
+    "insight": ("model",),
 }
+
+REPLACED_TABLES = ("image_quality", "image_insight")  # written whole by the insight asset
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS perceptual_hashes (
@@ -176,6 +179,16 @@ class MetricsDB:
         with self.transaction() as con:
             con.execute("DELETE FROM cluster_members WHERE model = ?", [model])
             insert_rows(con, "cluster_members", rows)
+
+    def replace_table(self, name: str, table: pa.Table) -> None:
+        """Replace the whole table `name` (one of REPLACED_TABLES) with `table`: each run of
+        the insight asset gives the collection's full picture."""
+        if name not in REPLACED_TABLES:
+            raise ValueError(f"{name} is not a table the pipeline replaces whole")
+        with self.transaction() as con:
+            con.register("replacement", table)
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM replacement")
+            con.unregister("replacement")
 
     def duplicate_groups(self) -> dict[str, int]:
         """Image id -> near-duplicate group, for the images in a group."""

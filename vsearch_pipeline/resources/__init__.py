@@ -18,6 +18,7 @@ from vsearch_pipeline.settings import (
     ClusterSettings,
     EvaluationSettings,
     IndexSettings,
+    InsightSettings,
     ManifestSettings,
     ModelSettings,
     NearDuplicateSettings,
@@ -59,6 +60,10 @@ class ClusterConfig(Config, ClusterSettings):
 
 class EvaluationConfig(Config, EvaluationSettings):
     """The `evaluation` settings."""
+
+
+class InsightConfig(Config, InsightSettings):
+    """The `insight` settings."""
 
 
 class ImageSource(ConfigurableResource, SourceSettings):
@@ -149,6 +154,7 @@ class PipelineSettings(ConfigurableResource):
     retrieval: RetrievalConfig
     clusters: ClusterConfig
     evaluation: EvaluationConfig
+    insight: InsightConfig
 
     @classmethod
     def of(cls, settings: Settings) -> PipelineSettings:

@@ -1,0 +1,135 @@
+"""The insight asset and the map through the real pipeline and service: a small Caltech-101
+collection with a photo in the wrong folder, a texture among photos, a dark and a blurred file;
+then more images, which land on the map without moving anyone."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageEnhance, ImageFilter
+
+from serving.app import app_for_home
+from serving.auth import create_key
+from vsearch_pipeline.core.artifacts import load_manifests
+from vsearch_pipeline.core.catalog import latest_clusters
+from vsearch_pipeline.core.storage import ArtifactStore
+from vsearch_pipeline.runner import run_pipeline
+from vsearch_pipeline.settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ("accordion", "sunflower", "pizza", "airplanes")
+PER_CLASS = 20
+MOVED = ("sunflower/image_0003.jpg", "pizza/image_0003_sunflower.jpg")
+
+
+def _texture(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:256, 0:256] / 256.0
+    stripes = 0.5 + 0.5 * np.sin(2 * np.pi * 23 * (x * 0.6 + y * 0.8))
+    pixels = np.stack([stripes * 255, rng.random((256, 256)) * 80, (1 - stripes) * 200], -1)
+    Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def collection(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("insight")
+    images = root / "images"
+    caltech = shared_data / "caltech101"
+    for name in CLASSES:
+        (images / name).mkdir(parents=True)
+        for photo in sorted((caltech / name).glob("*.jpg"))[:PER_CLASS]:
+            if f"{name}/{photo.name}" != MOVED[0]:
+                shutil.copy(photo, images / name / photo.name)
+    shutil.copy(caltech / MOVED[0], images / MOVED[1])
+    (images / "odd").mkdir()
+    _texture(images / "odd" / "stripes.png")
+    with Image.open(caltech / "airplanes" / "image_0100.jpg") as photo:
+        ImageEnhance.Brightness(photo.convert("RGB")).enhance(0.15).save(images / "airplanes" / "dark.jpg")
+        photo.convert("RGB").filter(ImageFilter.GaussianBlur(4)).save(images / "airplanes" / "blurred.jpg")
+    home = root / "home"
+    keys_file = root / "api-keys"
+    auth = {"X-API-Key": create_key(keys_file, "curator")}
+    settings = load_settings(home, {"source": {"uri": str(images)},
+                                    "index": {"index_type": "flat"},
+                                    "serving": {"refresh_interval_s": 3600,
+                                                "api_keys_file": str(keys_file)}})
+    run_pipeline(home, settings, say=print)
+    return {"home": home, "images": images, "settings": settings, "caltech": caltech,
+            "auth": auth}
+
+
+def _id_of(home: Path, settings, path: str) -> str:
+    manifest = load_manifests(ArtifactStore(settings.artifacts_root(home))).to_pylist()
+    return next(r["id"] for r in manifest if r["path"] == path)
+
+
+def test_tables_name_the_moved_photo_the_texture_and_the_poor_files(collection: dict) -> None:
+    with duckdb.connect(str(collection["home"] / "vsearch.duckdb"), read_only=True) as con:
+        mistakes = con.execute("SELECT path, label, suggested_label, label_confidence "
+                               "FROM image_insight WHERE label_flagged").fetchall()
+        odd = con.execute("SELECT path FROM image_insight ORDER BY uniqueness DESC LIMIT 2"
+                          ).fetchall()
+        flags = dict(con.execute("SELECT path, array_to_string(flags, ',') FROM image_quality "
+                                 "WHERE len(flags) > 0").fetchall())
+        counts = dict(con.execute("SELECT metric, value FROM insight_metrics").fetchall())
+    assert (MOVED[1], "pizza", "sunflower") in [m[:3] for m in mistakes]
+    assert len(mistakes) <= 3  # the moved photo, and at most a couple of odd ones
+    assert ("odd/stripes.png",) in odd
+    assert "dark" in flags["airplanes/dark.jpg"] and "blurry" in flags["airplanes/blurred.jpg"]
+    assert counts["images"] == len(CLASSES) * PER_CLASS + 3
+    assert counts["label_mistakes"] == len(mistakes) and counts["quality_dark"] >= 1
+
+
+def test_service_pages_the_insight_and_colours_the_map(collection: dict) -> None:
+    home, settings = collection["home"], collection["settings"]
+    moved = _id_of(home, settings, MOVED[1])
+    with TestClient(app_for_home(home, settings), headers=collection["auth"]) as client:
+        mistakes = client.get("/label-mistakes").json()
+        entry = next(m for m in mistakes["images"] if m["id"] == moved)
+        assert entry["suggested"] == "sunflower" and entry["label"] == "pizza"
+        assert entry["accept_tag"] == "label:sunflower" and 0.5 <= entry["confidence"] <= 1
+        odd = client.get("/odd", params={"limit": 3}).json()
+        assert odd["images"][0]["path"] == "odd/stripes.png"
+        assert odd["images"][0]["uniqueness"] == 1.0
+        dark = client.get("/quality", params={"flag": "dark"}).json()
+        assert "airplanes/dark.jpg" in [i["path"] for i in dark["images"]]
+        assert client.get("/quality", params={"flag": "sharp"}).status_code == 422
+        map_ = client.get("/map").json()
+        assert map_["count"] == len(map_["ids"]) == len(map_["x"]) == len(map_["category"])
+        assert set(map_["ids"]) >= {moved}
+        by_label = client.get("/map", params={"colour": "label"}).json()
+        assert set(by_label["names"]) == {*CLASSES, "odd"}
+        # accepting the suggestion is a tag, and the map can be coloured by it
+        assert client.post("/tags", json={"ids": [moved], "tag": entry["accept_tag"]}
+                           ).status_code == 200
+        by_tag = client.get("/map", params={"colour": "tag"}).json()
+        assert by_tag["names"] == ["label:sunflower"]
+        assert by_tag["category"][by_tag["ids"].index(moved)] == 0
+        client.request("DELETE", "/tags", json={"ids": [moved], "tag": entry["accept_tag"]})
+
+
+def test_new_images_land_on_the_map_without_moving_anyone(collection: dict) -> None:
+    home, settings, images = collection["home"], collection["settings"], collection["images"]
+    store = ArtifactStore(settings.artifacts_root(home))
+    before = store.read_parquet(latest_clusters(store, settings.model.spec.key)).to_pylist()
+    for photo in sorted((collection["caltech"] / "sunflower").glob("*.jpg"))[40:44]:
+        shutil.copy(photo, images / "sunflower" / f"new_{photo.name}")
+    run_pipeline(home, settings, say=print)
+    after = {r["id"]: r for r in store.read_parquet(
+        latest_clusters(store, settings.model.spec.key)).to_pylist()}
+    assert len(after) == len(before) + 4
+    assert all((after[r["id"]]["x"], after[r["id"]]["y"]) == (r["x"], r["y"]) for r in before)
+    sunflowers = np.array([(r["x"], r["y"]) for r in before
+                           if r["id"] in {_id_of(home, settings, f"sunflower/{p.name}")
+                                          for p in (images / "sunflower").glob("image_*.jpg")}])
+    new = np.array([(r["x"], r["y"]) for i, r in after.items()
+                    if i not in {b["id"] for b in before}])
+    centre = sunflowers.mean(axis=0)
+    spread = np.linalg.norm(sunflowers - centre, axis=1).max()
+    assert (np.linalg.norm(new - centre, axis=1) <= spread).all()  # among the sunflowers
