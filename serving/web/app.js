@@ -27,6 +27,7 @@
     tags: new Map(),       // image id -> its tags, as last heard from the service
     query: null,           // what the results on screen answer (see showQuery)
     curationLoaded: false,
+    insightLoaded: false,
     publicReads: true,     // false: images too are fetched with the API key (see setImage)
   };
 
@@ -926,22 +927,96 @@
 
   // ---- views: gallery, clusters and duplicates ---------------------------------------------
 
+  const VIEWS = ["gallery", "curation", "insight"];
+  const SCOPES = { gallery: ["gallery"], curation: ["cluster", "duplicates"], insight: ["insight"] };
+
   function showView(name) {
-    const curation = name === "curation";
-    $("#gallery-view").hidden = curation;
-    $("#curation-view").hidden = !curation;
-    $("#tab-gallery").setAttribute("aria-selected", String(!curation));
-    $("#tab-curation").setAttribute("aria-selected", String(curation));
-    for (const scope of curation ? ["gallery"] : ["cluster", "duplicates"]) dropSelection(scope);
-    if (curation && !state.curationLoaded) {
+    for (const view of VIEWS) {
+      $(`#${view}-view`).hidden = view !== name;
+      $(`#tab-${view}`).setAttribute("aria-selected", String(view === name));
+      if (view !== name) for (const scope of SCOPES[view]) dropSelection(scope);
+    }
+    if (name === "curation" && !state.curationLoaded) {
       state.curationLoaded = true;
       loadClusters();
       loadDuplicates();
     }
+    if (name === "insight" && !state.insightLoaded) {
+      state.insightLoaded = true;
+      loadInsight();
+    }
   }
 
-  $("#tab-gallery").addEventListener("click", () => showView("gallery"));
-  $("#tab-curation").addEventListener("click", () => showView("curation"));
+  for (const view of VIEWS) $(`#tab-${view}`).addEventListener("click", () => showView(view));
+
+  // ---- insight: odd ones, label mistakes, poor files ----------------------------------------
+
+  async function loadInsight() {
+    try {
+      const [odd, mistakes] = await Promise.all([api("/odd?limit=24"), api("/label-mistakes")]);
+      $("#odd-ones").replaceChildren(...odd.images.map(oddCard));
+      $("#mistakes-summary").textContent = mistakes.total
+        ? `${plural(mistakes.total, "image")} whose nearest images carry another label`
+        : "No image's neighbours disagree with its label.";
+      $("#label-mistakes").replaceChildren(...mistakes.images.map(mistakeCard));
+      await loadQuality();
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  function oddCard(image) {
+    const card = imageCard(image, "odd");
+    card.querySelector(".path").after(el("div", {
+      class: "muted small", "data-testid": "uniqueness",
+      text: `more unique than ${(100 * image.uniqueness).toFixed(1)}%`,
+    }));
+    return card;
+  }
+
+  function mistakeCard(image) {
+    const card = imageCard(image, "mistake");
+    const accept = el("button", {
+      type: "button", class: "accept-label", "data-testid": "accept-label",
+      text: `Accept “${image.suggested}”`,
+      title: `Tag it ${image.accept_tag}: the label the next run reads`,
+      onclick: () => acceptLabel(image, card),
+    });
+    card.querySelector(".path").after(el("div", {
+      class: "small", "data-testid": "mistake-labels",
+      text: `labelled ${image.label} · neighbours say ${image.suggested} `
+        + `(${Math.round(100 * image.confidence)}%)`,
+    }));
+    card.querySelector(".actions").prepend(accept);
+    return card;
+  }
+
+  async function acceptLabel(image, card) {
+    try {
+      await postJson("/tags", { ids: [image.id], tag: image.accept_tag });
+      card.dataset.accepted = "true";
+      card.querySelector(".accept-label").disabled = true;
+      setStatus(`Tagged ${image.path} “${image.accept_tag}”: the next insight run reads it `
+        + "as its label.", "ok");
+      await afterTagsChanged();
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  async function loadQuality() {
+    const flag = $("#quality-flag").value;
+    try {
+      const answer = await api(`/quality${query({ flag, limit: 48 })}`);
+      const counts = Object.entries(answer.counts).map(([f, n]) => `${f} ${n}`).join(" · ");
+      $("#quality-summary").textContent = `${plural(answer.total, "file")} ${flag} (${counts})`;
+      $("#quality-files").replaceChildren(...answer.images.map((image) => imageCard(image)));
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  $("#quality-flag").addEventListener("change", loadQuality);
 
   async function loadClusters() {
     const list = $("#clusters");

@@ -5,7 +5,8 @@ A label is an image's folder (its path's parent) or, where a person gave one, a 
 `LABEL_NEIGHBOURS` nearest images vote for their labels, weighted by cosine ** 3 so that the
 closest count most. An image is flagged when none of them carries its own label and at least
 `min_confidence` of the weight goes to one other label: that label is the suggestion and its
-share the confidence.
+share the confidence. A label carried by fewer than `MIN_LABEL_MEMBERS` images (a folder of one
+odd file) is not reviewed: no neighbour could share it.
 
 Why "none carries its own label": on Caltech-101 with 2% of the photos moved to wrong folders
 (docs/operations.md, "Label mistakes"), the images that a plain majority flags wrongly are
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LABEL_NEIGHBOURS = 20
+MIN_LABEL_MEMBERS = 3  # a label this rare cannot be among anyone's neighbours: not reviewed
 LABEL_TAG_PREFIX = "label:"
 VOTE_POWER = 3
 
@@ -82,7 +84,9 @@ def review_labels(labels: Sequence[str | None], cosine: np.ndarray, rows: np.nda
         shares[given[i]] = -1.0
         best = int(np.argmax(shares))
         suggested[i], confidence[i] = names[best], shares[best]
-    flagged = (own_share == 0) & (confidence >= min_confidence) & (given >= 0)
+    members = np.bincount(given[given >= 0], minlength=len(names))
+    reviewed = (given >= 0) & (members[np.maximum(given, 0)] >= MIN_LABEL_MEMBERS)
+    flagged = (own_share == 0) & (confidence >= min_confidence) & reviewed
     return LabelReview(list(labels), suggested, confidence, own_share, flagged)
 
 
