@@ -28,7 +28,7 @@ from vsearch_pipeline.core.label_review import (
 )
 from vsearch_pipeline.core.near_duplicates import nearest_neighbours
 from vsearch_pipeline.core.storage import ArtifactStore
-from vsearch_pipeline.core.uniqueness import uniqueness_scores
+from vsearch_pipeline.core.uniqueness import OUTLIER_NEIGHBOURS, uniqueness_scores
 from vsearch_pipeline.settings import load_settings
 
 SEED = 0
@@ -56,15 +56,18 @@ def textures(count: int, seed: int):
     return found
 
 
-def planted_found(base: np.ndarray, planted: np.ndarray) -> tuple[int, int, float]:
+def planted_found(base: np.ndarray, planted: np.ndarray) -> tuple[int, int, int, float]:
+    """How many planted images the top 1% holds by the outlier score and by uniqueness."""
     vectors = np.concatenate([base, planted])
     truth = np.r_[np.zeros(len(base), bool), np.ones(len(planted), bool)]
     start = time.perf_counter()
-    cosine, _ = nearest_neighbours(vectors, 10)
+    cosine, _ = nearest_neighbours(vectors, OUTLIER_NEIGHBOURS)
     scores = uniqueness_scores(cosine)
     seconds = time.perf_counter() - start
-    top = np.argsort(-scores.distance, kind="stable")[:round(0.01 * len(vectors))]
-    return int(truth[top].sum()), len(planted), seconds
+    top = round(0.01 * len(vectors))
+    found = [int(truth[np.argsort(-s, kind="stable")[:top]].sum())
+             for s in (scores.outlier, scores.uniqueness)]
+    return found[0], found[1], len(planted), seconds
 
 
 def main() -> None:
@@ -98,11 +101,15 @@ def main() -> None:
     scattered = np.concatenate([coil_one, embed(textures(n_plant - len(coil_one), SEED))])
     grouped = embed([decode_rgb(coil[i].read_bytes(), min_size=model.decode_size)
                      for i in rng.choice(len(coil), n_plant, replace=False)])
-    print("\nplanted 1% foreign images: how many the top 1% of uniqueness holds")
-    for name, planted in (("scattered (20 COIL-20 objects, one view each, and textures)",
-                           scattered), ("grouped (COIL-20 views at random)", grouped)):
-        found, total, seconds = planted_found(vectors, planted)
-        print(f"  {name}: {found} of {total} ({found / total:.0%}); {seconds:.1f} s")
+    print("\nplanted 1% foreign images: how many the top 1% holds (by outlier score, by uniqueness)")
+    alone = np.concatenate([coil_one[:5], scattered[len(coil_one):len(coil_one) + 5]])
+    for name, planted in (("textures (three kinds)", scattered[len(coil_one):]),
+                          ("20 COIL-20 objects, one view each, and textures", scattered),
+                          ("COIL-20 views at random", grouped),
+                          ("10 alone: 5 COIL-20 objects and 5 textures", alone)):
+        by_outlier, by_uniqueness, total, seconds = planted_found(vectors, planted)
+        print(f"  {name}: {by_outlier} of {total} by outlier, {by_uniqueness} by uniqueness; "
+              f"{seconds:.1f} s")
     start = time.perf_counter()
     sims = vectors @ vectors.T
     np.fill_diagonal(sims, -np.inf)

@@ -32,8 +32,8 @@ class CollectionMap:
 class Insight:
     """The insight asset's rows, as the odd-ones, label-mistake and quality views read them."""
 
-    by_uniqueness: list[str] = field(default_factory=list)  # most unique first
-    uniqueness: Mapping[str, float] = field(default_factory=dict)
+    odd_ones: list[str] = field(default_factory=list)  # by outlier score, the oddest first
+    scores: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # (outlier, uniqueness)
     label_mistakes: list[dict] = field(default_factory=list)  # most confident first
     labels: Mapping[str, str] = field(default_factory=dict)  # id -> label (folder or tag)
     quality_flags: Mapping[str, list[str]] = field(default_factory=dict)  # only flagged ids
@@ -85,12 +85,12 @@ def load_views(store: ArtifactStore, clusters: str | None, duplicates: str | Non
 
 def read_insight(table: pa.Table) -> Insight:
     rows = table.to_pylist()
-    by_uniqueness = sorted(rows, key=lambda r: -r["uniqueness"])
+    odd = sorted(rows, key=lambda r: -r["outlier"])
     mistakes = sorted((r for r in rows if r["label_flagged"]),
                       key=lambda r: -r["label_confidence"])
     return Insight(
-        by_uniqueness=[r["id"] for r in by_uniqueness],
-        uniqueness={r["id"]: r["uniqueness"] for r in rows},
+        odd_ones=[r["id"] for r in odd],
+        scores={r["id"]: (r["outlier"], r["uniqueness"]) for r in rows},
         label_mistakes=[{"id": r["id"], "label": r["label"], "suggested": r["suggested_label"],
                          "confidence": round(r["label_confidence"], 3)} for r in mistakes],
         labels={r["id"]: r["label"] for r in rows if r["label"] is not None},

@@ -262,7 +262,8 @@ def test_workspace_loads_in_dagster(tmp_path):
     names = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert names == {"raw_image_manifest", "sampled_subset", "embeddings", "perceptual_hashes",
                      "near_duplicate_groups", "projection_head", "retrieval_transform",
-                     "faiss_index", "clusters", "curation_grounding", "evaluation"}
+                     "faiss_index", "clusters", "curation_grounding", "evaluation",
+                     "collection_insight"}
 
 
 def _free_port() -> int:

@@ -49,7 +49,7 @@ def textures(count: int, seed: int) -> list[Image.Image]:
 @pytest.fixture(scope="module")
 def collection(shared_data: Path) -> dict:
     """40 photos of each of 24 Caltech-101 classes, and 1% foreign images: one view of each of
-    5 COIL-20 objects and 5 generated textures; with their vectors and nearest neighbours."""
+    5 COIL-20 objects and 5 generated textures; with their vectors."""
     from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec
     from vsearch_pipeline.core.models import load_model
 
@@ -68,16 +68,17 @@ def collection(shared_data: Path) -> dict:
     vectors = model.embed_images(pictures)
     paths = [f"{p.parent.name}/{p.name}" for p in photos] + [
         f"coil/{p.name}" for p in foreign_files] + [f"textures/{i}.png" for i in range(5)]
-    cosine, rows = nearest_neighbours(vectors, 20)
     foreign = np.r_[np.zeros(len(photos), bool), np.ones(10, bool)]
-    return {"paths": paths, "vectors": vectors, "cosine": cosine, "rows": rows,
-            "foreign": foreign}
+    return {"paths": paths, "vectors": vectors, "foreign": foreign}
 
 
 def test_planted_foreign_images_are_among_the_most_unique(collection: dict) -> None:
-    scores = uniqueness_scores(collection["cosine"])
+    """Foreign images one at a time (5 textures, 5 COIL-20 objects): alone among their nearest
+    images, so `uniqueness` finds them."""
+    cosine, _ = nearest_neighbours(collection["vectors"], 200)
+    scores = uniqueness_scores(cosine)
     foreign = collection["foreign"]
-    top = np.argsort(-scores.distance, kind="stable")[:foreign.sum()]  # the top 1%
+    top = np.argsort(-scores.uniqueness, kind="stable")[:foreign.sum()]  # the top 1%
     found = int(foreign[top].sum())
     print(f"planted foreign images in the top 1% of uniqueness: {found} of {foreign.sum()}")
     # measured 7 of 10: the 5 textures and 2 of the 5 COIL-20 objects (the other 3 rank among
@@ -85,6 +86,26 @@ def test_planted_foreign_images_are_among_the_most_unique(collection: dict) -> N
     assert found >= 6
     assert scores.uniqueness[foreign].min() >= 0.95  # measured 0.971
     assert scores.uniqueness.min() >= 0.0 and scores.uniqueness.max() == 1.0
+
+
+def test_a_planted_group_is_found_by_the_outlier_score(collection: dict) -> None:
+    """10 textures of one kind planted together are each other's nearest images: `uniqueness`
+    cannot see them, the outlier score (the 10th to 200th nearest) does."""
+    from vsearch_pipeline.core.model_spec import DEFAULT_MODEL, ModelSpec
+    from vsearch_pipeline.core.models import load_model
+
+    photos = collection["vectors"][~collection["foreign"]]
+    group = [t for i, t in enumerate(textures(30, seed=12)) if i % 3 == 2][:10]  # checkerboards
+    planted = load_model(ModelSpec(DEFAULT_MODEL)).embed_images(group)
+    vectors = np.concatenate([photos, planted])
+    truth = np.r_[np.zeros(len(photos), bool), np.ones(len(planted), bool)]
+    scores = uniqueness_scores(nearest_neighbours(vectors, 200)[0])
+    top = round(0.01 * len(vectors))
+    by_outlier = int(truth[np.argsort(-scores.outlier, kind="stable")[:top]].sum())
+    by_uniqueness = int(truth[np.argsort(-scores.uniqueness, kind="stable")[:top]].sum())
+    print(f"a planted group of {len(planted)} in the top 1%: outlier {by_outlier}, "
+          f"uniqueness {by_uniqueness}")
+    assert by_outlier >= 8 and by_outlier > by_uniqueness
 
 
 def test_rank_share_orders_and_ties() -> None:

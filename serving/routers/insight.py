@@ -77,16 +77,19 @@ def _insight(served: ServedIndex) -> Insight:
 
 
 def odd_ones(state: State, offset: Offset = 0, limit: Limit = 48) -> dict:
-    """The images least like the rest of the collection, most unique first, with their
-    uniqueness (the share of the collection they are more unique than)."""
+    """The images farthest from the rest of the collection, the oddest first, with their
+    outlier score and uniqueness (each the share of the collection they rank above), and
+    whether the clustering left them out."""
     served = state.live()
     insight = _insight(served)
-    ids = insight.by_uniqueness[offset:offset + limit]
+    ids = insight.odd_ones[offset:offset + limit]
+    noise = set(served.views.noise)
     images = state.images(served, ids)
     for image in images:
-        image["uniqueness"] = round(insight.uniqueness[image["id"]], 4)
-    return {"total": len(insight.by_uniqueness), "offset": offset, "limit": limit,
-            "images": images}
+        outlier, uniqueness = insight.scores[image["id"]]
+        image |= {"outlier": round(outlier, 4), "uniqueness": round(uniqueness, 4),
+                  "cluster_outlier": image["id"] in noise}
+    return {"total": len(insight.odd_ones), "offset": offset, "limit": limit, "images": images}
 
 
 def label_mistakes(state: State, offset: Offset = 0, limit: Limit = 48) -> dict:

@@ -968,8 +968,9 @@
   function oddCard(image) {
     const card = imageCard(image, "odd");
     card.querySelector(".path").after(el("div", {
-      class: "muted small", "data-testid": "uniqueness",
-      text: `more unique than ${(100 * image.uniqueness).toFixed(1)}%`,
+      class: "muted small", "data-testid": "outlier",
+      text: `farther out than ${(100 * image.outlier).toFixed(1)}%`
+        + (image.cluster_outlier ? " · in no cluster" : ""),
     }));
     return card;
   }

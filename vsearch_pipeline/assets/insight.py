@@ -23,10 +23,10 @@ from vsearch_pipeline.core.artifacts import load_manifests
 from vsearch_pipeline.core.catalog import latest_clusters
 from vsearch_pipeline.core.image_quality import QUALITY_FLAGS
 from vsearch_pipeline.core.insight import collection_insight_table, quality_table
-from vsearch_pipeline.core.label_review import LABEL_NEIGHBOURS, image_labels, review_labels
+from vsearch_pipeline.core.label_review import image_labels, review_labels
 from vsearch_pipeline.core.layout import insight_path
 from vsearch_pipeline.core.near_duplicates import nearest_neighbours
-from vsearch_pipeline.core.uniqueness import uniqueness_scores
+from vsearch_pipeline.core.uniqueness import OUTLIER_NEIGHBOURS, uniqueness_scores
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     CurationDatabase,
@@ -45,9 +45,10 @@ def collection_insight(
     curation_db: CurationDatabase,
     settings: PipelineSettings,
 ) -> MaterializeResult:
-    """Per image: how unique it is (the rank of its mean cosine distance to its 10 nearest
-    images, core.uniqueness), whether its label (its folder, or a `label:` tag) disagrees with
-    its 20 nearest images' labels and which label they suggest (core.label_review), and the
+    """Per image: how unique it is among its 10 nearest images and how far it lies from the
+    collection beyond them (its 10th to 200th nearest: the odd ones; core.uniqueness), whether
+    its label (its folder, or a `label:` tag) disagrees with its 20 nearest images' labels and
+    which label they suggest (core.label_review), and the
     quality flags of its file (core.image_quality: blurry, dark, bright, tiny) from the figures
     the manifest measured.
 
@@ -58,7 +59,7 @@ def collection_insight(
     ids, vectors, _ = collection_embeddings(store, model.spec.key)
     manifest = load_manifests(store)
     start = time.perf_counter()
-    cosine, rows = nearest_neighbours(vectors, min(LABEL_NEIGHBOURS, max(len(ids) - 1, 1)))
+    cosine, rows = nearest_neighbours(vectors, min(OUTLIER_NEIGHBOURS, max(len(ids) - 1, 1)))
     neighbour_seconds = time.perf_counter() - start
     scores = uniqueness_scores(cosine)
     paths = _first_paths(manifest, ids)
@@ -79,13 +80,15 @@ def collection_insight(
                "neighbour_seconds": neighbour_seconds, "seconds": seconds}
     metrics_db.db.record_metrics("insight", run_keys(context), {"model": model.spec.key},
                                  figures)
-    odd = np.argsort(-scores.distance, kind="stable")[:15]
+    odd = np.argsort(-scores.outlier, kind="stable")[:15]
     return MaterializeResult(metadata={
         **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()},
         "label_confidence": setting(config.label_confidence),
+        "most_unique": markdown_table([{"path": paths[i], "uniqueness": float(scores.uniqueness[i])}
+                                       for i in np.argsort(-scores.uniqueness, kind="stable")[:15]]),
         "thresholds": MetadataValue.json(config.model_dump()),
-        "odd_ones": markdown_table([{"path": paths[i], "uniqueness": float(scores.uniqueness[i]),
-                                     "distance": float(scores.distance[i])} for i in odd]),
+        "odd_ones": markdown_table([{"path": paths[i], "outlier": float(scores.outlier[i]),
+                                     "uniqueness": float(scores.uniqueness[i])} for i in odd]),
         "label_mistakes_found": markdown_table([
             {"path": paths[i], "label": review.labels[i], "suggested": review.suggested[i],
              "confidence": float(review.confidence[i])} for i in review.flagged_rows()[:20]]),

@@ -24,6 +24,7 @@ def collection_insight_table(ids: list[str], paths: list[str], scores: Uniquenes
     return pa.table({
         "id": ids, "path": paths, "cluster": pa.array(cluster_labels, pa.int64()),
         "uniqueness": pa.array(scores.uniqueness, pa.float32()),
+        "outlier": pa.array(scores.outlier, pa.float32()),
         "neighbour_distance": pa.array(scores.distance, pa.float32()),
         "label": pa.array(review.labels, pa.string()),
         "suggested_label": pa.array(review.suggested, pa.string()),

@@ -70,7 +70,7 @@ INSIGHT_SECTIONS: dict[str, str] = {
     "insight": """
         SELECT count(*) AS images, count(label) AS labelled,
             count(*) FILTER (label_flagged) AS label_mistakes,
-            count(*) FILTER (uniqueness >= 0.99) AS most_unique_1pct
+            count(*) FILTER (outlier >= 0.99) AS odd_ones_1pct
         FROM image_insight""",
     "quality": """
         SELECT flag, count(*) AS files,

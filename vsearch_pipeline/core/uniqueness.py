@@ -1,16 +1,18 @@
-"""How unlike the rest of the collection each image is: the "odd ones" and the most unique.
+"""How unlike the rest of the collection each image is: the odd ones and the most unique.
 
-The score is the mean cosine distance to an image's `UNIQUENESS_NEIGHBOURS` nearest images
-(exact search, approximate above core.near_duplicates.EXACT_NEIGHBOURS_MAX), and `uniqueness`
-its rank as a share: 0.99 means more unique than 99% of the collection. A rank, not the
-distance itself, because distances differ from model to model and the rank is what a person
-sorts and thresholds by. An image with copies is not unique: its copies are its neighbours.
+Two scores from each image's nearest images (exact search, approximate above
+core.near_duplicates.EXACT_NEIGHBOURS_MAX), each given as its rank, a share in [0, 1] (0.99:
+above 99% of the collection), because distances differ from model to model and a rank is what
+a person sorts and thresholds by:
 
-What it finds and what it cannot (measured on Caltech-101, docs/operations.md "Odd ones"): a
-foreign image alone among the collection (a texture, a single object from another set) is far
-from every neighbour; a foreign *group* large enough to be its own neighbourhood (88 COIL-20
-views of 20 objects planted together) is not odd to any neighbour-based score, and shows
-instead as its own region of the map and its own clusters.
+- `uniqueness`: the mean cosine distance to the `UNIQUENESS_NEIGHBOURS` nearest images. How
+  alone an image is among its closest: what a diverse subset picks first. An image with copies
+  is not unique: its copies are its neighbours.
+- `outlier`: the mean cosine distance to the nearest images from the 10th to the
+  `OUTLIER_NEIGHBOURS`th: how far the image is from the collection beyond its own few. The odd
+  ones view sorts by it. Foreign images seldom come one at a time: a folder of 92 textures
+  planted among Caltech-101's 9,145 photos are each other's nearest images, and the top 1% by
+  `uniqueness` held none of them; by `outlier`, 62 (docs/operations.md, "Odd ones").
 """
 
 from __future__ import annotations
@@ -20,19 +22,24 @@ from dataclasses import dataclass
 import numpy as np
 
 UNIQUENESS_NEIGHBOURS = 10
+OUTLIER_NEIGHBOURS = 200
 
 
 @dataclass(frozen=True)
 class Uniqueness:
     distance: np.ndarray  # (n,) mean cosine distance to the nearest images
-    uniqueness: np.ndarray  # (n,) the distance's rank as a share in [0, 1]
+    uniqueness: np.ndarray  # (n,) its rank as a share in [0, 1]
+    outlier: np.ndarray  # (n,) rank of the mean distance to the 10th..200th nearest
 
 
 def uniqueness_scores(cosine: np.ndarray) -> Uniqueness:
-    """From each image's cosines to its nearest images, best first (n, k >= 1)."""
+    """From each image's cosines to its nearest images, best first (n, k >= 1); the outlier
+    score uses as many of the 200 as there are."""
     k = min(UNIQUENESS_NEIGHBOURS, cosine.shape[1])
-    distance = (1.0 - cosine[:, :k].astype(np.float64).mean(axis=1)).astype(np.float32)
-    return Uniqueness(distance, rank_share(distance))
+    near = cosine.astype(np.float64)
+    distance = (1.0 - near[:, :k].mean(axis=1)).astype(np.float32)
+    far = 1.0 - near[:, k - 1:OUTLIER_NEIGHBOURS].mean(axis=1)
+    return Uniqueness(distance, rank_share(distance), rank_share(far))
 
 
 def rank_share(values: np.ndarray) -> np.ndarray:
