@@ -43,7 +43,7 @@ ROUTERS = (browsing, operations, search, collection, curation, insight)
 
 def create_app(holder: IndexHolder, settings: ServingSettings, curation: CurationDB,
                source_endpoint_url: str | None = None, *, source_uri: str | None = None,
-               local_writes: bool = False) -> FastAPI:
+               local_writes: bool = False, report: Callable[[], str] | None = None) -> FastAPI:
     """The service; `local_writes` (for a service bound to loopback) lets the person at the
     machine write without a key while there is no keys file (serving.auth.WriteGuard)."""
     keys = ApiKeys(settings.api_keys_file)
@@ -55,6 +55,7 @@ def create_app(holder: IndexHolder, settings: ServingSettings, curation: Curatio
                   description="Visual search over a collection materialized by the vsearch "
                               "pipeline.")
     app.state.service = state
+    app.state.report = report  # the collection report's page, None where there is no home
     app.state.search_log = state.search_log
     app.state.query_vectors = state.query_vectors
     app.add_exception_handler(RequestValidationError, invalid_request)
@@ -95,7 +96,16 @@ def app_for_home(home: Path, settings: Settings, *, local_writes: bool = False) 
                          settings.source.endpoint_url, pin_file=layout.pin_file)
     curation = CurationDB(str(layout.curation_db))
     return create_app(holder, serving, curation, settings.source.endpoint_url,
-                      source_uri=settings.source.uri, local_writes=local_writes)
+                      source_uri=settings.source.uri, local_writes=local_writes,
+                      report=lambda: report_page(home, settings))
+
+
+def report_page(home: Path, settings: Settings) -> str:
+    """`vsearch report --html` for the home, as the service's /report answers it."""
+    from vsearch_pipeline.collection_report import gather_report
+    from vsearch_pipeline.core.report_page import render_report
+
+    return render_report(gather_report(home, settings))
 
 
 def serve_until_stopped(app: FastAPI, host: str, port: int, say: Callable[[str], None],

@@ -83,7 +83,14 @@ def load_views(store: ArtifactStore, clusters: str | None, duplicates: str | Non
         insight=read_insight(store.read_parquet(insight)) if insight is not None else None)
 
 
-def read_insight(table: pa.Table) -> Insight:
+INSIGHT_COLUMNS = {"id", "outlier", "uniqueness", "label", "suggested_label", "label_confidence",
+                   "label_flagged", "quality_flags"}
+
+
+def read_insight(table: pa.Table) -> Insight | None:
+    """The insight rows; None for a file written before these columns (the next run mends it)."""
+    if not set(table.column_names) >= INSIGHT_COLUMNS:
+        return None
     rows = table.to_pylist()
     odd = sorted(rows, key=lambda r: -r["outlier"])
     mistakes = sorted((r for r in rows if r["label_flagged"]),

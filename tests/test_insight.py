@@ -158,3 +158,31 @@ def test_a_label_tag_wins_over_the_folder_and_clears_the_flag(collection: dict) 
     again = review_labels(image_labels(moved, tags), cosine, rows, 0.5)
     assert not again.flagged[3] and again.labels[3] == folder_label(paths[3])
     assert image_labels(["top.jpg"], [[]]) == [None]
+
+
+def test_a_diverse_subset_covers_more_classes_than_a_hash_subset(collection: dict) -> None:
+    """Collections are uneven: 6 classes of 40 photos and 18 of 4. A hash takes each class in
+    proportion to its size; the diverse subset covers what the photos show."""
+    from vsearch_pipeline.core.sampling import select_diverse, select_subset
+
+    paths = [p for p, f in zip(collection["paths"], collection["foreign"], strict=True) if not f]
+    classes = np.array([folder_label(p) for p in paths])
+    names = sorted(set(classes))
+    keep = np.array([names.index(c) < 6 or sum(classes[:i] == c) < 4
+                     for i, c in enumerate(classes)])
+    vectors, classes = collection["vectors"][:len(paths)][keep], classes[keep]
+    ids = [f"{i:016x}" for i in range(len(classes))]
+    forced = np.zeros(len(ids), bool)
+    forced[5] = True
+    chosen, order = select_diverse(ids, vectors, 0.05, seed=1, forced=forced)
+    assert chosen.sum() == round(0.05 * len(ids)) and chosen[5] and order[5] == 0
+    found = np.array([[len(set(classes[select_diverse(ids, vectors, 0.05, seed)[0]])),
+                       len(set(classes[select_subset(ids, 0.05, seed)[0]]))]
+                      for seed in range(1, 6)])
+    print(f"5% of {len(ids)} photos of {len(names)} uneven classes, seeds 1-5: diverse covers "
+          f"{found[:, 0].tolist()} classes, hash {found[:, 1].tolist()}")
+    assert found[:, 0].min() >= found[:, 1].max() and found[:, 0].mean() >= found[:, 1].mean() + 2
+    again, _ = select_diverse(ids, vectors, 0.05, seed=1, forced=forced)
+    assert np.array_equal(chosen, again)  # deterministic
+    everything, _ = select_diverse(ids, vectors, 1.0, seed=1)
+    assert everything.all()  # past full coverage it starts again, up to the fraction

@@ -195,3 +195,98 @@ def test_insight_tab_lists_and_accepts_in_chromium(collection: dict, service: st
         tags = client.post("/tags/of", json={"ids": [moved]}).json()["tags"][moved]
         assert "label:sunflower" in tags
         client.request("DELETE", "/tags", json={"ids": [moved], "tag": "label:sunflower"})
+
+
+def test_a_diverse_subset_through_the_pipeline_embeds_each_image_once(collection: dict,
+                                                                       tmp_path: Path) -> None:
+    """`subset.mode: diverse` embeds the batch to choose from it; the embeddings step then copies
+    the chosen vectors instead of embedding them again, and every class is in the subset."""
+    home = tmp_path / "diverse"
+    settings = load_settings(home, {"source": {"uri": str(collection["images"])},
+                                    "subset": {"mode": "diverse", "fraction": 0.1},
+                                    "index": {"index_type": "flat"}})
+    run_pipeline(home, settings, say=print)
+    store = ArtifactStore(settings.artifacts_root(home))
+    subset = store.read_parquet("subset/b00001.parquet").to_pylist()
+    usable = [r for r in load_manifests(store).to_pylist() if r["status"] == "ok"]
+    assert len(subset) == round(0.1 * len(usable))
+    assert {r["path"].split("/")[0] for r in subset} >= set(CLASSES)
+    with duckdb.connect(str(home / "vsearch.duckdb"), read_only=True) as con:
+        figures = dict(con.execute(
+            "SELECT asset || ':' || metric, value FROM (SELECT asset, metric, value FROM "
+            "embedding_metrics UNION ALL SELECT asset, metric, value FROM subset_metrics)"
+        ).fetchall())
+    assert figures["sampled_subset:embedded_for_choice"] == len(usable)
+    assert figures["embeddings:embedded_now"] == 0
+    assert figures["embeddings:images"] == len(subset)
+
+
+def test_the_report_is_one_self_contained_page(collection: dict, tmp_path: Path) -> None:
+    """`vsearch report --html`: every section, pictures inline, nothing fetched when opened
+    (Chromium records every request), and the service's /report and the page's button give it
+    too."""
+    import re
+
+    from click.testing import CliRunner
+    from test_web_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+    from vsearch_pipeline.cli import main
+
+    target = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", "--home", str(collection["home"]),
+                                       "--html", str(target)])
+    assert result.exit_code == 0, result.output
+    page = target.read_text(encoding="utf-8")
+    for heading in ("The collection", "Near-duplicates", "Clusters", "Map", "Odd ones",
+                    "Likely label mistakes", "Image quality", "Search quality"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "<script" not in page
+    assert not re.findall(r"(?:src|href)=['\"](?!data:)", page)  # every picture inline
+    assert MOVED[1] in page and "pizza → sunflower" in page and "odd/stripes.png" in page
+    assert page.count("<svg") == 4 and "data:image/png;base64," in page
+    text = CliRunner().invoke(main, ["report", "--home", str(collection["home"])])
+    assert "files to drop" in text.output and "blurry:" in text.output
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        opened = context.new_page()
+        requests: list[str] = []
+        opened.on("request", lambda r: requests.append(r.url))
+        opened.goto(target.as_uri())
+        pictures = opened.eval_on_selector_all(
+            "img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
+        ARTIFACTS.mkdir(exist_ok=True)
+        opened.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        context.close()
+        browser.close()
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+    assert len(pictures) >= 10 and all(pictures)
+
+
+def test_the_page_opens_the_report(collection: dict, service: str) -> None:
+    import httpx
+    from test_web_page import CHROMIUM, CHROMIUM_ARGS
+
+    answer = httpx.get(f"{service}/report", timeout=120)
+    assert answer.status_code == 200 and "<h2>Odd ones</h2>" in answer.text
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(base_url=service)
+        page = context.new_page()
+        page.goto("/")
+        page.wait_for_selector("body[data-ready=true]")
+        with context.expect_page(timeout=120_000) as popup:
+            page.click("#report-open")
+        report = popup.value
+        report.wait_for_load_state()
+        assert report.locator("h2", has_text="Likely label mistakes").count() == 1
+        context.close()
+        browser.close()

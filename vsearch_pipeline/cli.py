@@ -314,6 +314,42 @@ def duplicates(home: Path | None, export: Path | None, between: tuple[str, str] 
         click.echo(f"  ... and {len(rows) - 20} more: --export FILE writes them all")
 
 
+@main.command()
+@home_option
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Write the report as one self-contained HTML page (pictures inline, no "
+                   "script, nothing fetched) to this file.")
+def report(home: Path | None, html_file: Path | None) -> None:
+    """The collection in one report: counts and statuses, duplicates and what dropping them
+    saves, clusters with examples and the map, the odd ones, likely label mistakes, image
+    quality, and search quality per grounding set. Without --html, the figures as text."""
+    from vsearch_pipeline.collection_report import gather_report
+    from vsearch_pipeline.core.report_page import render_report
+    from vsearch_pipeline.settings import load_settings
+
+    home = _existing_home(home)
+    data = gather_report(home, load_settings(home))
+    if html_file is not None:
+        html_file.write_text(render_report(data), encoding="utf-8")
+        click.echo(f"written to {html_file}")
+        return
+    click.echo(data.title)
+    for heading, pairs in (("collection", data.counts),
+                           ("file statuses", [(k, f"{v:,}") for k, v in data.statuses.items()]),
+                           ("near-duplicates", list(data.duplicates.items())),
+                           ("clusters", list(data.clusters.items())),
+                           ("image quality (files flagged)",
+                            [(k, f"{v:,}") for k, v in data.quality_counts.items()])):
+        click.echo(f"\n{heading}")
+        for what, value in pairs:
+            click.echo(f"  {what}: {value}")
+    click.echo(f"\nodd ones: {', '.join(p.caption.split(' · ')[0] for p in data.odd_ones[:5])}")
+    click.echo(f"likely label mistakes: {len(data.label_mistakes)} listed")
+    for note in data.notes:
+        click.echo(f"note: {note}")
+    click.echo("\n--html FILE writes the page, with pictures and charts")
+
+
 @main.command("grounding-from-folders")
 @click.argument("source")
 @click.option("--depth", default=1, show_default=True, help="Folder levels that name a group.")

@@ -50,6 +50,7 @@ from vsearch_pipeline.core.params import (
     validate_index_params,
 )
 from vsearch_pipeline.core.retrieval import RERANKERS, NearDuplicateFloor, QueryExpansionK, QueryPlan
+from vsearch_pipeline.core.sampling import SUBSET_MODES
 from vsearch_pipeline.core.text_files import TextFileError, read_text
 
 INT64_MAX = 2**63 - 1  # what DuckDB, Parquet, numpy and Dagster metadata hold
@@ -185,6 +186,9 @@ class SubsetSettings(Section):
     fraction: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
     force_include: list[str] = []
+    mode: str = "hash"  # hash | diverse (core.sampling)
+
+    _known_choice = _choices("subset", {"mode": SUBSET_MODES})
 
 
 class NearDuplicateSettings(Section):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
 
 from serving.access import Access
 from serving.holder import ServedIndex
@@ -117,6 +119,20 @@ def quality(state: State, flag: QualityFlag, offset: Offset = 0, limit: Limit = 
             "images": state.images(served, ids[offset:offset + limit])}
 
 
+async def report(request: Request, state: State) -> HTMLResponse:
+    """The collection report (`vsearch report --html`) as one self-contained page; made again
+    when the clusters, duplicate groups or insight change."""
+    build = request.app.state.report
+    if build is None:
+        raise HTTPException(404, "this service has no home to report on")
+    identity = state.live().views.identity
+    cached = getattr(request.app.state, "report_cache", None)
+    if cached is None or cached[0] != identity:
+        cached = (identity, await run_in_threadpool(build))
+        request.app.state.report_cache = cached
+    return HTMLResponse(cached[1])
+
+
 def router(access: Access) -> APIRouter:
     routes = APIRouter()
     routes.add_api_route("/map", collection_map, methods=["GET"], dependencies=access.reads)
@@ -124,4 +140,6 @@ def router(access: Access) -> APIRouter:
     routes.add_api_route("/label-mistakes", label_mistakes, methods=["GET"],
                          dependencies=access.reads)
     routes.add_api_route("/quality", quality, methods=["GET"], dependencies=access.reads)
+    routes.add_api_route("/report", report, methods=["GET"], dependencies=access.reads,
+                         response_class=HTMLResponse)
     return routes

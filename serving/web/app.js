@@ -1019,6 +1019,23 @@
 
   $("#quality-flag").addEventListener("change", loadQuality);
 
+  // The report is fetched like any read (with the key where reads need one) and opened as a
+  // page of its own: it holds its pictures inline, so it reads the same once saved.
+  async function openReport() {
+    setStatus("Making the collection report…");
+    try {
+      const response = await fetchWithKey("/report");
+      if (!response.ok) throw new ApiError(response.status, await response.text());
+      const url = URL.createObjectURL(await response.blob());
+      window.open(url, "_blank", "noopener");
+      setStatus("The report opened in a new tab.", "ok");
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  $("#report-open").addEventListener("click", openReport);
+
   async function loadClusters() {
     const list = $("#clusters");
     list.setAttribute("aria-busy", "true");

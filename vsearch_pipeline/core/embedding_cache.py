@@ -1,5 +1,6 @@
 """The embedding cache: vectors are kept by content id and model view, so that an image that any
-shard of a view already holds is copied into a new batch's shard, never embedded twice."""
+shard of a view already holds is copied into a new batch's shard, never embedded twice. The
+vectors a diverse subset embedded its whole batch with (`embed_batch`) are part of the cache."""
 
 from __future__ import annotations
 
@@ -10,17 +11,25 @@ import numpy as np
 import pyarrow as pa
 
 from vsearch_pipeline.core.embed import embed_files, embeddings_table
-from vsearch_pipeline.core.layout import embeddings_dir, embeddings_path
+from vsearch_pipeline.core.layout import (
+    embeddings_dir,
+    embeddings_path,
+    subset_vectors_dir,
+    subset_vectors_path,
+)
 from vsearch_pipeline.core.model_spec import ModelSpec
 from vsearch_pipeline.core.models import EmbeddingModel
 from vsearch_pipeline.core.storage import ArtifactStore
+from vsearch_pipeline.core.vectors import table_vectors
 
 
 def cached_vectors(store: ArtifactStore, model_key: str, wanted: set[str]) -> pa.Table | None:
     """Rows already embedded by this model in any shard: nothing is embedded twice. A shard of
     the older layout, without predicted labels, is not reused (its images are embedded again)."""
     found = []
-    for shard in store.list(embeddings_dir(model_key), ".parquet"):
+    shards = (store.list(embeddings_dir(model_key), ".parquet")
+              + store.list(subset_vectors_dir(model_key), ".parquet"))
+    for shard in shards:
         if "labels" not in store.read_parquet_schema(shard).names:
             continue
         ids = store.read_parquet(shard, columns=["id"]).column("id").to_pylist()
@@ -102,3 +111,24 @@ def write_view_shards(store: ArtifactStore, shards: dict[str, ViewShard], key: s
     """Each view's shard of batch `key`, in `embeddings/<view>/<key>.parquet`."""
     for view_key, shard in shards.items():
         store.write_parquet(embeddings_path(view_key, key), shard.table())
+
+
+def embed_batch(store: ArtifactStore, spec: ModelSpec, load: Callable[[ModelSpec], EmbeddingModel],
+                ids: list[str], uris: list[str], read: Callable[[str], bytes], batch_size: int,
+                progress: Callable[[int, int], None], key: str
+                ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Vectors of the search view for every image of batch `key` (through the cache, both views
+    embedded in one pass), kept in `subset/vectors/<view>/<key>.parquet` so that the embeddings
+    step copies them. Returns (vectors of the embedded ids, a mask of `ids` that have one, the
+    number embedded now)."""
+    shards = view_shards(store, spec, ids)
+    embedded, _ = embed_missing(shards, load, ids, uris, read, batch_size, progress)
+    for view_key, shard in shards.items():
+        store.write_parquet(subset_vectors_path(view_key, key), shard.table())
+    table = shards[spec.key].table()
+    position = {i: n for n, i in enumerate(table.column("id").to_pylist())}
+    have = np.array([i in position for i in ids], bool)
+    vectors = table_vectors(table)
+    rows = [position[i] for i in ids if i in position]
+    return vectors[rows] if len(rows) else np.zeros((0, vectors.shape[1] if vectors.ndim == 2
+                                                        else 1), np.float32), have, embedded

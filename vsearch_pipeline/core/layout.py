@@ -133,6 +133,15 @@ def subset_path(key: str) -> str:
     return f"{SUBSETS}/{key}.parquet"
 
 
+def subset_vectors_dir(model_key: str) -> str:
+    """Vectors a diverse subset embedded its whole batch with: part of the embedding cache."""
+    return f"{SUBSETS}/vectors/{model_key}"
+
+
+def subset_vectors_path(model_key: str, key: str) -> str:
+    return f"{subset_vectors_dir(model_key)}/{key}.parquet"
+
+
 def hashes_path(key: str) -> str:
     return f"{HASHES}/{key}.parquet"
 

@@ -9,7 +9,8 @@ a person sorts and thresholds by:
   alone an image is among its closest: what a diverse subset picks first. An image with copies
   is not unique: its copies are its neighbours.
 - `outlier`: the mean cosine distance to the nearest images from the 10th to the
-  `OUTLIER_NEIGHBOURS`th: how far the image is from the collection beyond its own few. The odd
+  `OUTLIER_NEIGHBOURS`th (to the n/10th in a collection under 2,000 images, where 200 would be
+  most of it): how far the image is from the collection beyond its own few. The odd
   ones view sorts by it. Foreign images seldom come one at a time: a folder of 92 textures
   planted among Caltech-101's 9,145 photos are each other's nearest images, and the top 1% by
   `uniqueness` held none of them; by `outlier`, 62 (docs/operations.md, "Odd ones").
@@ -33,12 +34,12 @@ class Uniqueness:
 
 
 def uniqueness_scores(cosine: np.ndarray) -> Uniqueness:
-    """From each image's cosines to its nearest images, best first (n, k >= 1); the outlier
-    score uses as many of the 200 as there are."""
+    """From each image's cosines to its nearest images, best first (n, k >= 1)."""
     k = min(UNIQUENESS_NEIGHBOURS, cosine.shape[1])
+    far_k = min(OUTLIER_NEIGHBOURS, max(UNIQUENESS_NEIGHBOURS + 1, len(cosine) // 10))
     near = cosine.astype(np.float64)
     distance = (1.0 - near[:, :k].mean(axis=1)).astype(np.float32)
-    far = 1.0 - near[:, k - 1:OUTLIER_NEIGHBOURS].mean(axis=1)
+    far = 1.0 - near[:, k - 1:far_k].mean(axis=1)
     return Uniqueness(distance, rank_share(distance), rank_share(far))
 
 
