@@ -290,3 +290,53 @@ def test_the_page_opens_the_report(collection: dict, service: str) -> None:
         assert report.locator("h2", has_text="Likely label mistakes").count() == 1
         context.close()
         browser.close()
+
+
+def test_map_tab_draws_selects_and_tags_in_chromium(collection: dict, service: str) -> None:
+    """The Map tab: every image drawn, coloured by label with a legend, a box selection over
+    the whole map tags all of them through the selection bar, and find-similar searches."""
+    from test_web_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import expect, sync_playwright
+
+    home, settings = collection["home"], collection["settings"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1100}, base_url=service)
+        context.add_init_script(f"sessionStorage.setItem('vsearch.apiKey', "
+                                f"{collection['auth']['X-API-Key']!r})")
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto("/")
+        page.wait_for_selector("body[data-ready=true]")
+        page.click("#tab-map")
+        expect(page.locator("#map-summary")).to_contain_text("images", timeout=30_000)
+        count = int(page.locator("#map-summary").inner_text().split()[0])
+        page.select_option("#map-colour", "label")
+        expect(page.locator("[data-testid=map-legend]")).to_contain_text("sunflower")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "map-tab.png"))
+        page.click("[data-testid=map-mode-box]")
+        box = page.locator("#map canvas").bounding_box()
+        page.mouse.move(box["x"] + 2, box["y"] + 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=8)
+        page.mouse.up()
+        expect(page.locator("#selection-count")).to_have_text(f"{count} selected in the map")
+        page.fill("#tag-input", "seen-on-map")
+        page.click("#tag-selected-button")
+        expect(page.locator("#status")).to_contain_text("Tagged")
+        page.click("#map-similar")
+        expect(page.locator("#results .card").first).to_be_visible(timeout=30_000)
+        context.close()
+        browser.close()
+    assert not errors, errors
+    with TestClient(app_for_home(home, settings), headers=collection["auth"]) as client:
+        by_tag = client.get("/map", params={"colour": "tag"}).json()
+        assert "seen-on-map" in by_tag["names"]
+        ids = by_tag["ids"]
+        assert len(ids) == count
+        client.request("DELETE", "/tags", json={"ids": ids, "tag": "seen-on-map"})

@@ -29,16 +29,20 @@ NO_CATEGORY = -1
 
 
 def collection_map(state: State, colour: Colour = "cluster") -> dict:
-    """Every image's place on the map (`x`, `y`, in the order of `ids`) and a category per image
-    for `colour`: its cluster, near-duplicate group, first tag, label or first quality flag
-    (-1: none; `names` names the categories)."""
+    """Every image's place on the map (`x`, `y` and `paths` in the order of `ids`) and a
+    category per image for `colour`: its cluster, near-duplicate group, first tag, label or
+    first quality flag (-1: none; `names` names the categories)."""
     served = state.live()
     places = served.views.map
     if not places.ids:
         raise HTTPException(404, "no map yet: the clusters asset lays it out "
                                  "(`vsearch materialize`)")
     category, names = _categories(state, served, colour)
+    loaded = served.searcher.loaded
+    paths = [loaded.paths[loaded.position_of[i]] if i in loaded.position_of else i
+             for i in places.ids]
     return {"count": len(places.ids), "version": served.views.identity[0], "ids": places.ids,
+            "paths": paths,
             "x": [round(v, 5) for v in places.x], "y": [round(v, 5) for v in places.y],
             "colour": colour, "category": category, "names": names}
 

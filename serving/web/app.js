@@ -28,6 +28,8 @@
     query: null,           // what the results on screen answer (see showQuery)
     curationLoaded: false,
     insightLoaded: false,
+    map: null,             // the map's handle (serving/web/map.js) once the Map tab was opened
+    mapData: null,         // what /map answered: ids, x, y, and the colouring
     publicReads: true,     // false: images too are fetched with the API key (see setImage)
   };
 
@@ -421,7 +423,8 @@
 
   // ---- selection and tags ------------------------------------------------------------------
 
-  const SCOPE_NAMES = { results: "the results", gallery: "the gallery", duplicates: "duplicates" };
+  const SCOPE_NAMES = { results: "the results", gallery: "the gallery", duplicates: "duplicates",
+    map: "the map" };
 
   const scopeOf = (node) => node.closest("[data-scope]")?.dataset.scope || null;
 
@@ -927,8 +930,9 @@
 
   // ---- views: gallery, clusters and duplicates ---------------------------------------------
 
-  const VIEWS = ["gallery", "curation", "insight"];
-  const SCOPES = { gallery: ["gallery"], curation: ["cluster", "duplicates"], insight: ["insight"] };
+  const VIEWS = ["gallery", "curation", "map", "insight"];
+  const SCOPES = { gallery: ["gallery"], curation: ["cluster", "duplicates"], map: ["map"],
+    insight: ["insight"] };
 
   function showView(name) {
     for (const view of VIEWS) {
@@ -941,6 +945,7 @@
       loadClusters();
       loadDuplicates();
     }
+    if (name === "map" && !state.map) loadMap();
     if (name === "insight" && !state.insightLoaded) {
       state.insightLoaded = true;
       loadInsight();
@@ -948,6 +953,53 @@
   }
 
   for (const view of VIEWS) $(`#tab-${view}`).addEventListener("click", () => showView(view));
+
+  // ---- the map -------------------------------------------------------------------------------
+
+  // A selection on the map is a selection like any other (scope "map"): the selection bar tags
+  // it, and "Find similar" searches from its first image.
+  async function loadMap() {
+    const holder = $("#map");
+    state.map = window.VsearchMap.mount(holder, {
+      thumbnailUrl: (id) => `/images/${encodeURIComponent(id)}/thumbnail?size=96`,
+      caption: (id) => state.mapPaths?.get(id) || id,
+      fetchImage: state.publicReads ? undefined : async (url) => {
+        const response = await fetchWithKey(url);
+        if (!response.ok) throw new ApiError(response.status, response.statusText);
+        return response.blob();
+      },
+      onSelect: (ids) => {
+        dropSelection("map");
+        if (ids.length) select("map", ids, true);
+        $("#map-similar").disabled = !ids.length;
+      },
+      onOpen: (id) => openLightbox({ id, path: state.mapPaths?.get(id) || id,
+        image_url: `/images/${encodeURIComponent(id)}` }),
+    });
+    await colourMap(true);
+  }
+
+  async function colourMap(first = false) {
+    const colour = $("#map-colour").value;
+    try {
+      const answer = await api(`/map${query({ colour })}`);
+      if (first) {
+        state.map.setPoints({ ids: answer.ids, x: answer.x, y: answer.y });
+        state.mapPaths = new Map(answer.ids.map((id, i) => [id, answer.paths[i]]));
+      }
+      state.map.setColours({ category: answer.category, names: answer.names });
+      $("#map-summary").textContent = `${plural(answer.count, "image")} · `
+        + `${plural(answer.names.length, colour === "cluster" ? "cluster" : "colour")}`;
+    } catch (err) {
+      showError(err);
+    }
+  }
+
+  $("#map-colour").addEventListener("change", () => colourMap());
+  $("#map-similar").addEventListener("click", () => {
+    const [first] = state.selection.scope === "map" ? state.selection.ids : [];
+    if (first) searchSimilar({ id: first, path: state.mapPaths?.get(first) || first });
+  });
 
   // ---- insight: odd ones, label mistakes, poor files ----------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, ImageStat
 
 from vsearch_pipeline.core.names import text_safe
 
@@ -58,13 +58,14 @@ def measure_quality(loaded: Image.Image, rgb: Image.Image) -> Quality:
     if max(rgb.size) > MEASURE_SIDE:
         small = rgb.copy()
         small.thumbnail((MEASURE_SIDE, MEASURE_SIDE))
-    grey = np.asarray(small.convert("L"), dtype=np.float32)
-    # colour spread and mean are statistics: every other pixel each way gives them
-    colour = np.asarray(small, dtype=np.float32)[::2, ::2]
+    grey_image = small.convert("L")
+    stats = ImageStat.Stat(grey_image)
+    # colour spread and mean are statistics: a quarter of the pixels gives them
+    colour = np.asarray(small.reduce(2) if min(small.size) >= 4 else small, dtype=np.float32)
     return Quality(
-        sharpness=round(laplacian_variance(grey), 2),
-        brightness=round(float(grey.mean()) / 255, 4),
-        contrast=round(float(grey.std()) / 255, 4),
+        sharpness=round(laplacian_variance(np.asarray(grey_image, dtype=np.float32)), 2),
+        brightness=round(stats.mean[0] / 255, 4),
+        contrast=round(stats.stddev[0] / 255, 4),
         colourfulness=round(colourfulness(colour), 2),
         jpeg_quality=jpeg_quality(loaded),
         taken_at=_exif_text(loaded, "taken_at"),

@@ -66,10 +66,14 @@ def _fit(reduced: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str, 
     fit_rows = np.arange(n)
     if n > FIT_SAMPLE:
         fit_rows = np.sort(np.random.default_rng(seed).choice(n, FIT_SAMPLE, replace=False))
+    import warnings
+
     import umap
 
-    fitted = umap.UMAP(n_components=2, metric="cosine", random_state=seed,
-                       n_neighbors=15).fit_transform(reduced[fit_rows]).astype(np.float32)
+    with warnings.catch_warnings():  # a seed makes UMAP single-threaded, and it says so each time
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        fitted = umap.UMAP(n_components=2, metric="cosine", random_state=seed,
+                           n_neighbors=15).fit_transform(reduced[fit_rows]).astype(np.float32)
     if len(fit_rows) == n:
         return fitted, "umap", 0
     xy = np.zeros((n, 2), np.float32)
