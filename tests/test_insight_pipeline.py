@@ -155,41 +155,56 @@ def service(collection: dict):
     thread.join(timeout=30)
 
 
-def test_insight_tab_lists_and_accepts_in_chromium(collection: dict, service: str) -> None:
-    """The Insight tab: the texture first among the odd ones, the moved photo with its
-    suggestion, accepted with one click (a `label:` tag), and the dark file under "dark"."""
-    from test_web_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright (tests/test_web_page.py says how)."""
+    from test_web_page import CHROMIUM, CHROMIUM_ARGS
 
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import expect, sync_playwright
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set VSEARCH_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def _open_page(browser, service: str, key: str, height: int = 1100):
+    """The web page with the API key in its tab (writes need it), ready; and its script errors."""
+    context = browser.new_context(viewport={"width": 1400, "height": height}, base_url=service)
+    context.add_init_script(f"sessionStorage.setItem('vsearch.apiKey', {key!r})")
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto("/")
+    page.wait_for_selector("body[data-ready=true]")
+    return context, page, errors
+
+
+def test_insight_tab_lists_and_accepts_in_chromium(collection: dict, service: str,
+                                                   browser) -> None:
+    """The Insight tab: the texture first among the odd ones, the moved photo with its
+    suggestion, accepted with one click (a `label:` tag), and the dark file under "dark"."""
+    from playwright.sync_api import expect
+    from test_web_page import ARTIFACTS
 
     home, settings = collection["home"], collection["settings"]
     moved = _id_of(home, settings, MOVED[1])
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1200}, base_url=service)
-        context.add_init_script(f"sessionStorage.setItem('vsearch.apiKey', "
-                                f"{collection['auth']['X-API-Key']!r})")
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto("/")
-        page.wait_for_selector("body[data-ready=true]")
-        page.click("#tab-insight")
-        expect(page.locator("#odd-ones .card").first).to_have_attribute(
-            "data-path", "odd/stripes.png", timeout=30_000)
-        card = page.locator(f"#label-mistakes .card[data-id='{moved}']")
-        expect(card.locator("[data-testid=mistake-labels]")).to_contain_text(
-            "labelled pizza · neighbours say sunflower")
-        page.select_option("#quality-flag", "dark")
-        expect(page.locator("#quality-files .card[data-path='airplanes/dark.jpg']")).to_have_count(1)
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "insight-tab.png"), full_page=True)
-        card.locator("[data-testid=accept-label]").click()
-        expect(card).to_have_attribute("data-accepted", "true")
-        context.close()
-        browser.close()
+    context, page, errors = _open_page(browser, service, collection["auth"]["X-API-Key"], 1200)
+    page.click("#tab-insight")
+    expect(page.locator("#odd-ones .card").first).to_have_attribute(
+        "data-path", "odd/stripes.png", timeout=30_000)
+    card = page.locator(f"#label-mistakes .card[data-id='{moved}']")
+    expect(card.locator("[data-testid=mistake-labels]")).to_contain_text(
+        "labelled pizza · neighbours say sunflower")
+    page.select_option("#quality-flag", "dark")
+    expect(page.locator("#quality-files .card[data-path='airplanes/dark.jpg']")).to_have_count(1)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "insight-tab.png"), full_page=True)
+    card.locator("[data-testid=accept-label]").click()
+    expect(card).to_have_attribute("data-accepted", "true")
+    context.close()
     assert not errors, errors
     with TestClient(app_for_home(home, settings), headers=collection["auth"]) as client:
         tags = client.post("/tags/of", json={"ids": [moved]}).json()["tags"][moved]
@@ -221,14 +236,15 @@ def test_a_diverse_subset_through_the_pipeline_embeds_each_image_once(collection
     assert figures["embeddings:images"] == len(subset)
 
 
-def test_the_report_is_one_self_contained_page(collection: dict, tmp_path: Path) -> None:
+def test_the_report_is_one_self_contained_page(collection: dict, tmp_path: Path,
+                                               browser) -> None:
     """`vsearch report --html`: every section, pictures inline, nothing fetched when opened
     (Chromium records every request), and the service's /report and the page's button give it
     too."""
     import re
 
     from click.testing import CliRunner
-    from test_web_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+    from test_web_page import ARTIFACTS
 
     from vsearch_pipeline.cli import main
 
@@ -246,93 +262,64 @@ def test_the_report_is_one_self_contained_page(collection: dict, tmp_path: Path)
     assert page.count("<svg") == 4 and "data:image/png;base64," in page
     text = CliRunner().invoke(main, ["report", "--home", str(collection["home"])])
     assert "files to drop" in text.output and "blurry:" in text.output
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1200, "height": 900})
-        opened = context.new_page()
-        requests: list[str] = []
-        opened.on("request", lambda r: requests.append(r.url))
-        opened.goto(target.as_uri())
-        pictures = opened.eval_on_selector_all(
-            "img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        opened.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        context.close()
-        browser.close()
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    opened = context.new_page()
+    requests: list[str] = []
+    opened.on("request", lambda r: requests.append(r.url))
+    opened.goto(target.as_uri())
+    pictures = opened.eval_on_selector_all(
+        "img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    opened.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+    context.close()
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     assert len(pictures) >= 10 and all(pictures)
 
 
-def test_the_page_opens_the_report(collection: dict, service: str) -> None:
+def test_the_page_opens_the_report(collection: dict, service: str, browser) -> None:
     import httpx
-    from test_web_page import CHROMIUM, CHROMIUM_ARGS
 
     answer = httpx.get(f"{service}/report", timeout=120)
     assert answer.status_code == 200 and "<h2>Odd ones</h2>" in answer.text
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(base_url=service)
-        page = context.new_page()
-        page.goto("/")
-        page.wait_for_selector("body[data-ready=true]")
-        with context.expect_page(timeout=120_000) as popup:
-            page.click("#report-open")
-        report = popup.value
-        report.wait_for_load_state()
-        assert report.locator("h2", has_text="Likely label mistakes").count() == 1
-        context.close()
-        browser.close()
+    context, page, errors = _open_page(browser, service, collection["auth"]["X-API-Key"])
+    with context.expect_page(timeout=120_000) as popup:
+        page.click("#report-open")
+    report = popup.value
+    report.wait_for_load_state()
+    assert report.locator("h2", has_text="Likely label mistakes").count() == 1
+    context.close()
+    assert not errors, errors
 
 
-def test_map_tab_draws_selects_and_tags_in_chromium(collection: dict, service: str) -> None:
+def test_map_tab_draws_selects_and_tags_in_chromium(collection: dict, service: str,
+                                                    browser) -> None:
     """The Map tab: every image drawn, coloured by label with a legend, a box selection over
     the whole map tags all of them through the selection bar, and find-similar searches."""
-    from test_web_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
+    from test_web_page import ARTIFACTS
 
     home, settings = collection["home"], collection["settings"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1100}, base_url=service)
-        context.add_init_script(f"sessionStorage.setItem('vsearch.apiKey', "
-                                f"{collection['auth']['X-API-Key']!r})")
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto("/")
-        page.wait_for_selector("body[data-ready=true]")
-        page.click("#tab-map")
-        expect(page.locator("#map-summary")).to_contain_text("images", timeout=30_000)
-        count = int(page.locator("#map-summary").inner_text().split()[0])
-        page.select_option("#map-colour", "label")
-        expect(page.locator("[data-testid=map-legend]")).to_contain_text("sunflower")
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "map-tab.png"))
-        page.click("[data-testid=map-mode-box]")
-        box = page.locator("#map canvas").bounding_box()
-        page.mouse.move(box["x"] + 2, box["y"] + 2)
-        page.mouse.down()
-        page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=8)
-        page.mouse.up()
-        expect(page.locator("#selection-count")).to_have_text(f"{count} selected in the map")
-        page.fill("#tag-input", "seen-on-map")
-        page.click("#tag-selected-button")
-        expect(page.locator("#status")).to_contain_text("Tagged")
-        page.click("#map-similar")
-        expect(page.locator("#results .card").first).to_be_visible(timeout=30_000)
-        context.close()
-        browser.close()
+    context, page, errors = _open_page(browser, service, collection["auth"]["X-API-Key"])
+    page.click("#tab-map")
+    expect(page.locator("#map-summary")).to_contain_text("images", timeout=30_000)
+    count = int(page.locator("#map-summary").inner_text().split()[0])
+    page.select_option("#map-colour", "label")
+    expect(page.locator("[data-testid=map-legend]")).to_contain_text("sunflower")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "map-tab.png"))
+    page.click("[data-testid=map-mode-box]")
+    box = page.locator("#map canvas").bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=8)
+    page.mouse.up()
+    expect(page.locator("#selection-count")).to_have_text(f"{count} selected in the map")
+    page.fill("#tag-input", "seen-on-map")
+    page.click("#tag-selected-button")
+    expect(page.locator("#status")).to_contain_text("Tagged")
+    page.click("#map-similar")
+    expect(page.locator("#results .card").first).to_be_visible(timeout=30_000)
+    context.close()
     assert not errors, errors
     with TestClient(app_for_home(home, settings), headers=collection["auth"]) as client:
         by_tag = client.get("/map", params={"colour": "tag"}).json()

@@ -118,14 +118,15 @@ def latest_figures(path: str) -> dict[str, dict]:
 
 def format_table(columns: list[str], rows: list[list]) -> str:
     """Aligned plain-text columns; numbers with four decimals at most."""
-    cells = [columns] + [[_cell(v) for v in row] for row in rows]
+    cells = [columns] + [[cell_text(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
              for row in cells]
     return "\n".join(lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:])
 
 
-def _cell(value: object) -> str:
+def cell_text(value: object) -> str:
+    """A figure as the tables show it: '-' for none, whole numbers without decimals."""
     if value is None:
         return "-"
     if isinstance(value, float):

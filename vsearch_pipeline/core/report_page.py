@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vsearch_pipeline.core.report import cell_text
+
 
 @dataclass(frozen=True)
 class Picture:
@@ -142,17 +144,9 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     if not rows:
         return "<p class='muted'>No evaluation yet (no grounding sets, or not materialized).</p>"
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td class='n'>{_e(_cell(v))}</td>" for v in row) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td class='n'>{_e(cell_text(v))}</td>" for v in row) + "</tr>"
                    for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else f"{value:.3f}"
-    return str(value)
 
 
 def _e(text: object) -> str:

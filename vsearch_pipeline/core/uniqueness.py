@@ -34,7 +34,11 @@ class Uniqueness:
 
 
 def uniqueness_scores(cosine: np.ndarray) -> Uniqueness:
-    """From each image's cosines to its nearest images, best first (n, k >= 1)."""
+    """From each image's cosines to its nearest images, best first (n, k); an image alone in
+    its collection (k = 0) is neither unique nor odd: there is nothing to compare it with."""
+    if cosine.shape[1] == 0:
+        nothing = np.zeros(len(cosine), np.float32)
+        return Uniqueness(nothing, nothing, nothing)
     k = min(UNIQUENESS_NEIGHBOURS, cosine.shape[1])
     far_k = min(OUTLIER_NEIGHBOURS, max(UNIQUENESS_NEIGHBOURS + 1, len(cosine) // 10))
     near = cosine.astype(np.float64)
