@@ -558,7 +558,8 @@ def test_injection_strings_stay_text(collection, ids):
     _show(f"injection: {len(INJECTIONS)} strings in tags, queries, filters and ids", statuses)
 
 
-BUILT_SQL = {"insert_rows", "_ensure_schema", "record_metrics"}  # from names in code only
+# from names in code only (replace_table: a name refused unless it is one of REPLACED_TABLES)
+BUILT_SQL = {"insert_rows", "_ensure_schema", "record_metrics", "replace_table"}
 
 
 def test_no_sql_is_built_from_request_text():
@@ -582,6 +583,10 @@ def test_no_sql_is_built_from_request_text():
             if getattr(call.func, "id", None) == "insert_rows" and function.name != "record_metrics":
                 inserts.append(call.args[1])
     assert literal > 10 and built <= BUILT_SQL, built - BUILT_SQL
+    from vsearch_pipeline.core.store import MetricsDB
+
+    with pytest.raises(ValueError, match="not a table the pipeline replaces"):
+        MetricsDB(":memory:").replace_table("tags; DROP TABLE tags", None)
     assert inserts and all(isinstance(table, ast.Constant) for table in inserts)
     print(f"\n[sql audit] {literal} literal statements in store.py; SQL built only in "
           f"{sorted(built)}, from names in the code; {len(inserts)} inserts into literal tables; "
