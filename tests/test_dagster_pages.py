@@ -29,7 +29,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 ARTIFACTS = REPO / "test-artifacts"
 ASSETS = ("raw_image_manifest", "sampled_subset", "embeddings", "perceptual_hashes",
           "near_duplicate_groups", "projection_head", "retrieval_transform", "faiss_index",
-          "clusters", "curation_grounding", "evaluation")
+          "clusters", "curation_grounding", "evaluation", "collection_insight")
 
 
 def _free_port() -> int:
@@ -148,6 +148,24 @@ def test_the_evaluation_table_fits_and_names_every_case(page):
     box = last_column.bounding_box()
     assert box is not None and box["x"] + box["width"] <= 1600, box
     page.screenshot(path=str(ARTIFACTS / "dagster-evaluation.png"), full_page=True)
+
+
+def test_the_clusters_page_shows_the_map(page):
+    """The clusters' metadata holds the map as a picture, and the asset page shows it (a
+    Markdown entry: "[Show Markdown]" opens it)."""
+    import re
+
+    from playwright.sync_api import expect
+
+    page.goto("/assets/clusters")
+    _skip_the_welcome(page)
+    row = page.get_by_role("row", name=re.compile(r"^map materialization")).first
+    row.get_by_text("[Show Markdown]").click()
+    picture = page.locator("img[alt='map of the collection']").first
+    expect(picture).to_be_visible(timeout=60_000)
+    assert picture.evaluate("img => img.complete && img.naturalWidth") == 900
+    page.wait_for_timeout(1000)  # the dialog fades in
+    page.screenshot(path=str(ARTIFACTS / "dagster-clusters-map.png"), full_page=True)
 
 
 def test_constants_are_listed_not_plotted(demo_home: Path, dagster_ui: str):
