@@ -28,7 +28,7 @@ from vsearch_pipeline.core.label_review import (
 )
 from vsearch_pipeline.core.near_duplicates import nearest_neighbours
 from vsearch_pipeline.core.storage import ArtifactStore
-from vsearch_pipeline.core.uniqueness import OUTLIER_NEIGHBOURS, uniqueness_scores
+from vsearch_pipeline.core.uniqueness import outlier_distances, uniqueness_scores
 from vsearch_pipeline.settings import load_settings
 
 SEED = 0
@@ -61,8 +61,8 @@ def planted_found(base: np.ndarray, planted: np.ndarray) -> tuple[int, int, int,
     vectors = np.concatenate([base, planted])
     truth = np.r_[np.zeros(len(base), bool), np.ones(len(planted), bool)]
     start = time.perf_counter()
-    cosine, _ = nearest_neighbours(vectors, OUTLIER_NEIGHBOURS)
-    scores = uniqueness_scores(cosine)
+    cosine, _ = nearest_neighbours(vectors, 10)
+    scores = uniqueness_scores(cosine, outlier_distances(vectors))
     seconds = time.perf_counter() - start
     top = round(0.01 * len(vectors))
     found = [int(truth[np.argsort(-s, kind="stable")[:top]].sum())

@@ -18,7 +18,7 @@ from vsearch_pipeline.core.label_review import (
     review_labels,
 )
 from vsearch_pipeline.core.near_duplicates import nearest_neighbours
-from vsearch_pipeline.core.uniqueness import rank_share, uniqueness_scores
+from vsearch_pipeline.core.uniqueness import outlier_distances, rank_share, uniqueness_scores
 
 CLASSES = 24
 PER_CLASS = 40
@@ -75,8 +75,8 @@ def collection(shared_data: Path) -> dict:
 def test_planted_foreign_images_are_among_the_most_unique(collection: dict) -> None:
     """Foreign images one at a time (5 textures, 5 COIL-20 objects): alone among their nearest
     images, so `uniqueness` finds them."""
-    cosine, _ = nearest_neighbours(collection["vectors"], 200)
-    scores = uniqueness_scores(cosine)
+    cosine, _ = nearest_neighbours(collection["vectors"], 10)
+    scores = uniqueness_scores(cosine, outlier_distances(collection["vectors"]))
     foreign = collection["foreign"]
     top = np.argsort(-scores.uniqueness, kind="stable")[:foreign.sum()]  # the top 1%
     found = int(foreign[top].sum())
@@ -99,13 +99,34 @@ def test_a_planted_group_is_found_by_the_outlier_score(collection: dict) -> None
     planted = load_model(ModelSpec(DEFAULT_MODEL)).embed_images(group)
     vectors = np.concatenate([photos, planted])
     truth = np.r_[np.zeros(len(photos), bool), np.ones(len(planted), bool)]
-    scores = uniqueness_scores(nearest_neighbours(vectors, 200)[0])
+    scores = uniqueness_scores(nearest_neighbours(vectors, 10)[0], outlier_distances(vectors))
     top = round(0.01 * len(vectors))
     by_outlier = int(truth[np.argsort(-scores.outlier, kind="stable")[:top]].sum())
     by_uniqueness = int(truth[np.argsort(-scores.uniqueness, kind="stable")[:top]].sum())
     print(f"a planted group of {len(planted)} in the top 1%: outlier {by_outlier}, "
           f"uniqueness {by_uniqueness}")
     assert by_outlier >= 8 and by_outlier > by_uniqueness
+
+
+def test_outlier_distances_from_a_sample_agree_with_the_whole(monkeypatch) -> None:
+    """Above REFERENCE_SAMPLE images the far neighbours come from a seeded sample, at the same
+    share of it: on 3,000 clustered vectors, the 10th..100th nearest of a sample of 1,500 rank
+    the images as the 10th..200th nearest of all 3,000 do."""
+    import vsearch_pipeline.core.uniqueness as uniqueness
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(30, 64))
+    vectors = centres[rng.integers(0, 30, 3000)] + rng.normal(size=(3000, 64))
+    vectors[:20] = rng.normal(size=(20, 64)) * 3  # twenty far out
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    whole = outlier_distances(vectors)
+    monkeypatch.setattr(uniqueness, "REFERENCE_SAMPLE", 1500)
+    monkeypatch.setattr(uniqueness, "OUTLIER_NEIGHBOURS", 100)
+    sampled = outlier_distances(vectors)
+    assert np.corrcoef(rank_share(whole), rank_share(sampled))[0, 1] > 0.9  # measured 0.924
+    for far in (whole, sampled):  # the twenty far out are the top 1% either way
+        assert len(set(np.argsort(-far)[:30]) & set(range(20))) >= 18
+    assert outlier_distances(vectors[:1]).tolist() == [0.0]
 
 
 def test_rank_share_orders_and_ties() -> None:

@@ -23,10 +23,10 @@ from vsearch_pipeline.core.artifacts import load_manifests
 from vsearch_pipeline.core.catalog import latest_clusters
 from vsearch_pipeline.core.image_quality import QUALITY_FLAGS
 from vsearch_pipeline.core.insight import collection_insight_table, quality_table
-from vsearch_pipeline.core.label_review import image_labels, review_labels
+from vsearch_pipeline.core.label_review import LABEL_NEIGHBOURS, image_labels, review_labels
 from vsearch_pipeline.core.layout import insight_path
 from vsearch_pipeline.core.near_duplicates import nearest_neighbours
-from vsearch_pipeline.core.uniqueness import OUTLIER_NEIGHBOURS, uniqueness_scores
+from vsearch_pipeline.core.uniqueness import outlier_distances, uniqueness_scores
 from vsearch_pipeline.resources import (
     ArtifactStorage,
     CurationDatabase,
@@ -46,7 +46,8 @@ def collection_insight(
     settings: PipelineSettings,
 ) -> MaterializeResult:
     """Per image: how unique it is among its 10 nearest images and how far it lies from the
-    collection beyond them (its 10th to 200th nearest: the odd ones; core.uniqueness), whether
+    collection beyond them (its 10th to 200th nearest in a sample of 20,000: the odd ones;
+    core.uniqueness), whether
     its label (its folder, or a `label:` tag) disagrees with its 20 nearest images' labels and
     which label they suggest (core.label_review), and the
     quality flags of its file (core.image_quality: blurry, dark, bright, tiny) from the figures
@@ -59,9 +60,9 @@ def collection_insight(
     ids, vectors, _ = collection_embeddings(store, model.spec.key)
     manifest = load_manifests(store)
     start = time.perf_counter()
-    cosine, rows = nearest_neighbours(vectors, min(OUTLIER_NEIGHBOURS, max(len(ids) - 1, 1)))
+    cosine, rows = nearest_neighbours(vectors, min(LABEL_NEIGHBOURS, max(len(ids) - 1, 1)))
     neighbour_seconds = time.perf_counter() - start
-    scores = uniqueness_scores(cosine)
+    scores = uniqueness_scores(cosine, outlier_distances(vectors, settings.clusters.seed))
     paths = _first_paths(manifest, ids)
     tags = _tags(curation_db, ids)
     review = review_labels(image_labels(paths, tags), cosine, rows, config.label_confidence)
